@@ -1,0 +1,83 @@
+"""The single place where errors become HTTP answers."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from bot.errors import (
+    BotError,
+    Conflict,
+    DatabaseUnavailable,
+    InvalidRequest,
+    NotFound,
+    SchemaOutOfDate,
+    VersionNotFound,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "5"
+
+_STATUS: list[tuple[type[BotError], int]] = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (InvalidRequest, 422),
+    (DatabaseUnavailable, 503),
+    (SchemaOutOfDate, 503),
+]
+
+
+def status_for(exc: BotError) -> int:
+    """The HTTP status of a domain error."""
+    return next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
+
+
+async def _bot_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BotError)
+    body: dict[str, object] = {"error": exc.code, "detail": exc.message}
+    if isinstance(exc, VersionNotFound):
+        body["recent_versions"] = exc.recent_versions
+    code = status_for(exc)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else None
+    return JSONResponse(body, status_code=code, headers=headers)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OperationalError)
+    first = str(exc.orig).strip().splitlines()[0] if exc.orig else "operational error"
+    return await _bot_error(request, DatabaseUnavailable(f"database unavailable: {first}"))
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+        for err in exc.errors()
+    ]
+    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return JSONResponse(
+        {"error": "invalid_request", "detail": summary, "problems": problems}, status_code=422
+    )
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    error_id = uuid.uuid4().hex[:12]
+    log.error("unexpected error %s", error_id, exc_info=exc)
+    return JSONResponse(
+        {"error": "internal", "detail": f"unexpected error; quote id {error_id} when reporting"},
+        status_code=500,
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register every exception handler on the app."""
+    app.add_exception_handler(BotError, _bot_error)
+    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)

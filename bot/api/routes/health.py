@@ -1,0 +1,42 @@
+"""GET /healthz: is the server up and can it reach its database."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from bot.api.deps import EngineDep
+from bot.db import ping
+from bot.errors import DatabaseUnavailable
+from bot.migrate import current_revision, head_revision
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["health"], summary="Liveness and database state (no auth)")
+def healthz(engine: EngineDep) -> JSONResponse:
+    """200 when the database answers and its schema is current; 503 otherwise."""
+    started = time.perf_counter()
+    try:
+        ping(engine)
+        revision = current_revision(engine)
+    except DatabaseUnavailable as exc:
+        return JSONResponse(
+            {"status": "unavailable", "database": {"ok": False, "detail": exc.message}},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    current = revision == head_revision()
+    body = {
+        "status": "ok" if current else "schema_out_of_date",
+        "database": {
+            "ok": True,
+            "dialect": engine.dialect.name,
+            "schema_revision": revision,
+            "schema_current": current,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    }
+    return JSONResponse(body, status_code=200 if current else 503)

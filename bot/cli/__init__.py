@@ -1,0 +1,42 @@
+"""The `rollback-bot` command line: errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from pydantic import ValidationError
+
+from bot.cli import ops, registry_cmds
+from bot.cli.context import cli
+from bot.errors import BotError
+
+cli.add_command(ops.serve)
+cli.add_command(ops.db)
+cli.add_command(ops.token)
+cli.add_command(registry_cmds.prompts)
+cli.add_command(registry_cmds.rollback)
+
+USAGE_EXIT = 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    try:
+        cli.main(args=argv, prog_name="rollback-bot", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(USAGE_EXIT)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except BotError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(USAGE_EXIT)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "input"
+        click.echo(f"error: invalid {field}: {first['msg']}", err=True)
+        sys.exit(USAGE_EXIT)

@@ -1,0 +1,88 @@
+"""The root command group and what its subcommands share: settings, engine, output format."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import click
+from pydantic import BaseModel
+from sqlalchemy import Engine
+
+from bot import __version__
+from bot.config import Settings, load_settings
+from bot.db import make_engine
+from bot.migrate import ensure_current
+
+
+@dataclass
+class CliState:
+    """Lazily built resources for one CLI invocation."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _settings: Settings | None = None
+    _engine: Engine | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings (a bad value stops here with one line naming the variable)."""
+        if self._settings is None:
+            self._settings = load_settings(**self.overrides)
+        return self._settings
+
+    def engine(self, *, migrate: bool = True) -> Engine:
+        """The database engine; SQLite is brought up to date, PostgreSQL must already be."""
+        if self._engine is None:
+            s = self.settings
+            self._engine = make_engine(
+                s.database_url, pool_size=s.db_pool_size, max_overflow=s.db_max_overflow
+            )
+            if migrate:
+                ensure_current(self._engine, auto_upgrade=self._engine.dialect.name == "sqlite")
+        return self._engine
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rollback-bot")
+@click.option("--database-url", envvar="DATABASE_URL", default=None, help="Overrides DATABASE_URL.")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None) -> None:
+    """Register prompt versions, deploy them, and roll bad ones back."""
+    overrides = {"database_url": database_url} if database_url else {}
+    ctx.obj = CliState(overrides=overrides)
+
+
+pass_state = click.make_pass_decorator(CliState)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def emit_json(data: BaseModel | Sequence[BaseModel]) -> None:
+    """Print a model or list of models as JSON."""
+    if isinstance(data, BaseModel):
+        click.echo(data.model_dump_json(indent=2))
+    else:
+        click.echo(json.dumps([item.model_dump(mode="json") for item in data], indent=2))
+
+
+def fmt(value: object) -> str:
+    """Render one table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}%" for k, v in value.items())
+    return str(getattr(value, "value", value))
+
+
+def emit_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print rows as an aligned plain-text table."""
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,80 @@
+"""Operating commands: `serve`, `db upgrade|current`, `token new`."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import click
+import uvicorn
+
+from bot.api.app import create_app
+from bot.cli.context import CliState, pass_state
+from bot.migrate import current_revision, head_revision, upgrade
+
+log = logging.getLogger("bot")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+@click.command()
+@click.option("--host", default=None, help="Interface to bind (default HOST or 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Default: PORT or 8000.")
+@pass_state
+def serve(state: CliState, host: str | None, port: int | None) -> None:
+    """Run the HTTP API (SQLite databases are migrated on start)."""
+    settings = state.settings
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    engine = state.engine()
+    if not settings.api_tokens():
+        log.warning(
+            "ROLLBACK_API_TOKEN is not set: /api answers 503 until it is "
+            "(generate one with `rollback-bot token new`)"
+        )
+    app = create_app(settings, engine)
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
+
+
+@click.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: CliState) -> None:
+    """Bring the database schema up to this release (safe to run twice)."""
+    engine = state.engine(migrate=False)
+    before = current_revision(engine)
+    upgrade(engine)
+    after = current_revision(engine)
+    if before == after:
+        click.echo(f"database already at {after}")
+    else:
+        click.echo(f"database upgraded {before or 'empty'} → {after}")
+
+
+@db.command("current")
+@pass_state
+def db_current(state: CliState) -> None:
+    """Print the schema revision of the database and of this release."""
+    revision = current_revision(state.engine(migrate=False))
+    click.echo(f"database: {revision or 'empty'}; this release: {head_revision()}")
+
+
+@click.group()
+def token() -> None:
+    """API token helpers."""
+
+
+@token.command("new")
+def token_new() -> None:
+    """Print a new random API token for ROLLBACK_API_TOKEN."""
+    click.echo(secrets.token_urlsafe(32))

@@ -1,0 +1,119 @@
+"""The bot's settings: one class, read once from the environment and an optional `.env`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+# Values people paste from examples; a secret that looks like one is refused at start-up.
+PLACEHOLDERS = frozenset(
+    {
+        "changeme",
+        "change-me",
+        "secret",
+        "token",
+        "password",
+        "xxx",
+        "todo",
+        "placeholder",
+        "your-token-here",
+        "replace-me",
+    }
+)
+MIN_TOKEN_LENGTH = 16
+
+
+def _check_secret(value: SecretStr | None) -> SecretStr | None:
+    if value is None:
+        return None
+    raw = value.get_secret_value().strip()
+    if not raw:
+        return None
+    if raw.lower() in PLACEHOLDERS or raw.lower().startswith(("<", "your")):
+        raise ValueError("looks like a placeholder; generate one with `rollback-bot token new`")
+    if len(raw) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters")
+    return SecretStr(raw)
+
+
+class Settings(BaseSettings):
+    """Everything the bot reads from its environment (see docs/configuration.md)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_file_encoding="utf-8")
+
+    database_url: str = Field(default="sqlite:///./rollback-bot.db", min_length=1)
+    rollback_api_token: SecretStr | None = None
+    # Extra named API tokens, "name=token,name2=token2"; the name is recorded as the operator.
+    rollback_api_tokens: str = ""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    host: str = "127.0.0.1"
+    # An untargeted rollback within this many seconds of the previous one is refused as a duplicate.
+    rollback_dedup_seconds: Annotated[float, Field(ge=0)] = 300.0
+    db_pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+    db_max_overflow: Annotated[int, Field(ge=0, le=200)] = 20
+    log_level: str = "INFO"
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError(
+                "must start with sqlite:// or postgresql:// (for example sqlite:///./rollback-bot.db)"
+            )
+        return value
+
+    @field_validator("rollback_api_token")
+    @classmethod
+    def _token_not_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_secret(value)
+
+    @field_validator("rollback_api_tokens")
+    @classmethod
+    def _named_tokens(cls, value: str) -> str:
+        for name, token in _split_named_tokens(value):
+            if not name:
+                raise ValueError("each entry must be name=token")
+            try:
+                _check_secret(SecretStr(token))
+            except ValueError as exc:
+                raise ValueError(f"token {name!r} {exc}") from None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return upper
+
+    def api_tokens(self) -> dict[str, str]:
+        """Map each accepted API token to the operator name it is recorded as."""
+        tokens = {token: name for name, token in _split_named_tokens(self.rollback_api_tokens)}
+        if self.rollback_api_token is not None:
+            tokens[self.rollback_api_token.get_secret_value()] = "api"
+        return tokens
+
+
+def _split_named_tokens(value: str) -> list[tuple[str, str]]:
+    pairs = []
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        name, _, token = entry.partition("=")
+        pairs.append((name.strip(), token.strip()))
+    return pairs
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning a bad value into a one-line ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{field.upper()}: {message}") from None

@@ -1,0 +1,447 @@
+"""Changes to the registry: new versions, deploys, traffic splits, rollbacks and health marks.
+
+Each routing change is a compare-and-set on the routing row's `revision`, made in the same
+transaction as its audit entry, so a change and its record exist together or not at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from bot.errors import (
+    AlreadyActive,
+    AlreadyRolledBack,
+    ConcurrentChange,
+    InvalidRequest,
+    VersionExists,
+    VersionMarkedBad,
+)
+from bot.models import (
+    PROMPT_NAME_MAX,
+    PROMPT_NAME_PATTERN,
+    VERSION_LABEL_MAX,
+    VERSION_LABEL_PATTERN,
+    AuditEntry,
+    ChangeKind,
+    ChangeResult,
+    Health,
+    Prompt,
+    PromptVersion,
+    Routing,
+    Trigger,
+    VersionPublic,
+    utcnow,
+)
+from bot.registry.lookup import (
+    get_prompt,
+    get_version,
+    last_routing_change,
+    lock_routing,
+    versions_by_label,
+)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked for a change, and through what."""
+
+    operator: str
+    trigger: Trigger
+    rule: str | None = None
+
+
+def create_version(
+    *,
+    session: Session,
+    prompt: str,
+    version: str,
+    template: str,
+    created_by: str,
+    baseline: dict[str, float] | None = None,
+) -> VersionPublic:
+    """Register a version of `prompt`, creating the prompt (and its empty routing) if new."""
+    _check_name(prompt, PROMPT_NAME_PATTERN, PROMPT_NAME_MAX, "prompt name")
+    _check_name(version, VERSION_LABEL_PATTERN, VERSION_LABEL_MAX, "version label")
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(
+        insert(Prompt).values(name=prompt, created_at=utcnow()).on_conflict_do_nothing()
+    )
+    row = get_prompt(session, prompt)
+    session.execute(
+        insert(Routing)
+        .values(prompt_id=row.id, revision=0, updated_at=utcnow())
+        .on_conflict_do_nothing()
+    )
+    exists = session.exec(
+        select(PromptVersion.id).where(
+            PromptVersion.prompt_id == row.id, PromptVersion.label == version
+        )
+    ).first()
+    if exists is not None:
+        raise VersionExists(f"{prompt} already has a version {version!r}; versions are immutable")
+    record = PromptVersion(
+        prompt_id=_id(row),
+        label=version,
+        template=template,
+        created_by=created_by,
+        baseline=baseline,
+    )
+    session.add(record)
+    session.flush()
+    return to_public(record)
+
+
+def deploy(
+    *,
+    session: Session,
+    prompt: str,
+    version: str,
+    actor: Actor,
+    reason: str = "",
+    force: bool = False,
+) -> ChangeResult:
+    """Make `version` serve all of the prompt's traffic."""
+    row = get_prompt(session, prompt)
+    routing = lock_routing(session, row)
+    target = get_version(session, row, version)
+    serving = _serving(session, routing)
+    if set(serving) == {target.label}:
+        raise AlreadyActive(f"{version} is already serving all of {prompt}'s traffic")
+    _refuse_bad(target, force, "deploy")
+    now = utcnow()
+    previous = _active(session, routing)
+    if previous is not None and previous.health == Health.UNKNOWN:
+        _set_health(previous, Health.GOOD, f"served until {version} was deployed", now)
+    return _switch(
+        session,
+        row,
+        routing,
+        serving,
+        active=target,
+        split=None,
+        kind=ChangeKind.DEPLOY,
+        from_label=previous.label if previous else None,
+        actor=actor,
+        reason=reason,
+        now=now,
+    )
+
+
+def set_split(
+    *,
+    session: Session,
+    prompt: str,
+    split: dict[str, int],
+    actor: Actor,
+    reason: str = "",
+    force: bool = False,
+) -> ChangeResult:
+    """Share the prompt's traffic across versions (percentages summing to 100)."""
+    if sum(split.values()) != 100:
+        raise InvalidRequest(f"split percentages must sum to 100, not {sum(split.values())}")
+    row = get_prompt(session, prompt)
+    routing = lock_routing(session, row)
+    shares = {label: pct for label, pct in split.items() if pct > 0}
+    versions = versions_by_label(session, row, list(shares))
+    for version in versions.values():
+        _refuse_bad(version, force, "route traffic to")
+    serving = _serving(session, routing)
+    previous = _active(session, routing)
+    # The active version stays the stable one while it keeps a share; otherwise the largest share.
+    if previous is not None and previous.label in shares:
+        active = previous
+    else:
+        active = max(versions.values(), key=lambda v: (shares[v.label], -_id(v)))
+    new_split = shares if len(shares) > 1 else None
+    if serving == (new_split or {active.label: 100}):
+        raise AlreadyActive(f"{prompt} already routes traffic that way")
+    return _switch(
+        session,
+        row,
+        routing,
+        serving,
+        active=active,
+        split=new_split,
+        kind=ChangeKind.SPLIT,
+        from_label=previous.label if previous else None,
+        actor=actor,
+        reason=reason,
+        now=utcnow(),
+    )
+
+
+def rollback(
+    *,
+    session: Session,
+    prompt: str,
+    target: str | None,
+    actor: Actor,
+    reason: str = "",
+    force: bool = False,
+    expected_version: str | None = None,
+    dedup_window: timedelta = timedelta(minutes=5),
+) -> ChangeResult:
+    """Put the prompt back on `target`, or on the most recent known-good version when None.
+
+    The version rolled back away from is marked bad. If someone else rolled the prompt back
+    first, AlreadyRolledBack says who, from what and to what; nothing is changed twice.
+    """
+    row = get_prompt(session, prompt)
+    routing = lock_routing(session, row)
+    serving = _serving(session, routing)
+    if not serving:
+        raise InvalidRequest(f"{prompt} has no active version yet; deploy one first")
+    suspect = _newest(session, row, list(serving))
+    last = last_routing_change(session, row)
+    if expected_version is not None and expected_version != suspect.label:
+        raise _changed_since(prompt, expected_version, suspect.label, last)
+    now = utcnow()
+    if target is not None:
+        wanted = get_version(session, row, target)
+        if set(serving) == {wanted.label}:
+            if last is not None and last.kind == ChangeKind.ROLLBACK:
+                raise _already_rolled_back(prompt, last)
+            raise AlreadyActive(f"{target} is already the active version of {prompt}")
+        _refuse_bad(wanted, force, "roll back to")
+    else:
+        recent_rollback = (
+            last is not None
+            and last.kind == ChangeKind.ROLLBACK
+            and now - last.created_at < dedup_window
+        )
+        if recent_rollback and last is not None:
+            raise _already_rolled_back(prompt, last, hint=True)
+        wanted = _default_target(session, row, routing, serving, suspect)
+    _set_health(suspect, Health.BAD, f"rolled back to {wanted.label}: {reason}".rstrip(": "), now)
+    return _switch(
+        session,
+        row,
+        routing,
+        serving,
+        active=wanted,
+        split=None,
+        kind=ChangeKind.ROLLBACK,
+        from_label=suspect.label,
+        actor=actor,
+        reason=reason,
+        now=now,
+    )
+
+
+def mark_health(
+    *,
+    session: Session,
+    prompt: str,
+    version: str,
+    health: Health,
+    actor: Actor,
+    reason: str = "",
+) -> VersionPublic:
+    """Mark a version good, bad or unknown by hand, with an audit entry."""
+    row = get_prompt(session, prompt)
+    routing = lock_routing(session, row)
+    record = get_version(session, row, version)
+    now = utcnow()
+    _set_health(record, health, reason or None, now)
+    session.add(
+        AuditEntry(
+            prompt_id=_id(row),
+            kind=ChangeKind.HEALTH,
+            from_version=version,
+            to_version=version,
+            reason=f"marked {health.value}" + (f": {reason}" if reason else ""),
+            operator=actor.operator,
+            trigger=actor.trigger,
+            rule=actor.rule,
+            revision=routing.revision,
+            created_at=now,
+        )
+    )
+    session.flush()
+    return to_public(record)
+
+
+# --- internals -------------------------------------------------------------------------------
+
+
+def _check_name(value: str, pattern: str, limit: int, what: str) -> None:
+    if not re.fullmatch(pattern, value) or len(value) > limit:
+        raise InvalidRequest(
+            f"{what} {value[:limit]!r} must be 1-{limit} characters: letters, digits, '.', '_', "
+            "'-' (versions also '+'), starting with a letter or digit"
+        )
+
+
+def _id(obj: Prompt | PromptVersion) -> int:
+    assert obj.id is not None
+    return obj.id
+
+
+def to_public(version: PromptVersion) -> VersionPublic:
+    """The API shape of a version."""
+    return VersionPublic(
+        version=version.label,
+        created_by=version.created_by,
+        created_at=version.created_at,
+        health=version.health,
+        health_reason=version.health_reason,
+        baseline=version.baseline,
+        last_active_at=version.last_active_at,
+    )
+
+
+def _active(session: Session, routing: Routing) -> PromptVersion | None:
+    if routing.active_version_id is None:
+        return None
+    return session.get(PromptVersion, routing.active_version_id)
+
+
+def _serving(session: Session, routing: Routing) -> dict[str, int]:
+    """The labels that receive traffic now, with their percentages."""
+    if routing.split:
+        return dict(routing.split)
+    active = _active(session, routing)
+    return {active.label: 100} if active else {}
+
+
+def _newest(session: Session, prompt: Prompt, labels: list[str]) -> PromptVersion:
+    versions = versions_by_label(session, prompt, labels)
+    return max(versions.values(), key=_id)
+
+
+def _refuse_bad(version: PromptVersion, force: bool, verb: str) -> None:
+    if version.health == Health.BAD and not force:
+        why = f" ({version.health_reason})" if version.health_reason else ""
+        raise VersionMarkedBad(
+            f"{version.label} is marked bad{why}; refusing to {verb} it without force"
+        )
+
+
+def _set_health(version: PromptVersion, health: Health, reason: str | None, now: datetime) -> None:
+    version.health = health
+    version.health_reason = reason
+    version.health_changed_at = now
+
+
+def _default_target(
+    session: Session,
+    prompt: Prompt,
+    routing: Routing,
+    serving: dict[str, int],
+    suspect: PromptVersion,
+) -> PromptVersion:
+    """The version to roll back to: another serving one, else the last one active before."""
+    others = [label for label in serving if label != suspect.label]
+    if others:
+        candidates = versions_by_label(session, prompt, others)
+        healthy = [v for v in candidates.values() if v.health != Health.BAD]
+        if healthy:
+            return max(healthy, key=lambda v: serving[v.label])
+    previous = session.exec(
+        select(PromptVersion)
+        .where(
+            PromptVersion.prompt_id == prompt.id,
+            col(PromptVersion.last_active_at).is_not(None),
+            PromptVersion.health != Health.BAD,
+            col(PromptVersion.label).not_in(list(serving)),
+        )
+        .order_by(col(PromptVersion.last_active_at).desc(), col(PromptVersion.id).desc())
+        .limit(1)
+    ).first()
+    if previous is None:
+        raise InvalidRequest(
+            f"{prompt.name} has no previously active version that is not marked bad; "
+            "name the version to roll back to"
+        )
+    return previous
+
+
+def _switch(
+    session: Session,
+    prompt: Prompt,
+    routing: Routing,
+    serving: dict[str, int],
+    *,
+    active: PromptVersion,
+    split: dict[str, int] | None,
+    kind: ChangeKind,
+    from_label: str | None,
+    actor: Actor,
+    reason: str,
+    now: datetime,
+) -> ChangeResult:
+    """Compare-and-set the routing row and write the audit entry in the same transaction."""
+    new_serving = set(split) if split else {active.label}
+    dropped = [label for label in serving if label not in new_serving]
+    if dropped:
+        for version in versions_by_label(session, prompt, dropped).values():
+            version.last_active_at = now
+    revision = routing.revision
+    result = session.execute(
+        update(Routing)
+        .where(col(Routing.prompt_id) == prompt.id, col(Routing.revision) == revision)
+        .values(active_version_id=active.id, split=split, revision=revision + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise ConcurrentChange(f"{prompt.name} changed while this request ran; look and retry")
+    session.expire(routing)
+    entry = AuditEntry(
+        prompt_id=_id(prompt),
+        kind=kind,
+        from_version=from_label,
+        to_version=active.label,
+        split=split,
+        reason=reason,
+        operator=actor.operator,
+        trigger=actor.trigger,
+        rule=actor.rule,
+        revision=revision + 1,
+        created_at=now,
+    )
+    session.add(entry)
+    session.flush()
+    assert entry.id is not None
+    return ChangeResult(
+        prompt=prompt.name,
+        kind=kind,
+        from_version=from_label,
+        to_version=active.label,
+        split=split,
+        revision=revision + 1,
+        audit_id=entry.id,
+        timestamp=now,
+    )
+
+
+def describe_change(entry: AuditEntry) -> str:
+    """One line saying who changed what: 'rolled back v2.0.0 → v1.9.0 by alice at 10:02:11Z'."""
+    verb = {"rollback": "rolled back", "deploy": "deployed", "split": "re-split"}.get(
+        entry.kind.value, entry.kind.value
+    )
+    change = (
+        f"{entry.from_version} → {entry.to_version}" if entry.from_version else entry.to_version
+    )
+    when = entry.created_at.strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{verb} {change} by {entry.operator} ({entry.trigger.value}) at {when}"
+
+
+def _already_rolled_back(prompt: str, entry: AuditEntry, hint: bool = False) -> AlreadyRolledBack:
+    more = "; name a version to roll back further" if hint else ""
+    return AlreadyRolledBack(f"{prompt} was already {describe_change(entry)}{more}")
+
+
+def _changed_since(
+    prompt: str, expected: str, current: str, last: AuditEntry | None
+) -> ConcurrentChange:
+    if last is not None and last.kind == ChangeKind.ROLLBACK and last.from_version == expected:
+        return _already_rolled_back(prompt, last)
+    detail = f" ({describe_change(last)})" if last else ""
+    return ConcurrentChange(f"{prompt} is no longer on {expected}: now on {current}{detail}")

@@ -1,0 +1,92 @@
+"""Finding prompts and versions, with errors that tell the user what does exist."""
+
+from __future__ import annotations
+
+import difflib
+
+from sqlmodel import Session, col, select
+
+from bot.errors import PromptNotFound, VersionNotFound
+from bot.models import AuditEntry, ChangeKind, Prompt, PromptVersion, Routing
+
+RECENT_VERSIONS_SHOWN = 5
+
+
+def get_prompt(session: Session, name: str) -> Prompt:
+    """Return the prompt named `name` or raise PromptNotFound suggesting close names."""
+    prompt = session.exec(select(Prompt).where(Prompt.name == name)).first()
+    if prompt is None:
+        names = list(session.exec(select(Prompt.name)).all())
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise PromptNotFound(f"no prompt named {name!r}{hint}")
+    return prompt
+
+
+def lock_routing(session: Session, prompt: Prompt) -> Routing:
+    """Return the prompt's routing row, locked for the rest of the transaction on PostgreSQL."""
+    # On SQLite the whole write transaction already holds the lock (BEGIN IMMEDIATE).
+    routing = session.exec(
+        select(Routing).where(Routing.prompt_id == prompt.id).with_for_update()
+    ).one()
+    return routing
+
+
+def recent_labels(
+    session: Session, prompt: Prompt, limit: int = RECENT_VERSIONS_SHOWN
+) -> list[str]:
+    """The labels of the prompt's newest versions, newest first."""
+    rows = session.exec(
+        select(PromptVersion.label)
+        .where(PromptVersion.prompt_id == prompt.id)
+        .order_by(col(PromptVersion.id).desc())
+        .limit(limit)
+    ).all()
+    return list(rows)
+
+
+def get_version(session: Session, prompt: Prompt, label: str) -> PromptVersion:
+    """Return the prompt's version `label` or raise VersionNotFound listing recent versions."""
+    version = session.exec(
+        select(PromptVersion).where(
+            PromptVersion.prompt_id == prompt.id, PromptVersion.label == label
+        )
+    ).first()
+    if version is None:
+        recent = recent_labels(session, prompt)
+        listing = ", ".join(recent) if recent else "none yet"
+        raise VersionNotFound(
+            f"{prompt.name} has no version {label!r}; recent versions: {listing}", recent
+        )
+    return version
+
+
+def versions_by_label(
+    session: Session, prompt: Prompt, labels: list[str]
+) -> dict[str, PromptVersion]:
+    """Load several versions at once, raising VersionNotFound for the first missing label."""
+    found = {
+        v.label: v
+        for v in session.exec(
+            select(PromptVersion).where(
+                PromptVersion.prompt_id == prompt.id, col(PromptVersion.label).in_(labels)
+            )
+        ).all()
+    }
+    for label in labels:
+        if label not in found:
+            get_version(session, prompt, label)  # raises with the recent versions listed
+    return found
+
+
+def last_routing_change(session: Session, prompt: Prompt) -> AuditEntry | None:
+    """The newest audit entry that changed the prompt's routing."""
+    return session.exec(
+        select(AuditEntry)
+        .where(
+            AuditEntry.prompt_id == prompt.id,
+            col(AuditEntry.kind).in_([ChangeKind.DEPLOY, ChangeKind.ROLLBACK, ChangeKind.SPLIT]),
+        )
+        .order_by(col(AuditEntry.id).desc())
+        .limit(1)
+    ).first()

@@ -1,0 +1,98 @@
+"""Read-only views of the registry: listings, one prompt's detail, and its history."""
+
+from __future__ import annotations
+
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+
+from bot.models import (
+    AuditEntry,
+    AuditPublic,
+    Prompt,
+    PromptDetail,
+    PromptSummary,
+    PromptVersion,
+    Routing,
+)
+from bot.registry.changes import to_public
+from bot.registry.lookup import get_prompt
+
+HISTORY_MAX = 500
+
+
+def list_prompts(*, session: Session) -> list[PromptSummary]:
+    """Every prompt with its active version, split and version count, by name."""
+    counts = (
+        select(PromptVersion.prompt_id, func.count().label("n"))
+        .group_by(col(PromptVersion.prompt_id))
+        .subquery()
+    )
+    rows = session.execute(
+        sa_select(
+            col(Prompt.name),
+            col(PromptVersion.label),
+            col(Routing.split),
+            col(Routing.updated_at),
+            counts.c.n,
+        )
+        .join(Routing, col(Routing.prompt_id) == Prompt.id)
+        .join(PromptVersion, col(PromptVersion.id) == Routing.active_version_id, isouter=True)
+        .join(counts, counts.c.prompt_id == Prompt.id, isouter=True)
+        .order_by(Prompt.name)
+    ).all()
+    return [
+        PromptSummary(
+            name=name, active_version=label, split=split, version_count=n or 0, updated_at=updated
+        )
+        for name, label, split, updated, n in rows
+    ]
+
+
+def prompt_detail(*, session: Session, name: str) -> PromptDetail:
+    """The prompt's routing and all its versions, newest first."""
+    prompt = get_prompt(session, name)
+    routing = session.exec(select(Routing).where(Routing.prompt_id == prompt.id)).one()
+    versions = session.exec(
+        select(PromptVersion)
+        .where(PromptVersion.prompt_id == prompt.id)
+        .order_by(col(PromptVersion.id).desc())
+    ).all()
+    active = next((v.label for v in versions if v.id == routing.active_version_id), None)
+    return PromptDetail(
+        name=prompt.name,
+        active_version=active,
+        split=routing.split,
+        revision=routing.revision,
+        updated_at=routing.updated_at,
+        versions=[to_public(v) for v in versions],
+    )
+
+
+def history(
+    *, session: Session, name: str, limit: int = 50, before_id: int | None = None
+) -> list[AuditPublic]:
+    """The prompt's audit log, newest first; page with `before_id`."""
+    prompt = get_prompt(session, name)
+    query = select(AuditEntry).where(AuditEntry.prompt_id == prompt.id)
+    if before_id is not None:
+        query = query.where(col(AuditEntry.id) < before_id)
+    entries = session.exec(
+        query.order_by(col(AuditEntry.id).desc()).limit(min(max(limit, 1), HISTORY_MAX))
+    ).all()
+    return [
+        AuditPublic(
+            id=e.id or 0,
+            kind=e.kind,
+            from_version=e.from_version,
+            to_version=e.to_version,
+            split=e.split,
+            reason=e.reason,
+            operator=e.operator,
+            trigger=e.trigger,
+            rule=e.rule,
+            revision=e.revision,
+            timestamp=e.created_at,
+        )
+        for e in entries
+    ]
