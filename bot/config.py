@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     @classmethod
     def _named_tokens(cls, value: str) -> str:
         for name, token in _split_named_tokens(value):
-            if not name:
-                raise ValueError("each entry must be name=token")
+            if not name or not token:
+                raise ValueError("each entry must be name=token, comma-separated")
             try:
                 _check_secret(SecretStr(token))
             except ValueError as exc:

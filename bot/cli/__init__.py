@@ -14,6 +14,7 @@ from bot.errors import BotError
 cli.add_command(ops.serve)
 cli.add_command(ops.db)
 cli.add_command(ops.token)
+cli.add_command(ops.init)
 cli.add_command(registry_cmds.prompts)
 cli.add_command(registry_cmds.rollback)
 

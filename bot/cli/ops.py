@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+from pathlib import Path
 
 import click
-import uvicorn
 
-from bot.api.app import create_app
 from bot.cli.context import CliState, pass_state
 from bot.migrate import current_revision, head_revision, upgrade
 
@@ -22,6 +21,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 @pass_state
 def serve(state: CliState, host: str | None, port: int | None) -> None:
     """Run the HTTP API (SQLite databases are migrated on start)."""
+    # Imported here so the registry commands start without loading the web stack.
+    import uvicorn
+
+    from bot.api.app import create_app
+
     settings = state.settings
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -67,6 +71,24 @@ def db_current(state: CliState) -> None:
     """Print the schema revision of the database and of this release."""
     revision = current_revision(state.engine(migrate=False))
     click.echo(f"database: {revision or 'empty'}; this release: {head_revision()}")
+
+
+@click.command()
+@click.option("--env-file", default=".env", show_default=True, type=click.Path(dir_okay=False))
+def init(env_file: str) -> None:
+    """Create ENV_FILE with a fresh ROLLBACK_API_TOKEN unless it already sets one."""
+    path = Path(env_file)
+    existing = path.read_text() if path.exists() else ""
+    if any(line.startswith("ROLLBACK_API_TOKEN=") for line in existing.splitlines()):
+        click.echo(f"{env_file} already sets ROLLBACK_API_TOKEN; leaving it as it is")
+        return
+    prefix = "" if not existing or existing.endswith("\n") else "\n"
+    with path.open("a") as handle:
+        handle.write(f"{prefix}ROLLBACK_API_TOKEN={secrets.token_urlsafe(32)}\n")
+    path.chmod(0o600)
+    click.echo(
+        f"wrote a new ROLLBACK_API_TOKEN to {env_file} (mode 600); use it as the API's bearer token"
+    )
 
 
 @click.group()

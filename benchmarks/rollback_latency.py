@@ -1,0 +1,91 @@
+"""Rollback transaction latency (lock, compare-and-set, health mark, audit row, commit).
+
+    python benchmarks/rollback_latency.py [--n 500] [--postgres URL]
+
+Uses a fresh SQLite file (WAL, synchronous=FULL) and, when a PostgreSQL URL is given
+(or TEST_DATABASE_URL is set), a scratch schema there. Prints p50/p99/max per backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from datetime import timedelta
+
+from sqlalchemy import create_engine, text
+
+from bot import registry
+from bot.db import make_engine, write_session
+from bot.migrate import upgrade
+from bot.models import Trigger
+from bot.registry.changes import Actor
+
+ACTOR = Actor(operator="bench", trigger=Trigger.API)
+SCHEMA = "rollback_bot_bench"
+
+
+def measure(url: str, n: int) -> list[float]:
+    """Time `n` rollbacks; a forced deploy between them (not timed) re-arms the bad version."""
+    engine = make_engine(url)
+    upgrade(engine)
+    with write_session(engine) as session:
+        for label in ("v1.9.0", "v2.0.0"):
+            registry.create_version(
+                session=session, prompt="customer-support", version=label, template=label * 50,
+                created_by="bench",
+            )
+    with write_session(engine) as session:
+        registry.deploy(session=session, prompt="customer-support", version="v1.9.0", actor=ACTOR)
+    timings = []
+    for _ in range(n):
+        with write_session(engine) as session:
+            registry.deploy(
+                session=session, prompt="customer-support", version="v2.0.0", actor=ACTOR, force=True
+            )
+        started = time.perf_counter()
+        with write_session(engine) as session:
+            registry.rollback(
+                session=session, prompt="customer-support", target=None, actor=ACTOR,
+                reason="benchmark", dedup_window=timedelta(0),
+            )
+        timings.append((time.perf_counter() - started) * 1000)
+    engine.dispose()
+    return timings
+
+
+def report(name: str, timings: list[float]) -> None:
+    ordered = sorted(timings)
+    p99 = ordered[max(0, int(len(ordered) * 0.99) - 1)]
+    print(
+        f"{name:<11} n={len(ordered):<5} p50={statistics.median(ordered):6.2f} ms  "
+        f"p99={p99:6.2f} ms  max={ordered[-1]:6.2f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--postgres", default=os.environ.get("TEST_DATABASE_URL"))
+    args = parser.parse_args()
+    print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        report("sqlite", measure(f"sqlite:///{tmp}/bench.db", args.n))
+    if args.postgres:
+        admin = create_engine(args.postgres.replace("postgresql://", "postgresql+psycopg://", 1))
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}"))
+        sep = "&" if "?" in args.postgres else "?"
+        try:
+            report("postgresql", measure(f"{args.postgres}{sep}options=-csearch_path%3D{SCHEMA}", args.n))
+        finally:
+            with admin.begin() as conn:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The README's commands are the ones CI runs, and the docs name every setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/pytest"
+RUN_COMMAND = (
+    "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/rollback-bot init "
+    "&& .venv/bin/rollback-bot serve"
+)
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    assert TEST_COMMAND in (ROOT / "README.md").read_text()
+    assert TEST_COMMAND in (ROOT / ".ci/run").read_text()
+
+
+def test_readme_run_command() -> None:
+    assert RUN_COMMAND in (ROOT / "README.md").read_text()
+
+
+def test_every_setting_is_documented() -> None:
+    reference = (ROOT / "docs/configuration.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`{name.upper()}`" in reference, name
