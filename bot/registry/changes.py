@@ -384,10 +384,18 @@ def _switch(
         for version in versions_by_label(session, prompt, dropped).values():
             version.last_active_at = now
     revision = routing.revision
+    values: dict[str, object] = {
+        "active_version_id": active.id,
+        "split": split,
+        "revision": revision + 1,
+        "updated_at": now,
+    }
+    if routing.active_version_id != active.id:
+        values |= {"previous_version_id": routing.active_version_id, "activated_at": now}
     result = session.execute(
         update(Routing)
         .where(col(Routing.prompt_id) == prompt.id, col(Routing.revision) == revision)
-        .values(active_version_id=active.id, split=split, revision=revision + 1, updated_at=now)
+        .values(values)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""Tables of the registry and the shapes the API and CLI exchange, in one place."""
+"""The registry's tables (prompts, versions, routing, audit) and the shapes the API exchanges."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ class Trigger(enum.StrEnum):
     AUTOMATIC = "automatic"
 
 
-def _enum_column(enum_type: type[enum.StrEnum]) -> Column[str]:
+def enum_column(enum_type: type[enum.StrEnum]) -> Column[str]:
     """Store an enum as its value in a plain VARCHAR (no native enum type to migrate)."""
     return Column(
         SAEnum(
@@ -131,7 +131,7 @@ class PromptVersion(SQLModel, table=True):
     created_by: str = Field(max_length=OPERATOR_MAX)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     baseline: dict[str, float] | None = Field(default=None, sa_column=Column(JSON))
-    health: Health = Field(default=Health.UNKNOWN, sa_column=_enum_column(Health))
+    health: Health = Field(default=Health.UNKNOWN, sa_column=enum_column(Health))
     health_reason: str | None = Field(default=None, max_length=REASON_MAX)
     health_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # When the version last stopped serving traffic; orders the candidates for a rollback.
@@ -147,6 +147,10 @@ class Routing(SQLModel, table=True):
     split: dict[str, int] | None = Field(default=None, sa_column=Column(JSON))
     revision: int = Field(default=0)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # The version active before the current one and when the current one took over:
+    # together they define the baseline window a new version is compared with.
+    previous_version_id: int | None = Field(default=None, foreign_key="prompt_version.id")
+    activated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class AuditEntry(SQLModel, table=True):
@@ -157,13 +161,13 @@ class AuditEntry(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     prompt_id: int = Field(foreign_key="prompt.id")
-    kind: ChangeKind = Field(sa_column=_enum_column(ChangeKind))
+    kind: ChangeKind = Field(sa_column=enum_column(ChangeKind))
     from_version: str | None = Field(default=None, max_length=VERSION_LABEL_MAX)
     to_version: str | None = Field(default=None, max_length=VERSION_LABEL_MAX)
     split: dict[str, int] | None = Field(default=None, sa_column=Column(JSON))
     reason: str = Field(default="", max_length=REASON_MAX)
     operator: str = Field(max_length=OPERATOR_MAX)
-    trigger: Trigger = Field(sa_column=_enum_column(Trigger))
+    trigger: Trigger = Field(sa_column=enum_column(Trigger))
     rule: str | None = Field(default=None, max_length=200)
     revision: int
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,182 @@
+"""Detection's tables (metric buckets, incidents, the checker lease) and the events API shapes."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydanticField
+from sqlalchemy import JSON, Column, Float, ForeignKey, Index, Integer, Table, text
+from sqlmodel import Field, SQLModel
+
+from bot.models.registry import (
+    PROMPT_NAME_MAX,
+    VERSION_LABEL_MAX,
+    UTCDateTime,
+    enum_column,
+    utcnow,
+)
+
+# Upper bounds (ms) of the latency histogram's buckets; the last one is open-ended.
+# Roughly 25-30% wide, so a percentile read from it is within about 15% of the true value.
+LATENCY_BOUNDS_MS: tuple[float, ...] = (
+    5,
+    10,
+    25,
+    50,
+    75,
+    100,
+    150,
+    200,
+    300,
+    400,
+    500,
+    650,
+    800,
+    1000,
+    1250,
+    1500,
+    2000,
+    2500,
+    3000,
+    4000,
+    5000,
+    6500,
+    8000,
+    10000,
+    15000,
+    20000,
+    30000,
+    60000,
+    float("inf"),
+)
+HISTOGRAM_COLUMNS: tuple[str, ...] = tuple(f"h{i:02d}" for i in range(len(LATENCY_BOUNDS_MS)))
+
+# One row per prompt version per minute: storage grows with versions x time, not requests.
+# A Core table because ingestion upserts it in bulk and the checker sums it in SQL.
+metric_bucket = Table(
+    "metric_bucket",
+    SQLModel.metadata,
+    Column("version_id", Integer, ForeignKey("prompt_version.id"), primary_key=True),
+    Column("minute", UTCDateTime, primary_key=True),
+    Column("requests", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("latency_sum_ms", Float, nullable=False),
+    Column("quality_sum", Float, nullable=False),
+    Column("quality_count", Integer, nullable=False),
+    *(Column(name, Integer, nullable=False) for name in HISTOGRAM_COLUMNS),
+    Index("ix_metric_bucket_minute", "minute"),
+)
+
+
+class Severity(enum.StrEnum):
+    """How bad a verdict is, in the seed's terms."""
+
+    NONE = "none"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class Action(enum.StrEnum):
+    """What the checker does about a verdict, weakest first."""
+
+    NONE = "none"
+    INSUFFICIENT_DATA = "insufficient_data"
+    METRICS_UNAVAILABLE = "metrics_unavailable"
+    OBSERVE = "observe"
+    ALERT = "alert"
+    PAGE = "page"
+    ROLLBACK = "rollback"
+
+
+class IncidentStatus(enum.StrEnum):
+    """Where an incident stands."""
+
+    OPEN = "open"  # alerted or paged; waiting for people
+    OBSERVING = "observing"  # medium severity; re-judged when its observation window ends
+    ROLLED_BACK = "rolled_back"  # the version was rolled back (automatically or by a person)
+    RESOLVED = "resolved"  # the breach cleared, or the version stopped serving
+
+
+ACTIVE_INCIDENT = ("open", "observing")
+
+
+class Incident(SQLModel, table=True):
+    """One episode of a prompt version breaching its policy; repeated breaches update it."""
+
+    __table_args__ = (
+        # At most one active incident per version: a repeated breach updates it, never re-opens.
+        Index(
+            "uq_incident_active_version",
+            "version_id",
+            unique=True,
+            sqlite_where=text("status IN ('open', 'observing')"),
+            postgresql_where=text("status IN ('open', 'observing')"),
+        ),
+        Index("ix_incident_status", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    version_id: int = Field(foreign_key="prompt_version.id")
+    prompt: str = Field(max_length=PROMPT_NAME_MAX)
+    version: str = Field(max_length=VERSION_LABEL_MAX)
+    status: IncidentStatus = Field(sa_column=enum_column(IncidentStatus))
+    severity: Severity = Field(sa_column=enum_column(Severity))
+    action: Action = Field(sa_column=enum_column(Action))
+    summary: str = Field(default="", max_length=2000)
+    decision: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    breaches: int = Field(default=1)
+    opened_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_breach_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    healthy_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    observe_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    escalated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    rollback_audit_id: int | None = Field(default=None, foreign_key="audit_entry.id")
+
+
+class Lease(SQLModel, table=True):
+    """A named lease held by one process at a time (the checker runs only where it is held)."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=200)
+    acquired_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+
+
+# --- events API -----------------------------------------------------------------------------
+
+EVENTS_MAX = 5_000
+
+
+class Event(BaseModel):
+    """One request outcome reported by a serving app."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[str, PydanticField(min_length=1, max_length=PROMPT_NAME_MAX)]
+    version: Annotated[str, PydanticField(min_length=1, max_length=VERSION_LABEL_MAX)]
+    error: bool
+    latency_ms: Annotated[float, PydanticField(ge=0, le=3_600_000, allow_inf_nan=False)]
+    quality: Annotated[float, PydanticField(ge=0, le=1, allow_inf_nan=False)] | None = None
+    ts: datetime | None = None
+
+
+class EventBatch(BaseModel):
+    """A batch of outcomes; it is stored whole or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: Annotated[list[Event], PydanticField(min_length=1, max_length=EVENTS_MAX)]
+
+
+class IngestResult(BaseModel):
+    """What an accepted batch added."""
+
+    accepted: int
+    buckets: int
