@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     db_max_overflow: Annotated[int, Field(ge=0, le=200)] = 20
     log_level: str = "INFO"
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    rollback_policy_dir: str = "./policies"
+    # Seconds between checker passes (the seed's loop runs every 30 s).
+    rollback_check_interval: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    checker_enabled: bool = True
+    # A replica that stops renewing loses the checker lease after this many seconds
+    # (0: three check intervals, at least 5 s).
+    checker_lease_seconds: Annotated[float, Field(ge=0)] = 0.0
+    metrics_retention_hours: Annotated[float, Field(gt=0)] = 48.0
+    metrics_source_down_after: Annotated[int, Field(ge=1)] = 3
 
     @field_validator("database_url")
     @classmethod
@@ -91,6 +100,10 @@ class Settings(BaseSettings):
         if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return upper
+
+    def lease_ttl_seconds(self) -> float:
+        """How long the checker lease lasts without renewal."""
+        return self.checker_lease_seconds or max(3 * self.rollback_check_interval, 5.0)
 
     def api_tokens(self) -> dict[str, str]:
         """Map each accepted API token to the operator name it is recorded as."""

@@ -80,6 +80,18 @@ class InvalidRequest(RegistryError):
     code = "invalid_request"
 
 
+class InvalidEvents(InvalidRequest):
+    """An events batch was refused whole; `problems` names each bad index and field."""
+
+    code = "invalid_events"
+
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        super().__init__(f"batch refused, nothing stored: {summary}{more}")
+        self.problems = problems
+
+
 class Conflict(RegistryError):
     """The request conflicts with the registry's current state."""
 

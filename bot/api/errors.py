@@ -14,6 +14,7 @@ from bot.errors import (
     BotError,
     Conflict,
     DatabaseUnavailable,
+    InvalidEvents,
     InvalidRequest,
     NotFound,
     SchemaOutOfDate,
@@ -43,6 +44,8 @@ async def _bot_error(_request: Request, exc: Exception) -> JSONResponse:
     body: dict[str, object] = {"error": exc.code, "detail": exc.message}
     if isinstance(exc, VersionNotFound):
         body["recent_versions"] = exc.recent_versions
+    if isinstance(exc, InvalidEvents):
+        body["problems"] = exc.problems
     code = status_for(exc)
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else None
     return JSONResponse(body, status_code=code, headers=headers)

@@ -7,7 +7,7 @@ import sys
 import click
 from pydantic import ValidationError
 
-from bot.cli import ops, registry_cmds
+from bot.cli import detection_cmds, ops, registry_cmds
 from bot.cli.context import cli
 from bot.errors import BotError
 
@@ -15,6 +15,8 @@ cli.add_command(ops.serve)
 cli.add_command(ops.db)
 cli.add_command(ops.token)
 cli.add_command(ops.init)
+cli.add_command(detection_cmds.policy)
+cli.add_command(detection_cmds.check)
 cli.add_command(registry_cmds.prompts)
 cli.add_command(registry_cmds.rollback)
 

@@ -25,6 +25,9 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from bot.api.app import create_app
+    from bot.detection.notify import LogNotifier
+    from bot.detection.scheduler import CheckerService
+    from bot.policy import load_policies
 
     settings = state.settings
     logging.basicConfig(
@@ -36,7 +39,13 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
             "ROLLBACK_API_TOKEN is not set: /api answers 503 until it is "
             "(generate one with `rollback-bot token new`)"
         )
-    app = create_app(settings, engine)
+    policies = load_policies(settings.rollback_policy_dir)  # an invalid policy stops start-up
+    checker = None
+    if settings.checker_enabled:
+        checker = CheckerService(
+            engine=engine, settings=settings, policies=policies, notifier=LogNotifier()
+        )
+    app = create_app(settings, engine, checker=checker)
     uvicorn.run(
         app,
         host=host or settings.host,

@@ -100,7 +100,7 @@ def enum_column(enum_type: type[enum.StrEnum]) -> Column[str]:
             enum_type,
             native_enum=False,
             create_constraint=False,
-            length=16,
+            length=24,
             values_callable=lambda members: [m.value for m in members],
         ),
         nullable=False,

@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from bot.models import PROMPT_NAME_PATTERN, Action, Severity
+from bot.models import Action, Severity
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}

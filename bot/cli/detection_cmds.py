@@ -1,0 +1,106 @@
+"""`policy check` and `check --once`: detection from the command line."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import click
+
+from bot.cli.context import CliState, emit_table, json_option, pass_state
+from bot.detection import lease
+from bot.detection.checker import Checker
+from bot.detection.notify import LogNotifier
+from bot.detection.scheduler import LEASE, build_sources
+from bot.errors import BotError
+from bot.models import utcnow
+from bot.policy import load_policies
+
+
+@click.group()
+def policy() -> None:
+    """Detection policy commands."""
+
+
+@policy.command("check")
+@click.argument("directory", required=False)
+@pass_state
+def policy_check(state: CliState, directory: str | None) -> None:
+    """Validate DIRECTORY (default ROLLBACK_POLICY_DIR): each problem with file, line and field."""
+    folder = directory or state.settings.rollback_policy_dir
+    policies = load_policies(folder)
+    click.echo(
+        f"{folder}: OK ({len(policies.files)} file(s), {len(policies.rules)} rules, "
+        f"{len(policies.prompts)} prompt override(s))"
+    )
+
+
+@click.command("check")
+@click.option("--once", is_flag=True, required=True, help="Run one pass and exit.")
+@click.option("--dry-run", is_flag=True, help="Judge only: open no incident, roll nothing back.")
+@json_option
+@pass_state
+def check(state: CliState, once: bool, dry_run: bool, as_json: bool) -> None:
+    """Run one checker pass now and print every verdict."""
+    settings = state.settings
+    engine = state.engine()
+    policies = load_policies(settings.rollback_policy_dir)
+    checker = Checker(
+        engine=engine,
+        policies=policies,
+        sources=build_sources(engine, policies),
+        notifier=LogNotifier(),
+        source_down_after=settings.metrics_source_down_after,
+        dedup_window=timedelta(seconds=settings.rollback_dedup_seconds),
+    )
+    now = utcnow()
+    if dry_run:
+        decisions = [decision for _, decision in checker.judge(now)]
+        rollbacks: list[str] = []
+    else:
+        holder = f"cli:{now.timestamp()}"
+        ttl = timedelta(seconds=settings.lease_ttl_seconds())
+        if not lease.hold(engine=engine, name=LEASE, holder=holder, ttl=ttl, now=now):
+            raise BotError("a running server holds the checker lease; use --dry-run to only judge")
+        try:
+            report = checker.tick()
+        finally:
+            lease.release(engine=engine, name=LEASE, holder=holder)
+        decisions = report.decisions
+        rollbacks = [f"{r.prompt}: {r.from_version} → {r.to_version}" for r in report.rollbacks]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"decisions": [d.as_dict() for d in decisions], "rollbacks": rollbacks},
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    emit_table(
+        ["prompt", "version", "severity", "action", "n", "error %", "95% CI", "p99 ms", "reason"],
+        [
+            (
+                d.prompt,
+                d.version,
+                d.severity,
+                d.action,
+                d.figures.get("requests"),
+                _num(d.figures.get("error_rate_pct")),
+                _ci(d.figures.get("error_rate_ci_pct")),
+                _num(d.figures.get("latency_p99_ms"), 0),
+                d.reason,
+            )
+            for d in decisions
+        ],
+    )
+    for line in rollbacks:
+        click.echo(f"rolled back {line}")
+
+
+def _num(value: float | None, digits: int = 2) -> str | None:
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def _ci(value: list[float] | None) -> str | None:
+    return None if not value else f"{value[0]:.2f}-{value[1]:.2f}"

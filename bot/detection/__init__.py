@@ -1,0 +1,1 @@
+"""Detection: judge each live version against its policy, and act on the verdict."""

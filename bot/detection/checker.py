@@ -1,0 +1,436 @@
+"""One pass of the criteria checker: judge every live version, then act on the verdicts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from bot import registry
+from bot.db import read_session, write_session
+from bot.detection import incidents as inc
+from bot.detection.notify import Notice, NoticeKind, Notifier
+from bot.detection.targets import LiveVersion, load_live_versions
+from bot.detection.verdict import Decision, decide
+from bot.errors import BotError, ConcurrentChange, Conflict
+from bot.metrics import MetricsSource, MetricsUnavailable, VersionMetrics
+from bot.models import (
+    Action,
+    ChangeResult,
+    Health,
+    Incident,
+    IncidentStatus,
+    PromptVersion,
+    Severity,
+    Trigger,
+    utcnow,
+)
+from bot.policy import PolicySet
+from bot.registry.changes import Actor
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "system"
+KNOWN_GOOD_AFTER = timedelta(hours=1)  # without a new_version section, "served cleanly" means this
+
+
+@dataclass
+class TickReport:
+    """What one pass saw and did."""
+
+    started_at: datetime
+    duration_s: float = 0.0
+    decisions: list[Decision] = field(default_factory=list)
+    rollbacks: list[ChangeResult] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    """Work found while reading incidents, done after the bookkeeping commits."""
+
+    rollbacks: list[tuple[LiveVersion, Decision, int | None]] = field(default_factory=list)
+    mark_good: list[LiveVersion] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+
+
+class Checker:
+    """Judges live versions against their policies and acts: rollback, page, alert, observe."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        policies: PolicySet,
+        sources: Mapping[str, MetricsSource],
+        notifier: Notifier,
+        clock: Callable[[], datetime] = utcnow,
+        source_down_after: int = 3,
+        dedup_window: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self.engine, self.policies, self.sources = engine, policies, sources
+        self.notifier, self.clock = notifier, clock
+        self.source_down_after, self.dedup_window = source_down_after, dedup_window
+        self._failures: dict[str, int] = defaultdict(int)
+        self._down: set[str] = set()
+
+    def judge(self, now: datetime) -> list[tuple[LiveVersion, Decision]]:
+        """Read every live version's metrics and decide; changes nothing."""
+        with read_session(self.engine) as session:
+            live = load_live_versions(session, self.policies)
+        metrics = self._collect(live, now)
+        return [
+            (
+                lv,
+                decide(
+                    prompt=lv.target.prompt,
+                    version=lv.target.version,
+                    metrics=metrics[lv.target.version_id],
+                    policy=lv.policy,
+                    age=now - lv.age_reference if lv.age_reference else None,
+                ),
+            )
+            for lv in live
+        ]
+
+    def tick(self) -> TickReport:
+        """One full pass: judge, record incidents, roll back criticals, tell people."""
+        started = time.perf_counter()
+        now = self.clock()
+        report = TickReport(started_at=now)
+        judged = self.judge(now)
+        report.decisions = [decision for _, decision in judged]
+        plan = _Plan(notices=self._source_notices())
+        self._record(judged, now, plan)
+        for live, decision, incident_id in plan.rollbacks:
+            self._roll_back(live, decision, incident_id, now, report, plan)
+        self._mark_known_good(plan.mark_good, now)
+        for notice in plan.notices:
+            self._send(notice)
+        report.notices = plan.notices
+        report.duration_s = time.perf_counter() - started
+        return report
+
+    # --- metrics ---------------------------------------------------------------------------
+
+    def _collect(
+        self, live: list[LiveVersion], now: datetime
+    ) -> dict[int, VersionMetrics | MetricsUnavailable]:
+        by_source: dict[str, list[LiveVersion]] = defaultdict(list)
+        for lv in live:
+            by_source[lv.policy.settings.source].append(lv)
+        result: dict[int, VersionMetrics | MetricsUnavailable] = {}
+        for name, group in by_source.items():
+            targets = [lv.target for lv in group]
+            source = self.sources.get(name)
+            try:
+                if source is None:
+                    raise MetricsUnavailable(f"metrics source {name!r} is not configured")
+                found = source.collect(targets, now)
+            except Exception as exc:  # a broken source must never stop the checker
+                log.exception("metrics source %s failed", name)
+                failure = (
+                    exc
+                    if isinstance(exc, MetricsUnavailable)
+                    else MetricsUnavailable(
+                        f"metrics source {name!r} failed: {exc.__class__.__name__}: {exc}"
+                    )
+                )
+                found = dict.fromkeys([t.version_id for t in targets], failure)
+            failed = [m for m in found.values() if isinstance(m, MetricsUnavailable)]
+            self._failures[name] = (
+                self._failures[name] + 1 if failed and len(failed) == len(targets) else 0
+            )
+            if failed:
+                self._last_error = failed[0].message
+            for target in targets:
+                result[target.version_id] = found.get(
+                    target.version_id, MetricsUnavailable(f"{name} returned nothing for it")
+                )
+        return result
+
+    def _source_notices(self) -> list[Notice]:
+        notices = []
+        for name, failures in self._failures.items():
+            if failures >= self.source_down_after and name not in self._down:
+                self._down.add(name)
+                notices.append(
+                    Notice(
+                        NoticeKind.METRICS_SOURCE_DOWN,
+                        Severity.HIGH,
+                        f"Metrics source {name} is down",
+                        f"{failures} checks in a row could not read metrics "
+                        f"({getattr(self, '_last_error', 'no detail')}); no version is judged "
+                        "or rolled back automatically until it recovers.",
+                        action=Action.PAGE.value,
+                        details={"source": name, "failures": failures},
+                    )
+                )
+            elif failures == 0 and name in self._down:
+                self._down.discard(name)
+                notices.append(
+                    Notice(
+                        NoticeKind.METRICS_SOURCE_RECOVERED,
+                        Severity.NONE,
+                        f"Metrics source {name} recovered",
+                        "Checks are judging versions again.",
+                        details={"source": name},
+                    )
+                )
+        return notices
+
+    # --- incidents ---------------------------------------------------------------------------
+
+    def _record(
+        self, judged: list[tuple[LiveVersion, Decision]], now: datetime, plan: _Plan
+    ) -> None:
+        with write_session(self.engine) as session:
+            active = inc.active_incidents(session)
+            for lv, decision in judged:
+                incident = active.pop(lv.target.version_id, None)
+                self._judge_one(session, lv, decision, incident, now, plan)
+            for incident in active.values():  # versions that stopped serving
+                version = session.get(PromptVersion, incident.version_id)
+                rolled = version is not None and version.health == Health.BAD
+                inc.close(
+                    incident,
+                    status=IncidentStatus.ROLLED_BACK if rolled else IncidentStatus.RESOLVED,
+                    now=now,
+                    note="version no longer serving",
+                )
+
+    def _judge_one(
+        self,
+        session: Session,
+        lv: LiveVersion,
+        decision: Decision,
+        incident: Incident | None,
+        now: datetime,
+        plan: _Plan,
+    ) -> None:
+        settings = lv.policy.settings
+        if decision.action == Action.ROLLBACK:
+            plan.rollbacks.append((lv, decision, incident.id if incident else None))
+            return
+        if decision.breach:
+            if incident is None:
+                observe_until = (
+                    now + settings.observe if decision.action == Action.OBSERVE else None
+                )
+                incident = inc.open_incident(
+                    session,
+                    target=lv.target,
+                    decision=decision,
+                    now=now,
+                    observe_until=observe_until,
+                )
+                plan.notices.append(_notice(NoticeKind.INCIDENT_OPENED, incident, decision))
+                return
+            stronger = inc.is_stronger(decision, incident)
+            inc.record_breach(incident, decision, now)
+            if stronger:
+                inc.escalate(incident, severity=decision.severity, action=decision.action, now=now)
+                plan.notices.append(_notice(NoticeKind.INCIDENT_ESCALATED, incident, decision))
+        if incident is None:
+            if decision.action == Action.NONE and lv.health == Health.UNKNOWN:
+                plan.mark_good.append(lv)
+            return
+        if incident.status == IncidentStatus.OBSERVING:
+            if incident.observe_until is not None and incident.observe_until <= now:
+                self._end_observation(lv, decision, incident, now, plan)
+            return
+        if decision.action == Action.NONE:
+            incident.healthy_since = incident.healthy_since or now
+            if now - incident.healthy_since >= settings.resolve_after:
+                inc.close(
+                    incident,
+                    status=IncidentStatus.RESOLVED,
+                    now=now,
+                    note="metrics back within policy",
+                )
+                plan.notices.append(_notice(NoticeKind.INCIDENT_RESOLVED, incident, decision))
+
+    def _end_observation(
+        self, lv: LiveVersion, decision: Decision, incident: Incident, now: datetime, plan: _Plan
+    ) -> None:
+        if decision.action in (Action.INSUFFICIENT_DATA, Action.METRICS_UNAVAILABLE):
+            return  # judge the end of observation on data, not on its absence
+        if not decision.breach:
+            inc.close(
+                incident,
+                status=IncidentStatus.RESOLVED,
+                now=now,
+                note="recovered during observation",
+            )
+            plan.notices.append(
+                _notice(
+                    NoticeKind.OBSERVATION_ENDED,
+                    incident,
+                    decision,
+                    "Observation ended: metrics are back within policy.",
+                )
+            )
+            return
+        persist = lv.policy.settings.on_persist
+        if persist == Action.ROLLBACK and lv.policy.settings.auto_rollback:
+            plan.rollbacks.append((lv, decision, incident.id))
+            return
+        action = Action.PAGE if persist == Action.ROLLBACK else persist
+        inc.escalate(
+            incident,
+            severity=max(incident.severity, Severity.HIGH, key=_rank),
+            action=action,
+            now=now,
+        )
+        plan.notices.append(
+            _notice(
+                NoticeKind.OBSERVATION_ENDED,
+                incident,
+                decision,
+                "Observation ended and the breach persists: rollback recommended.",
+            )
+        )
+
+    # --- acting ------------------------------------------------------------------------------
+
+    def _roll_back(
+        self,
+        lv: LiveVersion,
+        decision: Decision,
+        incident_id: int | None,
+        now: datetime,
+        report: TickReport,
+        plan: _Plan,
+    ) -> None:
+        actor = Actor(operator=SYSTEM, trigger=Trigger.AUTOMATIC, rule=decision.rule)
+        try:
+            with write_session(self.engine) as session:
+                result = registry.rollback(
+                    session=session,
+                    prompt=lv.target.prompt,
+                    target=None,
+                    actor=actor,
+                    reason=decision.reason[:1000],
+                    expected_version=lv.target.version,
+                    dedup_window=self.dedup_window,
+                )
+                incident = self._incident_for(session, lv, decision, incident_id, now)
+                incident.severity, incident.action = decision.severity, Action.ROLLBACK
+                inc.close(
+                    incident,
+                    status=IncidentStatus.ROLLED_BACK,
+                    now=now,
+                    rollback_audit_id=result.audit_id,
+                )
+            report.rollbacks.append(result)
+            plan.notices.append(
+                _notice(
+                    NoticeKind.ROLLED_BACK,
+                    incident,
+                    decision,
+                    f"Rolled back {result.from_version} → {result.to_version} automatically.",
+                )
+            )
+        except (ConcurrentChange, Conflict) as exc:
+            # Someone (a person, another replica) acted first; the next pass sees the new state.
+            log.info("automatic rollback of %s skipped: %s", lv.target.prompt, exc.message)
+        except BotError as exc:
+            with write_session(self.engine) as session:
+                incident = self._incident_for(session, lv, decision, incident_id, now)
+                inc.escalate(incident, severity=Severity.CRITICAL, action=Action.PAGE, now=now)
+                incident.summary = f"automatic rollback failed: {exc.message}; {incident.summary}"[
+                    :2000
+                ]
+            plan.notices.append(
+                _notice(
+                    NoticeKind.ROLLBACK_FAILED,
+                    incident,
+                    decision,
+                    f"Automatic rollback FAILED: {exc.message}. Roll back by hand now.",
+                    severity=Severity.CRITICAL,
+                )
+            )
+
+    def _incident_for(
+        self,
+        session: Session,
+        lv: LiveVersion,
+        decision: Decision,
+        incident_id: int | None,
+        now: datetime,
+    ) -> Incident:
+        found = inc.get_incident(session, incident_id) if incident_id else None
+        if found is not None:
+            inc.record_breach(found, decision, now)
+            return found
+        return inc.open_incident(
+            session,
+            target=lv.target,
+            decision=decision,
+            now=now,
+            observe_until=None,
+        )
+
+    def _mark_known_good(self, candidates: list[LiveVersion], now: datetime) -> None:
+        for lv in candidates:
+            limits = lv.policy.new_version
+            clean_for = limits.duration if limits else KNOWN_GOOD_AFTER
+            if lv.target.share_pct < 100 or lv.age_reference is None:
+                continue
+            if now - lv.age_reference < clean_for:
+                continue
+            try:
+                with write_session(self.engine) as session:
+                    registry.mark_health(
+                        session=session,
+                        prompt=lv.target.prompt,
+                        version=lv.target.version,
+                        health=Health.GOOD,
+                        actor=Actor(
+                            operator=SYSTEM, trigger=Trigger.AUTOMATIC, rule="served_cleanly"
+                        ),
+                        reason=f"served cleanly for {int(clean_for.total_seconds() // 60)} min",
+                    )
+            except BotError as exc:
+                log.warning(
+                    "could not mark %s %s good: %s",
+                    lv.target.prompt,
+                    lv.target.version,
+                    exc.message,
+                )
+
+    def _send(self, notice: Notice) -> None:
+        try:
+            self.notifier.send(notice)
+        except Exception:  # a notifier failure must not undo or block what was done
+            log.exception("notifier failed for %s", notice.kind.value)
+
+
+def _rank(severity: Severity) -> int:
+    return [Severity.NONE, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL].index(severity)
+
+
+def _notice(
+    kind: NoticeKind,
+    incident: Incident,
+    decision: Decision,
+    text: str | None = None,
+    severity: Severity | None = None,
+) -> Notice:
+    return Notice(
+        kind=kind,
+        severity=severity or incident.severity,
+        title=f"{incident.prompt} {incident.version}",
+        text=text or decision.reason,
+        prompt=incident.prompt,
+        version=incident.version,
+        incident_id=incident.id,
+        action=incident.action.value,
+        details=decision.as_dict(),
+    )

@@ -1,0 +1,74 @@
+"""What the checker tells people, and the console notifier (the Slack one replaces it)."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bot.models import Severity
+
+log = logging.getLogger("bot.notify")
+
+
+class NoticeKind(enum.StrEnum):
+    """Kinds of notice, each a moment on-call cares about."""
+
+    INCIDENT_OPENED = "incident_opened"
+    INCIDENT_ESCALATED = "incident_escalated"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    OBSERVATION_ENDED = "observation_ended"
+    INCIDENT_RESOLVED = "incident_resolved"
+    METRICS_SOURCE_DOWN = "metrics_source_down"
+    METRICS_SOURCE_RECOVERED = "metrics_source_recovered"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One message for people: what happened, how bad, and the figures behind it."""
+
+    kind: NoticeKind
+    severity: Severity
+    title: str
+    text: str
+    prompt: str | None = None
+    version: str | None = None
+    incident_id: int | None = None
+    action: str | None = None  # page / alert / observe / rollback: who should be told how
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Notifier(Protocol):
+    """Delivers notices; must not raise for delivery problems it can retry itself."""
+
+    def send(self, notice: Notice) -> None:
+        """Deliver one notice."""
+        ...
+
+
+class LogNotifier:
+    """Writes each notice as one log line (and keeps them, for `check --once` and tests)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Notice] = []
+
+    def send(self, notice: Notice) -> None:
+        """Log the notice at a level matching its severity."""
+        self.sent.append(notice)
+        level = (
+            logging.WARNING
+            if notice.severity in (Severity.HIGH, Severity.CRITICAL)
+            else logging.INFO
+        )
+        log.log(
+            level,
+            "%s [%s] %s: %s %s",
+            notice.kind.value,
+            notice.severity.value,
+            notice.title,
+            notice.text,
+            json.dumps({"incident": notice.incident_id, "action": notice.action}),
+        )

@@ -1,0 +1,105 @@
+"""Runs the checker on an APScheduler interval, only where this process holds the lease."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, timedelta
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
+
+from bot.config import Settings
+from bot.db import write_session
+from bot.detection import lease
+from bot.detection.checker import Checker
+from bot.detection.notify import Notifier
+from bot.errors import BotError
+from bot.metrics import MetricsSource
+from bot.metrics.builtin import BuiltinSource
+from bot.metrics.ingest import prune
+from bot.models import utcnow
+from bot.policy import PolicySet
+
+log = logging.getLogger(__name__)
+
+LEASE = "checker"
+PRUNE_EVERY = timedelta(minutes=10)
+
+
+def build_sources(engine: Engine, policies: PolicySet) -> dict[str, MetricsSource]:
+    """The metrics sources the policies name."""
+    sources: dict[str, MetricsSource] = {"builtin": BuiltinSource(engine)}
+    if policies.prometheus is not None:
+        from bot.metrics.prometheus import PrometheusSource
+
+        sources["prometheus"] = PrometheusSource(policies.prometheus)
+    return sources
+
+
+class CheckerService:
+    """The checker loop of one process: lease, tick, prune; started and stopped with the app."""
+
+    def __init__(
+        self, *, engine: Engine, settings: Settings, policies: PolicySet, notifier: Notifier
+    ) -> None:
+        self.engine, self.settings = engine, settings
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.checker = Checker(
+            engine=engine,
+            policies=policies,
+            sources=build_sources(engine, policies),
+            notifier=notifier,
+            source_down_after=settings.metrics_source_down_after,
+            dedup_window=timedelta(seconds=settings.rollback_dedup_seconds),
+        )
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.leader = False
+        self._last_prune = utcnow() - PRUNE_EVERY
+
+    def run_once(self) -> None:
+        """One scheduled pass: renew the lease, and if held, judge and act."""
+        now = utcnow()
+        ttl = timedelta(seconds=self.settings.lease_ttl_seconds())
+        try:
+            held = lease.hold(engine=self.engine, name=LEASE, holder=self.holder, ttl=ttl, now=now)
+            if held != self.leader:
+                log.info("checker lease %s by %s", "taken" if held else "lost", self.holder)
+            self.leader = held
+            if not held:
+                return
+            report = self.checker.tick()
+            log.debug(
+                "checker pass: %d versions in %.3f s", len(report.decisions), report.duration_s
+            )
+            if now - self._last_prune >= PRUNE_EVERY:
+                retention = timedelta(hours=self.settings.metrics_retention_hours)
+                with write_session(self.engine) as session:
+                    prune(session=session, older_than=now - retention)
+                self._last_prune = now
+        except BotError as exc:  # the database is down: try again next interval
+            log.warning("checker pass skipped: %s", exc.message)
+
+    def start(self) -> None:
+        """Schedule passes every ROLLBACK_CHECK_INTERVAL seconds, the first one now."""
+        self.scheduler.add_job(
+            self.run_once,
+            "interval",
+            seconds=self.settings.rollback_check_interval,
+            next_run_time=utcnow(),
+            max_instances=1,
+            coalesce=True,
+            id="checker",
+        )
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        """Stop scheduling and hand the lease to a standby at once."""
+        self.scheduler.shutdown(wait=True)
+        if self.leader:
+            try:
+                lease.release(engine=self.engine, name=LEASE, holder=self.holder)
+            except BotError as exc:
+                log.warning("could not release the checker lease: %s", exc.message)

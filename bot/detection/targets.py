@@ -1,0 +1,121 @@
+"""Which prompt versions are live, with their policy and baseline: one query for all."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col
+
+from bot.metrics import Target
+from bot.models import Health, Prompt, PromptVersion, Routing
+from bot.policy import EffectivePolicy, PolicySet
+
+
+@dataclass(frozen=True)
+class LiveVersion:
+    """A target with the policy that judges it and what the registry knows of it."""
+
+    target: Target
+    policy: EffectivePolicy
+    health: Health
+    age_reference: datetime | None
+
+
+def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersion]:
+    """Every version that receives traffic now, in a couple of set-based queries."""
+    active, previous = aliased(PromptVersion), aliased(PromptVersion)
+    columns: list[Any] = [
+        Prompt.id,
+        Prompt.name,
+        Routing.split,
+        Routing.activated_at,
+        Routing.updated_at,
+        active.id,
+        active.label,
+        active.health,
+        active.baseline,
+        previous.id,
+        previous.label,
+        previous.baseline,
+    ]
+    rows = session.execute(
+        select(*columns)
+        .join(Routing, col(Routing.prompt_id) == Prompt.id)
+        .join(active, col(active.id) == Routing.active_version_id)
+        .join(previous, col(previous.id) == Routing.previous_version_id, isouter=True)
+    ).all()
+    split_versions = _split_versions(session, [row[0] for row in rows if row[2]])
+    cache: dict[str, EffectivePolicy] = {}
+    live: list[LiveVersion] = []
+    for (
+        prompt_id,
+        name,
+        split,
+        activated_at,
+        updated_at,
+        a_id,
+        a_label,
+        a_health,
+        a_base,
+        p_id,
+        p_label,
+        p_base,
+    ) in rows:
+        policy = cache.setdefault(name, policies.for_prompt(name))
+        settings = policy.settings
+        stable = Target(
+            prompt=name,
+            prompt_id=prompt_id,
+            version=a_label,
+            version_id=a_id,
+            share_pct=(split or {}).get(a_label, 100),
+            serving_since=activated_at,
+            window=settings.window,
+            baseline_window=settings.baseline_window,
+            min_requests=settings.min_requests,
+            baseline_version=p_label,
+            baseline_version_id=p_id,
+            baseline_until=activated_at if p_id is not None else None,
+            stored_baselines=_stored((p_label, p_base), (a_label, a_base)),
+        )
+        live.append(LiveVersion(stable, policy, a_health, activated_at))
+        for label, share in (split or {}).items():
+            version = split_versions.get((prompt_id, label))
+            if label == a_label or share <= 0 or version is None or version.id is None:
+                continue
+            # A canary is compared with the stable version over the same window.
+            canary = replace(
+                stable,
+                version=label,
+                version_id=version.id,
+                share_pct=share,
+                serving_since=updated_at,
+                baseline_version=a_label,
+                baseline_version_id=a_id,
+                baseline_until=None,
+                stored_baselines=_stored((a_label, a_base), (label, version.baseline)),
+            )
+            live.append(LiveVersion(canary, policy, version.health, updated_at))
+    return live
+
+
+def _stored(
+    *pairs: tuple[str | None, Mapping[str, float] | None],
+) -> tuple[tuple[str, Mapping[str, float]], ...]:
+    return tuple((label, figures) for label, figures in pairs if label and figures)
+
+
+def _split_versions(
+    session: Session, prompt_ids: list[int]
+) -> dict[tuple[int, str], PromptVersion]:
+    if not prompt_ids:
+        return {}
+    versions = session.scalars(
+        select(PromptVersion).where(col(PromptVersion.prompt_id).in_(prompt_ids))
+    )
+    return {(version.prompt_id, version.label): version for version in versions}

@@ -1,0 +1,224 @@
+"""The decision: metrics + policy + age -> a verdict. Pure; no I/O, no clock."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from statistics import NormalDist
+from typing import Any
+
+from bot.metrics import MetricsUnavailable, VersionMetrics
+from bot.models import Action, Severity
+from bot.policy.schema import EffectivePolicy, Metric, Rule
+
+SEVERITY_ORDER = [Severity.NONE, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL]
+ACTION_ORDER = [
+    Action.NONE,
+    Action.INSUFFICIENT_DATA,
+    Action.METRICS_UNAVAILABLE,
+    Action.OBSERVE,
+    Action.ALERT,
+    Action.PAGE,
+    Action.ROLLBACK,
+]
+BREACH_ACTIONS = (Action.OBSERVE, Action.ALERT, Action.PAGE, Action.ROLLBACK)
+
+
+@dataclass(frozen=True)
+class Fired:
+    """A rule that fired, with the figures that made it fire."""
+
+    rule: str
+    metric: str
+    value: float
+    threshold: float
+    severity: Severity
+    action: Action
+    runbook: str | None = None
+    note: str | None = None
+
+    def describe(self) -> str:
+        """'error_rate_pct 8.0 > 5.0' plus any note."""
+        text = f"{self.rule}: {self.metric} {self.value:.1f} > {self.threshold:g}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one version: severity, action, every rule that fired, and the figures."""
+
+    prompt: str
+    version: str
+    severity: Severity
+    action: Action
+    fired: tuple[Fired, ...] = ()
+    figures: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def breach(self) -> bool:
+        """True when the verdict asks for more than watching."""
+        return self.action in BREACH_ACTIONS
+
+    @property
+    def rule(self) -> str | None:
+        """The name of the rule that decided, if any."""
+        return self.fired[0].rule if self.fired else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, stored on incidents and printed by `check --json`."""
+        data = asdict(self)
+        data["fired"] = [
+            {**asdict(f), "severity": f.severity.value, "action": f.action.value}
+            for f in self.fired
+        ]
+        return {**data, "severity": self.severity.value, "action": self.action.value}
+
+
+def wilson_interval(errors: int, requests: int, confidence: float) -> tuple[float, float]:
+    """The Wilson score interval for an error proportion, in percent."""
+    if requests == 0:
+        return (0.0, 100.0)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = errors / requests
+    denominator = 1 + z * z / requests
+    centre = (p + z * z / (2 * requests)) / denominator
+    half = z * ((p * (1 - p) / requests + z * z / (4 * requests * requests)) ** 0.5) / denominator
+    return (max(0.0, centre - half) * 100, min(1.0, centre + half) * 100)
+
+
+def figures_of(metrics: VersionMetrics, policy: EffectivePolicy) -> dict[str, Any]:
+    """Every figure the rules can test, plus sample sizes, interval and baseline."""
+    current, baseline = metrics.current, metrics.baseline
+    low, high = wilson_interval(current.errors, current.requests, policy.settings.confidence)
+    quality_drop = latency_increase = None
+    enough_quality = current.quality_count >= policy.settings.min_quality_samples
+    if baseline is not None:
+        if enough_quality and current.quality is not None and baseline.quality:
+            quality_drop = (baseline.quality - current.quality) / baseline.quality * 100
+        if current.latency_p99_ms is not None and baseline.latency_p99_ms:
+            latency_increase = (
+                (current.latency_p99_ms - baseline.latency_p99_ms) / baseline.latency_p99_ms * 100
+            )
+    return {
+        "requests": current.requests,
+        "errors": current.errors,
+        Metric.ERROR_RATE_PCT.value: current.error_rate_pct,
+        "error_rate_ci_pct": [round(low, 3), round(high, 3)],
+        "confidence": policy.settings.confidence,
+        "latency_p50_ms": current.latency_p50_ms,
+        Metric.LATENCY_P99_MS.value: current.latency_p99_ms,
+        Metric.QUALITY.value: current.quality if enough_quality else None,
+        "quality_samples": current.quality_count,
+        Metric.QUALITY_DROP_PCT.value: quality_drop,
+        Metric.LATENCY_INCREASE_PCT.value: latency_increase,
+        "baseline": None
+        if baseline is None
+        else {
+            "source": baseline.source,
+            "requests": baseline.requests,
+            "error_rate_pct": baseline.error_rate_pct,
+            "latency_p99_ms": baseline.latency_p99_ms,
+            "quality": baseline.quality,
+        },
+    }
+
+
+def decide(
+    *,
+    prompt: str,
+    version: str,
+    metrics: VersionMetrics | MetricsUnavailable,
+    policy: EffectivePolicy,
+    age: timedelta | None,
+) -> Decision:
+    """Judge one version. Missing or thin data never yields a rollback."""
+    if isinstance(metrics, MetricsUnavailable):
+        return Decision(
+            prompt, version, Severity.NONE, Action.METRICS_UNAVAILABLE, reason=metrics.message
+        )
+    figures = figures_of(metrics, policy)
+    if age is not None:
+        figures["age_s"] = round(age.total_seconds())
+    if metrics.current.requests < policy.settings.min_requests:
+        return Decision(
+            prompt,
+            version,
+            Severity.NONE,
+            Action.INSUFFICIENT_DATA,
+            figures=figures,
+            reason=f"{metrics.current.requests} requests in the window; "
+            f"{policy.settings.min_requests} needed to judge",
+        )
+    fired = [f for rule in policy.rules if (f := _fire(rule, figures, policy)) is not None]
+    fired += _new_version_breaches(figures, policy, age, {f.metric for f in fired})
+    if not fired:
+        return Decision(
+            prompt,
+            version,
+            Severity.NONE,
+            Action.NONE,
+            figures=figures,
+            reason="all metrics within policy",
+        )
+    fired.sort(
+        key=lambda f: (SEVERITY_ORDER.index(f.severity), ACTION_ORDER.index(f.action)), reverse=True
+    )
+    top = fired[0]
+    return Decision(
+        prompt,
+        version,
+        top.severity,
+        top.action,
+        tuple(fired),
+        figures,
+        reason="; ".join(f.describe() for f in fired),
+    )
+
+
+def _fire(rule: Rule, figures: dict[str, Any], policy: EffectivePolicy) -> Fired | None:
+    value = figures.get(rule.metric.value)
+    if not rule.enabled or value is None or not value > rule.above:
+        return None
+    severity, action, note = rule.severity, rule.action, None
+    runbook = str(rule.runbook or policy.settings.runbook or "") or None
+    if action == Action.ROLLBACK:
+        low = figures["error_rate_ci_pct"][0]
+        if not policy.settings.auto_rollback:
+            action, note = Action.PAGE, "automatic rollback is off for this prompt"
+        elif rule.metric == Metric.ERROR_RATE_PCT and low <= rule.above:
+            # Not yet significant: page a person instead of acting on noise.
+            severity, action = Severity.HIGH, Action.PAGE
+            note = (
+                f"not yet significant: {figures['confidence']:.0%} lower bound {low:.2f}% "
+                f"<= {rule.above:g}% (n={figures['requests']})"
+            )
+    return Fired(
+        rule.name, rule.metric.value, float(value), rule.above, severity, action, runbook, note
+    )
+
+
+def _new_version_breaches(
+    figures: dict[str, Any], policy: EffectivePolicy, age: timedelta | None, covered: set[str]
+) -> list[Fired]:
+    limits = policy.new_version
+    if limits is None or age is None or age >= limits.duration:
+        return []
+    found = []
+    for metric in ("error_rate_pct", "latency_increase_pct", "quality_drop_pct"):
+        limit, value = getattr(limits, metric), figures.get(metric)
+        if limit is None or value is None or metric in covered or not value > limit:
+            continue
+        found.append(
+            Fired(
+                f"new_version_{metric.removesuffix('_pct')}",
+                metric,
+                float(value),
+                float(limit),
+                limits.severity,
+                limits.action,
+                str(limits.runbook or "") or None,
+                note=f"version is {int(age.total_seconds() // 60)} min old; first-hour limit",
+            )
+        )
+    return found

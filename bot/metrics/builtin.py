@@ -1,0 +1,146 @@
+"""The built-in metrics source: sums the per-minute buckets that POST /api/events fills."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, func, select
+from sqlalchemy.engine import Row
+from sqlmodel import col
+
+from bot.db import read_session
+from bot.errors import DatabaseUnavailable
+from bot.metrics.base import MetricsUnavailable, Target, VersionMetrics, WindowStats
+from bot.metrics.histogram import percentile
+from bot.metrics.ingest import minute_of
+from bot.models import HISTOGRAM_COLUMNS, Routing, metric_bucket
+
+CHUNK = 900  # ids per IN (...) list, well inside SQLite's bound-parameter limit
+
+
+def _sum_columns() -> list[ColumnElement[Any]]:
+    names = ("requests", "errors", "quality_sum", "quality_count", *HISTOGRAM_COLUMNS)
+    return [func.sum(metric_bucket.c[name]).label(name) for name in names]
+
+
+def _stats(row: Row[Any]) -> WindowStats:
+    counts = [int(row._mapping[name] or 0) for name in HISTOGRAM_COLUMNS]
+    quality_count = int(row.quality_count or 0)
+    return WindowStats(
+        requests=int(row.requests or 0),
+        errors=int(row.errors or 0),
+        latency_p50_ms=percentile(counts, 0.50),
+        latency_p99_ms=percentile(counts, 0.99),
+        quality=float(row.quality_sum) / quality_count if quality_count else None,
+        quality_count=quality_count,
+    )
+
+
+class BuiltinSource:
+    """Reads every target's window in one grouped query per distinct window length."""
+
+    name = "builtin"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # A predecessor's baseline window lies in the past, so it is computed once per switch.
+        self._baselines: dict[tuple[int, datetime, timedelta], WindowStats] = {}
+
+    def collect(
+        self, targets: Sequence[Target], now: datetime
+    ) -> Mapping[int, VersionMetrics | MetricsUnavailable]:
+        """Current and baseline figures for every target, or MetricsUnavailable for all."""
+        try:
+            return self._collect(targets, now)
+        except DatabaseUnavailable as exc:
+            failure = MetricsUnavailable(f"built-in metrics: {exc.message}")
+            return {target.version_id: failure for target in targets}
+
+    def _collect(
+        self, targets: Sequence[Target], now: datetime
+    ) -> dict[int, VersionMetrics | MetricsUnavailable]:
+        by_window: dict[timedelta, list[Target]] = defaultdict(list)
+        for target in targets:
+            by_window[target.window].append(target)
+        current: dict[timedelta, dict[int, WindowStats]] = {}
+        with read_session(self.engine) as session:
+            for window in by_window:
+                rows = session.execute(
+                    select(metric_bucket.c.version_id, *_sum_columns())
+                    .where(metric_bucket.c.minute >= minute_of(now - window))
+                    .group_by(metric_bucket.c.version_id)
+                )
+                current[window] = {int(row.version_id): _stats(row) for row in rows}
+            predecessors = [t for t in targets if t.baseline_until is not None]
+            self._load_baselines(session, predecessors)
+        # Forget switches no longer live, so the cache stays as large as the set of targets.
+        live_keys = {_key(t) for t in predecessors}
+        self._baselines = {k: v for k, v in self._baselines.items() if k in live_keys}
+        empty = WindowStats(requests=0, errors=0)
+        result: dict[int, VersionMetrics | MetricsUnavailable] = {}
+        for target in targets:
+            stats = current[target.window]
+            live: WindowStats | None = None
+            if target.baseline_version_id is not None:
+                if target.baseline_until is None:
+                    live = stats.get(target.baseline_version_id, empty)
+                else:
+                    live = self._baselines.get(_key(target), empty)
+            result[target.version_id] = VersionMetrics(
+                current=stats.get(target.version_id, empty), baseline=target.pick_baseline(live)
+            )
+        return result
+
+    def _load_baselines(self, session: Any, targets: list[Target]) -> None:
+        missing: dict[timedelta, list[int]] = defaultdict(list)
+        for target in targets:
+            if _key(target) not in self._baselines:
+                missing[target.baseline_window].append(target.prompt_id)
+        dialect = session.get_bind().dialect.name
+        for window, prompt_ids in missing.items():
+            for start in range(0, len(prompt_ids), CHUNK):
+                chunk = prompt_ids[start : start + CHUNK]
+                since = _minus(col(Routing.activated_at), window, dialect)
+                rows = session.execute(
+                    select(
+                        col(Routing.previous_version_id),
+                        col(Routing.activated_at),
+                        *_sum_columns(),
+                    )
+                    .join(
+                        metric_bucket,
+                        metric_bucket.c.version_id == col(Routing.previous_version_id),
+                    )
+                    .where(
+                        col(Routing.prompt_id).in_(chunk),
+                        metric_bucket.c.minute >= since,
+                        metric_bucket.c.minute < col(Routing.activated_at),
+                    )
+                    .group_by(col(Routing.previous_version_id), col(Routing.activated_at))
+                )
+                for row in rows:
+                    key = (int(row.previous_version_id), row.activated_at, window)
+                    self._baselines[key] = _stats(row)
+        # Versions with no traffic in their window are remembered as such, too.
+        for target in targets:
+            self._baselines.setdefault(_key(target), WindowStats(requests=0, errors=0))
+
+    def close(self) -> None:
+        """Nothing to release; the engine belongs to the caller."""
+
+
+def _key(target: Target) -> tuple[int, datetime, timedelta]:
+    assert target.baseline_version_id is not None
+    assert target.baseline_until is not None
+    return (target.baseline_version_id, target.baseline_until, target.baseline_window)
+
+
+def _minus(column: Any, delta: timedelta, dialect: str) -> ColumnElement[Any]:
+    """`column - delta` in the dialect's own date arithmetic."""
+    if dialect == "sqlite":
+        # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff'; strftime keeps the same shape for comparison.
+        return func.strftime("%Y-%m-%d %H:%M:%f", column, f"-{delta.total_seconds():.0f} seconds")
+    return column - delta  # type: ignore[no-any-return]

@@ -1,0 +1,115 @@
+"""Built-in event ingestion: a batch is validated whole, then folded into per-minute buckets."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from bot.errors import InvalidEvents
+from bot.metrics.histogram import bucket_index
+from bot.models import (
+    HISTOGRAM_COLUMNS,
+    EventBatch,
+    IngestResult,
+    Prompt,
+    PromptVersion,
+    metric_bucket,
+)
+
+# Events this far ahead of the server's clock are refused (clock skew is tolerated up to it).
+MAX_FUTURE = timedelta(minutes=5)
+SUMMED = (
+    "requests",
+    "errors",
+    "latency_sum_ms",
+    "quality_sum",
+    "quality_count",
+    *HISTOGRAM_COLUMNS,
+)
+
+
+def minute_of(ts: datetime) -> datetime:
+    """The start of the minute `ts` falls in."""
+    return ts.replace(second=0, microsecond=0)
+
+
+def ingest(
+    *, session: Session, batch: EventBatch, now: datetime, retention: timedelta
+) -> IngestResult:
+    """Store a batch of outcomes, or raise InvalidEvents naming every bad index; all or nothing."""
+    prompts = {event.prompt for event in batch.events}
+    known, known_prompts = _version_ids(session, prompts)
+    problems: list[dict[str, str]] = []
+    rows: dict[tuple[int, datetime], dict[str, float]] = defaultdict(
+        lambda: dict.fromkeys(SUMMED, 0)
+    )
+    for index, event in enumerate(batch.events):
+        ts = event.ts or now
+        if ts.tzinfo is None:
+            problems.append(_problem(index, "ts", "must include a timezone (e.g. ...Z)"))
+            continue
+        version_id = known.get((event.prompt, event.version))
+        if version_id is None:
+            field = "version" if event.prompt in known_prompts else "prompt"
+            name = event.version if field == "version" else event.prompt
+            problems.append(_problem(index, field, f"unknown {field} {name!r}; register it first"))
+            continue
+        if ts > now + MAX_FUTURE:
+            problems.append(_problem(index, "ts", "is more than 5 minutes in the future"))
+            continue
+        if ts < now - retention:
+            problems.append(_problem(index, "ts", "is older than the metrics retention"))
+            continue
+        row = rows[(version_id, minute_of(ts))]
+        row["requests"] += 1
+        row["errors"] += event.error
+        row["latency_sum_ms"] += event.latency_ms
+        row[HISTOGRAM_COLUMNS[bucket_index(event.latency_ms)]] += 1
+        if event.quality is not None:
+            row["quality_sum"] += event.quality
+            row["quality_count"] += 1
+    if problems:
+        raise InvalidEvents(problems)
+    _upsert(session, [{"version_id": v, "minute": m, **r} for (v, m), r in rows.items()])
+    return IngestResult(accepted=len(batch.events), buckets=len(rows))
+
+
+def prune(*, session: Session, older_than: datetime) -> int:
+    """Delete buckets that fell out of the retention window; returns how many."""
+    result = session.execute(delete(metric_bucket).where(metric_bucket.c.minute < older_than))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _problem(index: int, field: str, message: str) -> dict[str, str]:
+    return {"field": f"events.{index}.{field}", "message": message}
+
+
+def _version_ids(
+    session: Session, prompts: set[str]
+) -> tuple[dict[tuple[str, str], int], set[str]]:
+    """Version ids of every version of the batch's prompts, and which prompts exist."""
+    rows = session.exec(
+        select(Prompt.name, PromptVersion.label, PromptVersion.id)
+        .join(PromptVersion, col(PromptVersion.prompt_id) == Prompt.id)
+        .where(col(Prompt.name).in_(prompts))
+    ).all()
+    versions = {(name, label): vid for name, label, vid in rows if vid is not None}
+    existing = set(session.exec(select(Prompt.name).where(col(Prompt.name).in_(prompts))).all())
+    return versions, existing
+
+
+def _upsert(session: Session, rows: list[dict[str, object]]) -> None:
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(metric_bucket).values(rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=["version_id", "minute"],
+        set_={name: metric_bucket.c[name] + statement.excluded[name] for name in SUMMED},
+    )
+    session.execute(statement)

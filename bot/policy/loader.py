@@ -1,0 +1,159 @@
+"""Load `policies/*.yaml`: every problem reported with its file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from bot.errors import BotError
+from bot.policy.schema import PolicyFile, PolicySet, Rule, Settings, apply_rule_patches
+
+SECTIONS = ("defaults", "rules", "new_version", "prometheus")
+
+
+class PolicyError(BotError):
+    """One or more policy files are invalid; `problems` holds one line per problem."""
+
+    code = "invalid_policy"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(
+            f"invalid policy ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  "
+            + "\n  ".join(problems)
+        )
+        self.problems = problems
+
+
+def load_policies(directory: str | Path) -> PolicySet:
+    """Read and validate every `*.yaml`/`*.yml` in `directory`, or raise PolicyError."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise PolicyError([f"{folder}: no such directory (set ROLLBACK_POLICY_DIR)"])
+    paths = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    if not paths:
+        raise PolicyError([f"{folder}: no *.yaml policy files"])
+    problems: list[str] = []
+    parsed: list[tuple[Path, PolicyFile, yaml.Node]] = []
+    for path in paths:
+        result = _parse(path, problems)
+        if result is not None:
+            parsed.append(result)
+    if problems:
+        raise PolicyError(problems)
+    policy = _merge(parsed, problems)
+    if problems or policy is None:
+        raise PolicyError(problems)
+    return policy
+
+
+def _parse(path: Path, problems: list[str]) -> tuple[Path, PolicyFile, yaml.Node] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: cannot read: {exc}")
+        return None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problems.append(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}")
+        return None
+    if data is None or node is None:
+        data, node = {}, yaml.MappingNode("tag:yaml.org,2002:map", [])
+    if not isinstance(data, dict):
+        problems.append(f"{path}:1: a policy file must be a mapping of sections")
+        return None
+    try:
+        return path, PolicyFile.model_validate(data), node
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = list(error["loc"])
+            line = _line_of(node, loc)
+            field = ".".join(str(p) for p in loc) or "(file)"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{path}:{line}: {field}: {message}")
+        return None
+
+
+def _line_of(node: yaml.Node | None, loc: list[Any]) -> int:
+    """The 1-based line of the YAML node at `loc`, or of its nearest existing parent."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            match = node.value[part] if part < len(node.value) else None
+        else:
+            match = None
+        if match is None:
+            break
+        node, line = match, match.start_mark.line + 1
+    return line
+
+
+def _merge(
+    parsed: list[tuple[Path, PolicyFile, yaml.Node]], problems: list[str]
+) -> PolicySet | None:
+    found: dict[str, Any] = {}
+    origin: dict[str, Path] = {}
+    prompts: dict[str, Any] = {}
+    for path, policy, node in parsed:
+        for section in SECTIONS:
+            value = getattr(policy, section)
+            if value is None:
+                continue
+            if section in found:
+                line = _line_of(node, [section])
+                problems.append(f"{path}:{line}: {section}: already set in {origin[section]}")
+            found[section], origin[section] = value, path
+        for name, patch in policy.prompts.items():
+            if name in prompts:
+                problems.append(
+                    f"{path}:{_line_of(node, ['prompts', name])}: prompts.{name}: "
+                    f"already set in {origin['prompt:' + name]}"
+                )
+            prompts[name], origin["prompt:" + name] = patch, path
+    rules: tuple[Rule, ...] = tuple(found.get("rules") or ())
+    _check_rules(rules, origin.get("rules"), problems)
+    defaults: Settings = found.get("defaults") or Settings()
+    for name, patch in prompts.items():
+        where = f"{origin['prompt:' + name]}: prompts.{name}"
+        try:
+            apply_rule_patches(rules, patch.rules)
+        except ValidationError as exc:
+            problems.append(
+                f"{where}.rules: a new rule needs metric, above, severity and action "
+                f"({exc.errors()[0]['msg']})"
+            )
+        source = patch.source or defaults.source
+        if source == "prometheus" and "prometheus" not in found:
+            problems.append(
+                f"{where}.source: prometheus is chosen but no file has a prometheus section"
+            )
+    if defaults.source == "prometheus" and "prometheus" not in found:
+        problems.append(
+            f"{origin.get('defaults')}: defaults.source: prometheus is chosen but no "
+            "file has a prometheus section"
+        )
+    if problems:
+        return None
+    return PolicySet(
+        defaults=defaults,
+        rules=rules,
+        new_version=found.get("new_version"),
+        prometheus=found.get("prometheus"),
+        prompts=prompts,
+        files=tuple(str(path) for path, _, _ in parsed),
+    )
+
+
+def _check_rules(rules: tuple[Rule, ...], path: Path | None, problems: list[str]) -> None:
+    seen: set[str] = set()
+    for index, rule in enumerate(rules):
+        if rule.name in seen:
+            problems.append(f"{path}: rules.{index}.name: duplicate rule name {rule.name!r}")
+        seen.add(rule.name)
