@@ -100,10 +100,12 @@ def figures_of(metrics: VersionMetrics, policy: EffectivePolicy) -> dict[str, An
             latency_increase = (
                 (current.latency_p99_ms - baseline.latency_p99_ms) / baseline.latency_p99_ms * 100
             )
+    # Rounded so that a figure exactly on a threshold (20% drop) is not pushed over by float error.
+    quality_drop, latency_increase = _round(quality_drop), _round(latency_increase)
     return {
         "requests": current.requests,
         "errors": current.errors,
-        Metric.ERROR_RATE_PCT.value: current.error_rate_pct,
+        Metric.ERROR_RATE_PCT.value: _round(current.error_rate_pct),
         "error_rate_ci_pct": [round(low, 3), round(high, 3)],
         "confidence": policy.settings.confidence,
         "latency_p50_ms": current.latency_p50_ms,
@@ -122,6 +124,10 @@ def figures_of(metrics: VersionMetrics, policy: EffectivePolicy) -> dict[str, An
             "quality": baseline.quality,
         },
     }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def decide(

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, func, select
+from sqlalchemy import ColumnElement, Engine, Interval, func, literal, select
 from sqlalchemy.engine import Row
 from sqlmodel import col
 
@@ -143,4 +143,4 @@ def _minus(column: Any, delta: timedelta, dialect: str) -> ColumnElement[Any]:
     if dialect == "sqlite":
         # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff'; strftime keeps the same shape for comparison.
         return func.strftime("%Y-%m-%d %H:%M:%f", column, f"-{delta.total_seconds():.0f} seconds")
-    return column - delta  # type: ignore[no-any-return]
+    return column - literal(delta, type_=Interval())  # type: ignore[no-any-return]

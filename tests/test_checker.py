@@ -1,0 +1,204 @@
+"""The checker end to end on a real database: incidents, automatic rollback, observation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from bot import registry
+from bot.db import read_session
+from bot.detection.notify import NoticeKind
+from bot.metrics import MetricsUnavailable
+from bot.models import Action, Health, Incident, IncidentStatus, Severity
+from tests.conftest import make_prompt
+from bot.policy import load_policies
+from bot.policy.schema import SettingsPatch
+from tests.detection_kit import POLICY_DIR, Clock, activated_at, make_checker, traffic
+
+
+def _incidents(engine: Engine) -> list[Incident]:
+    with read_session(engine) as session:
+        return list(session.exec(select(Incident).order_by(Incident.id)))
+
+
+def _active(engine: Engine) -> str | None:
+    with read_session(engine) as session:
+        return registry.prompt_detail(session=session, name="customer-support").active_version
+
+
+def _deployed(engine: Engine) -> Clock:
+    """v1.9.0 served an hour cleanly, then v2.0.0 took over; the clock is 2 min after."""
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"), deploy=("v1.9.0", "v2.0.0"))
+    switched = activated_at(engine)
+    for minutes in range(5, 60, 10):
+        traffic(engine, version="v1.9.0", n=500, errors=2, at=switched - timedelta(minutes=minutes))
+    return Clock(switched + timedelta(minutes=2))
+
+
+def test_critical_error_rate_rolls_back_in_the_same_pass(engine: Engine) -> None:
+    clock = _deployed(engine)
+    traffic(engine, version="v2.0.0", n=1000, errors=80, at=clock.now)
+    checker, notifier = make_checker(engine, clock)
+    report = checker.tick()
+    assert [(r.from_version, r.to_version) for r in report.rollbacks] == [("v2.0.0", "v1.9.0")]
+    assert _active(engine) == "v1.9.0"
+    with read_session(engine) as session:
+        entry = registry.history(session=session, name="customer-support")[0]
+    assert (entry.kind, entry.operator, entry.trigger, entry.rule) == (
+        "rollback", "system", "automatic", "error_rate_critical",
+    )
+    assert "error_rate_pct 8.0 > 5" in entry.reason
+    [incident] = _incidents(engine)
+    assert (incident.status, incident.severity) == (IncidentStatus.ROLLED_BACK, Severity.CRITICAL)
+    assert incident.rollback_audit_id == entry.id
+    assert incident.decision["figures"]["requests"] == 1000
+    assert [n.kind for n in notifier.sent] == [NoticeKind.ROLLED_BACK]
+    # The next pass judges v1.9.0, which has no traffic yet: nothing more happens.
+    assert checker.tick().rollbacks == []
+    assert len(_incidents(engine)) == 1
+
+
+def test_high_severity_pages_once_and_updates_the_incident(engine: Engine) -> None:
+    clock = _deployed(engine)
+    traffic(engine, version="v2.0.0", n=1000, errors=30, at=clock.now)
+    checker, notifier = make_checker(engine, clock)
+    checker.tick()
+    clock.advance(seconds=30)
+    checker.tick()
+    [incident] = _incidents(engine)
+    assert (incident.status, incident.severity, incident.action) == (
+        IncidentStatus.OPEN, Severity.HIGH, Action.PAGE,
+    )
+    assert incident.breaches == 2
+    assert [n.kind for n in notifier.sent] == [NoticeKind.INCIDENT_OPENED]
+    assert notifier.sent[0].action == "page"
+    assert _active(engine) == "v2.0.0"
+
+
+def test_escalation_from_page_to_automatic_rollback(engine: Engine) -> None:
+    clock = _deployed(engine)
+    traffic(engine, version="v2.0.0", n=1000, errors=30, at=clock.now)
+    checker, notifier = make_checker(engine, clock)
+    checker.tick()
+    clock.advance(seconds=30)
+    traffic(engine, version="v2.0.0", n=2000, errors=300, at=clock.now)
+    report = checker.tick()
+    assert len(report.rollbacks) == 1
+    [incident] = _incidents(engine)
+    assert incident.status == IncidentStatus.ROLLED_BACK
+    assert [n.kind for n in notifier.sent] == [NoticeKind.INCIDENT_OPENED, NoticeKind.ROLLED_BACK]
+
+
+def test_quality_drop_observation_survives_a_restart_and_escalates(engine: Engine) -> None:
+    clock = _deployed(engine)
+    clock.advance(hours=2)  # a mature version: only the table applies
+    traffic(engine, version="v2.0.0", n=500, quality=0.68, at=clock.now)  # -15% vs 0.8
+    checker, notifier = make_checker(engine, clock)
+    checker.tick()
+    [incident] = _incidents(engine)
+    assert incident.status == IncidentStatus.OBSERVING
+    assert incident.observe_until == clock.now + timedelta(hours=1)
+    assert [n.kind for n in notifier.sent] == [NoticeKind.INCIDENT_OPENED]
+
+    clock.advance(minutes=61)
+    traffic(engine, version="v2.0.0", n=500, quality=0.68, at=clock.now)
+    restarted, notifier = make_checker(engine, clock)  # a new process: state comes from the DB
+    restarted.tick()
+    [incident] = _incidents(engine)
+    assert (incident.status, incident.action, incident.severity) == (
+        IncidentStatus.OPEN, Action.ALERT, Severity.HIGH,
+    )
+    assert [n.kind for n in notifier.sent] == [NoticeKind.OBSERVATION_ENDED]
+    assert "persists" in notifier.sent[0].text
+    assert _active(engine) == "v2.0.0"  # a person decides
+
+
+def test_observation_that_recovers_closes_the_incident(engine: Engine) -> None:
+    clock = _deployed(engine)
+    clock.advance(hours=2)
+    traffic(engine, version="v2.0.0", n=500, quality=0.68, at=clock.now)
+    checker, notifier = make_checker(engine, clock)
+    checker.tick()
+    clock.advance(minutes=61)
+    traffic(engine, version="v2.0.0", n=500, quality=0.79, at=clock.now)
+    checker.tick()
+    [incident] = _incidents(engine)
+    assert incident.status == IncidentStatus.RESOLVED
+    assert notifier.sent[-1].kind == NoticeKind.OBSERVATION_ENDED
+    assert "back within policy" in notifier.sent[-1].text
+
+
+def test_insufficient_data_opens_nothing(engine: Engine) -> None:
+    clock = _deployed(engine)
+    traffic(engine, version="v2.0.0", n=3, errors=1, at=clock.now)
+    checker, notifier = make_checker(engine, clock)
+    report = checker.tick()
+    [decision] = report.decisions
+    assert decision.action == Action.INSUFFICIENT_DATA
+    assert _incidents(engine) == []
+    assert notifier.sent == []
+
+
+class BrokenSource:
+    name = "prometheus"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def collect(self, targets, now):
+        self.calls += 1
+        if self.calls <= 4:
+            raise TimeoutError("prometheus timed out after 5s")
+        return {t.version_id: MetricsUnavailable("still empty") for t in targets[:0]}
+
+
+def test_failing_source_never_crashes_or_rolls_back_and_alerts_once(engine: Engine) -> None:
+    clock = _deployed(engine)
+    traffic(engine, version="v2.0.0", n=1000, errors=500, at=clock.now)  # would be critical
+    policies = load_policies(POLICY_DIR)
+    policies = policies.model_copy(
+        update={"prompts": {"customer-support": SettingsPatch(source="prometheus")}}
+    )
+    source = BrokenSource()
+    checker, notifier = make_checker(engine, clock, policies, prometheus=source)
+    for _ in range(4):
+        report = checker.tick()
+        assert [d.action for d in report.decisions] == [Action.METRICS_UNAVAILABLE]
+        assert report.rollbacks == []
+    assert [n.kind for n in notifier.sent] == [NoticeKind.METRICS_SOURCE_DOWN]
+    assert "timed out" in notifier.sent[0].text
+    checker.tick()  # the source answers again (with nothing for this version)
+    assert notifier.sent[-1].kind == NoticeKind.METRICS_SOURCE_RECOVERED
+    assert _active(engine) == "v2.0.0"
+
+
+def test_clean_version_is_marked_known_good_after_its_first_hour(engine: Engine) -> None:
+    clock = _deployed(engine)
+    traffic(engine, version="v2.0.0", n=500, at=clock.now)
+    checker, _ = make_checker(engine, clock)
+    checker.tick()
+    with read_session(engine) as session:
+        health = {v.version: v.health for v in registry.prompt_detail(
+            session=session, name="customer-support").versions}
+    assert health["v2.0.0"] == Health.UNKNOWN  # two minutes old: not yet
+    clock.advance(minutes=61)
+    traffic(engine, version="v2.0.0", n=500, at=clock.now)
+    checker.tick()
+    with read_session(engine) as session:
+        detail = registry.prompt_detail(session=session, name="customer-support")
+        entry = registry.history(session=session, name="customer-support")[0]
+    assert {v.version: v.health for v in detail.versions}["v2.0.0"] == Health.GOOD
+    assert (entry.kind, entry.rule) == ("health", "served_cleanly")
+
+
+def test_baseline_is_the_previous_version_before_the_switch(engine: Engine) -> None:
+    clock = _deployed(engine)
+    traffic(engine, version="v2.0.0", n=500, at=clock.now)
+    checker, _ = make_checker(engine, clock)
+    [decision] = checker.tick().decisions
+    baseline = decision.figures["baseline"]
+    assert baseline["source"] == "v1.9.0 over the 60 min before v2.0.0 took over"
+    assert baseline["requests"] == 3000
+    assert abs(baseline["error_rate_pct"] - 0.4) < 1e-9

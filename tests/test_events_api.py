@@ -1,0 +1,99 @@
+"""POST /api/events: aggregated storage, all-or-nothing batches, retention."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, func, select
+
+from bot.db import read_session, write_session
+from bot.metrics.ingest import prune
+from bot.models import metric_bucket
+from tests.conftest import make_prompt
+
+
+def _buckets(engine: Engine) -> list[tuple[int, int, int]]:
+    with read_session(engine) as session:
+        rows = session.execute(
+            select(metric_bucket.c.requests, metric_bucket.c.errors, metric_bucket.c.quality_count)
+            .order_by(metric_bucket.c.minute)
+        )
+        return [tuple(r) for r in rows]
+
+
+def test_events_fold_into_one_bucket_per_version_and_minute(client: TestClient, engine: Engine) -> None:
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    ts = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=5, microsecond=0)
+    events = [
+        {"prompt": "customer-support", "version": "v2.0.0", "error": i % 10 == 0,
+         "latency_ms": 850, "quality": 0.82, "ts": ts.isoformat()}
+        for i in range(500)
+    ]
+    events.append({"prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 10})
+    r = client.post("/api/events", json={"events": events})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 501
+    r = client.post("/api/events", json={"events": events[:100]})
+    buckets = _buckets(engine)
+    assert sum(b[0] for b in buckets) == 601
+    # The 'ts' minute, summed over both batches; then the event without ts, stamped now.
+    assert buckets == [(600, 60, 600), (1, 0, 0)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "message"),
+    [
+        ({"version": "v9"}, "events.1.version", "unknown version 'v9'"),
+        ({"prompt": "nope"}, "events.1.prompt", "unknown prompt 'nope'"),
+        ({"quality": 1.5}, "body.events.1.quality", "less than or equal to 1"),
+        ({"latency_ms": -1}, "body.events.1.latency_ms", "greater than or equal to 0"),
+        ({"error": "sometimes"}, "body.events.1.error", "valid boolean"),
+        ({"ts": "yesterday"}, "body.events.1.ts", "valid datetime"),
+        ({"ts": "2020-01-01T00:00:00Z"}, "events.1.ts", "older than the metrics retention"),
+        ({"ts": "2999-01-01T00:00:00Z"}, "events.1.ts", "in the future"),
+        ({"extra": 1}, "body.events.1.extra", "Extra inputs"),
+    ],
+)
+def test_one_bad_event_rejects_the_whole_batch(
+    client: TestClient, engine: Engine, bad: dict, field: str, message: str
+) -> None:
+    make_prompt(engine, versions=("v2.0.0",))
+    good = {"prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 5}
+    r = client.post("/api/events", json={"events": [good, {**good, **bad}, good]})
+    assert r.status_code == 422
+    body = r.json()
+    assert field in [p["field"] for p in body["problems"]]
+    assert message in body["detail"]
+    assert _buckets(engine) == []
+
+
+def test_every_bad_index_is_named(client: TestClient, engine: Engine) -> None:
+    make_prompt(engine, versions=("v2.0.0",))
+    good = {"prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 5}
+    r = client.post("/api/events", json={"events": [{**good, "version": "x"}, good, {**good, "version": "y"}]})
+    assert [p["field"] for p in r.json()["problems"]] == ["events.0.version", "events.2.version"]
+
+
+@pytest.mark.parametrize("body", [{"events": []}, {}, {"events": "x"}])
+def test_empty_or_malformed_batches_are_422(client: TestClient, body: dict) -> None:
+    assert client.post("/api/events", json=body).status_code == 422
+
+
+def test_events_need_the_token(client: TestClient) -> None:
+    client.headers.pop("Authorization")
+    assert client.post("/api/events", json={"events": []}).status_code == 401
+
+
+def test_prune_drops_only_old_buckets(client: TestClient, engine: Engine) -> None:
+    make_prompt(engine, versions=("v2.0.0",))
+    now = datetime.now(UTC)
+    for age in (timedelta(hours=47), timedelta(minutes=1)):
+        client.post("/api/events", json={"events": [{
+            "prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 5,
+            "ts": (now - age).isoformat()}]})
+    with write_session(engine) as session:
+        assert prune(session=session, older_than=now - timedelta(hours=24)) == 1
+    with read_session(engine) as session:
+        assert session.execute(select(func.count()).select_from(metric_bucket)).scalar() == 1
