@@ -35,7 +35,10 @@ def measure(url: str, n: int) -> list[float]:
     with write_session(engine) as session:
         for label in ("v1.9.0", "v2.0.0"):
             registry.create_version(
-                session=session, prompt="customer-support", version=label, template=label * 50,
+                session=session,
+                prompt="customer-support",
+                version=label,
+                template=label * 50,
                 created_by="bench",
             )
     with write_session(engine) as session:
@@ -44,13 +47,21 @@ def measure(url: str, n: int) -> list[float]:
     for _ in range(n):
         with write_session(engine) as session:
             registry.deploy(
-                session=session, prompt="customer-support", version="v2.0.0", actor=ACTOR, force=True
+                session=session,
+                prompt="customer-support",
+                version="v2.0.0",
+                actor=ACTOR,
+                force=True,
             )
         started = time.perf_counter()
         with write_session(engine) as session:
             registry.rollback(
-                session=session, prompt="customer-support", target=None, actor=ACTOR,
-                reason="benchmark", dedup_window=timedelta(0),
+                session=session,
+                prompt="customer-support",
+                target=None,
+                actor=ACTOR,
+                reason="benchmark",
+                dedup_window=timedelta(0),
             )
         timings.append((time.perf_counter() - started) * 1000)
     engine.dispose()
@@ -71,8 +82,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--postgres", default=os.environ.get("TEST_DATABASE_URL"))
     args = parser.parse_args()
-    print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} {platform.node()} {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         report("sqlite", measure(f"sqlite:///{tmp}/bench.db", args.n))
     if args.postgres:
@@ -81,7 +94,10 @@ def main() -> None:
             conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}"))
         sep = "&" if "?" in args.postgres else "?"
         try:
-            report("postgresql", measure(f"{args.postgres}{sep}options=-csearch_path%3D{SCHEMA}", args.n))
+            report(
+                "postgresql",
+                measure(f"{args.postgres}{sep}options=-csearch_path%3D{SCHEMA}", args.n),
+            )
         finally:
             with admin.begin() as conn:
                 conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))

@@ -20,21 +20,38 @@ POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 
 
 def traffic(
-    engine: Engine, *, version: str, n: int, errors: int = 0, latency_ms: float = 400,
-    slow: int = 0, slow_ms: float = 0, quality: float | None = 0.8, at: datetime,
+    engine: Engine,
+    *,
+    version: str,
+    n: int,
+    errors: int = 0,
+    latency_ms: float = 400,
+    slow: int = 0,
+    slow_ms: float = 0,
+    quality: float | None = 0.8,
+    at: datetime,
     prompt: str = "customer-support",
 ) -> None:
     """Store n outcomes at `at`: the first `errors` failed, the next `slow` took slow_ms."""
     events = [
-        Event(prompt=prompt, version=version, error=i < errors,
-              latency_ms=slow_ms if errors <= i < errors + slow else latency_ms,
-              quality=quality, ts=at)
+        Event(
+            prompt=prompt,
+            version=version,
+            error=i < errors,
+            latency_ms=slow_ms if errors <= i < errors + slow else latency_ms,
+            quality=quality,
+            ts=at,
+        )
         for i in range(n)
     ]
     for start in range(0, n, 5000):
         with write_session(engine) as session:
-            ingest(session=session, batch=EventBatch(events=events[start:start + 5000]), now=at,
-                   retention=timedelta(days=3))
+            ingest(
+                session=session,
+                batch=EventBatch(events=events[start : start + 5000]),
+                now=at,
+                retention=timedelta(days=3),
+            )
 
 
 def activated_at(engine: Engine, prompt_id: int = 1) -> datetime:
@@ -61,8 +78,10 @@ def make_checker(
 ) -> tuple[Checker, LogNotifier]:
     notifier = LogNotifier()
     checker = Checker(
-        engine=engine, policies=policies or load_policies(POLICY_DIR),
+        engine=engine,
+        policies=policies or load_policies(POLICY_DIR),
         sources={"builtin": BuiltinSource(engine), **sources},  # type: ignore[dict-item]
-        notifier=notifier, clock=clock,
+        notifier=notifier,
+        clock=clock,
     )
     return checker, notifier

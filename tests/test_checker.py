@@ -12,9 +12,9 @@ from bot.db import read_session
 from bot.detection.notify import NoticeKind
 from bot.metrics import MetricsUnavailable
 from bot.models import Action, Health, Incident, IncidentStatus, Severity
-from tests.conftest import make_prompt
 from bot.policy import load_policies
 from bot.policy.schema import SettingsPatch
+from tests.conftest import make_prompt
 from tests.detection_kit import POLICY_DIR, Clock, activated_at, make_checker, traffic
 
 
@@ -47,7 +47,10 @@ def test_critical_error_rate_rolls_back_in_the_same_pass(engine: Engine) -> None
     with read_session(engine) as session:
         entry = registry.history(session=session, name="customer-support")[0]
     assert (entry.kind, entry.operator, entry.trigger, entry.rule) == (
-        "rollback", "system", "automatic", "error_rate_critical",
+        "rollback",
+        "system",
+        "automatic",
+        "error_rate_critical",
     )
     assert "error_rate_pct 8.0 > 5" in entry.reason
     [incident] = _incidents(engine)
@@ -69,7 +72,9 @@ def test_high_severity_pages_once_and_updates_the_incident(engine: Engine) -> No
     checker.tick()
     [incident] = _incidents(engine)
     assert (incident.status, incident.severity, incident.action) == (
-        IncidentStatus.OPEN, Severity.HIGH, Action.PAGE,
+        IncidentStatus.OPEN,
+        Severity.HIGH,
+        Action.PAGE,
     )
     assert incident.breaches == 2
     assert [n.kind for n in notifier.sent] == [NoticeKind.INCIDENT_OPENED]
@@ -108,7 +113,9 @@ def test_quality_drop_observation_survives_a_restart_and_escalates(engine: Engin
     restarted.tick()
     [incident] = _incidents(engine)
     assert (incident.status, incident.action, incident.severity) == (
-        IncidentStatus.OPEN, Action.ALERT, Severity.HIGH,
+        IncidentStatus.OPEN,
+        Action.ALERT,
+        Severity.HIGH,
     )
     assert [n.kind for n in notifier.sent] == [NoticeKind.OBSERVATION_ENDED]
     assert "persists" in notifier.sent[0].text
@@ -180,8 +187,10 @@ def test_clean_version_is_marked_known_good_after_its_first_hour(engine: Engine)
     checker, _ = make_checker(engine, clock)
     checker.tick()
     with read_session(engine) as session:
-        health = {v.version: v.health for v in registry.prompt_detail(
-            session=session, name="customer-support").versions}
+        health = {
+            v.version: v.health
+            for v in registry.prompt_detail(session=session, name="customer-support").versions
+        }
     assert health["v2.0.0"] == Health.UNKNOWN  # two minutes old: not yet
     clock.advance(minutes=61)
     traffic(engine, version="v2.0.0", n=500, at=clock.now)

@@ -17,21 +17,32 @@ from tests.conftest import make_prompt
 def _buckets(engine: Engine) -> list[tuple[int, int, int]]:
     with read_session(engine) as session:
         rows = session.execute(
-            select(metric_bucket.c.requests, metric_bucket.c.errors, metric_bucket.c.quality_count)
-            .order_by(metric_bucket.c.minute)
+            select(
+                metric_bucket.c.requests, metric_bucket.c.errors, metric_bucket.c.quality_count
+            ).order_by(metric_bucket.c.minute)
         )
         return [tuple(r) for r in rows]
 
 
-def test_events_fold_into_one_bucket_per_version_and_minute(client: TestClient, engine: Engine) -> None:
+def test_events_fold_into_one_bucket_per_version_and_minute(
+    client: TestClient, engine: Engine
+) -> None:
     make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
     ts = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=5, microsecond=0)
     events = [
-        {"prompt": "customer-support", "version": "v2.0.0", "error": i % 10 == 0,
-         "latency_ms": 850, "quality": 0.82, "ts": ts.isoformat()}
+        {
+            "prompt": "customer-support",
+            "version": "v2.0.0",
+            "error": i % 10 == 0,
+            "latency_ms": 850,
+            "quality": 0.82,
+            "ts": ts.isoformat(),
+        }
         for i in range(500)
     ]
-    events.append({"prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 10})
+    events.append(
+        {"prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 10}
+    )
     r = client.post("/api/events", json={"events": events})
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == 501
@@ -72,7 +83,9 @@ def test_one_bad_event_rejects_the_whole_batch(
 def test_every_bad_index_is_named(client: TestClient, engine: Engine) -> None:
     make_prompt(engine, versions=("v2.0.0",))
     good = {"prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 5}
-    r = client.post("/api/events", json={"events": [{**good, "version": "x"}, good, {**good, "version": "y"}]})
+    r = client.post(
+        "/api/events", json={"events": [{**good, "version": "x"}, good, {**good, "version": "y"}]}
+    )
     assert [p["field"] for p in r.json()["problems"]] == ["events.0.version", "events.2.version"]
 
 
@@ -90,9 +103,20 @@ def test_prune_drops_only_old_buckets(client: TestClient, engine: Engine) -> Non
     make_prompt(engine, versions=("v2.0.0",))
     now = datetime.now(UTC)
     for age in (timedelta(hours=47), timedelta(minutes=1)):
-        client.post("/api/events", json={"events": [{
-            "prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 5,
-            "ts": (now - age).isoformat()}]})
+        client.post(
+            "/api/events",
+            json={
+                "events": [
+                    {
+                        "prompt": "customer-support",
+                        "version": "v2.0.0",
+                        "error": False,
+                        "latency_ms": 5,
+                        "ts": (now - age).isoformat(),
+                    }
+                ]
+            },
+        )
     with write_session(engine) as session:
         assert prune(session=session, older_than=now - timedelta(hours=24)) == 1
     with read_session(engine) as session:

@@ -261,7 +261,7 @@ def test_nan_request_count_is_unavailable() -> None:
             httpx.Response(
                 200, json={"status": "error", "errorType": "timeout", "error": "query timed out"}
             ),
-            "query requests: prometheus at http://prometheus.test:9090 answered timeout: "
+            "query requests: prometheus at http://prometheus.test:9090 answered with an error: timeout: "
             "query timed out",
         ),
         (httpx.Response(200, text="<html>login</html>"), "answered with invalid JSON"),
@@ -314,6 +314,17 @@ def test_refused_connection_is_unavailable_and_hides_url_credentials() -> None:
         "[Errno 111] Connection refused"
     )
     assert fake.seen[0].headers["Authorization"].startswith("Basic ")
+
+
+def test_dropped_connection_is_unavailable() -> None:
+    def drop(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    message = unavailable(FakePrometheus(broken={"v2.0.0": drop}).source(), make_target())
+    assert message == (
+        "summarise v2.0.0: prometheus at http://prometheus.test:9090 request failed: "
+        "Server disconnected without sending a response."
+    )
 
 
 def test_one_failing_target_leaves_the_others_and_targets_run_concurrently() -> None:
@@ -594,7 +605,7 @@ class PrometheusServer:
         source = PrometheusSource(make_config(self.url))
         try:
             results = source.collect(
-                [live_target("v2.0.0", 2), live_target("v1.9.0", 1)], now() - timedelta(seconds=2)
+                [live_target("v2.0.0", 2), live_target("v1.9.0", 1)], now() - timedelta(seconds=1)
             )
         finally:
             source.close()

@@ -16,22 +16,45 @@ from bot.policy.schema import SettingsPatch
 POLICIES = load_policies(Path(__file__).resolve().parent.parent / "policies")
 MATURE = timedelta(hours=2)
 NEW = timedelta(minutes=10)
-BASELINE = Baseline(source="v1.9.0 over the hour before", requests=5000, error_rate_pct=0.5,
-                    latency_p50_ms=400, latency_p99_ms=1000, quality=0.80)
+BASELINE = Baseline(
+    source="v1.9.0 over the hour before",
+    requests=5000,
+    error_rate_pct=0.5,
+    latency_p50_ms=400,
+    latency_p99_ms=1000,
+    quality=0.80,
+)
 
 
 def judge(
-    *, requests: int = 1000, errors: int = 0, p99: float = 1000, quality: float | None = 0.80,
-    quality_count: int = 500, age: timedelta | None = MATURE, policy: EffectivePolicy | None = None,
+    *,
+    requests: int = 1000,
+    errors: int = 0,
+    p99: float = 1000,
+    quality: float | None = 0.80,
+    quality_count: int = 500,
+    age: timedelta | None = MATURE,
+    policy: EffectivePolicy | None = None,
     baseline: Baseline | None = BASELINE,
 ):
     metrics = VersionMetrics(
-        current=WindowStats(requests=requests, errors=errors, latency_p50_ms=400,
-                            latency_p99_ms=p99, quality=quality, quality_count=quality_count),
+        current=WindowStats(
+            requests=requests,
+            errors=errors,
+            latency_p50_ms=400,
+            latency_p99_ms=p99,
+            quality=quality,
+            quality_count=quality_count,
+        ),
         baseline=baseline,
     )
-    return decide(prompt="customer-support", version="v2.0.0", metrics=metrics,
-                  policy=policy or POLICIES.for_prompt("customer-support"), age=age)
+    return decide(
+        prompt="customer-support",
+        version="v2.0.0",
+        metrics=metrics,
+        policy=policy or POLICIES.for_prompt("customer-support"),
+        age=age,
+    )
 
 
 @pytest.mark.parametrize(
@@ -46,8 +69,9 @@ def judge(
         (5, Severity.NONE, Action.NONE, None),
     ],
 )
-def test_error_rate_rows_of_the_table(errors: int, severity: Severity, action: Action,
-                                      rule: str | None) -> None:
+def test_error_rate_rows_of_the_table(
+    errors: int, severity: Severity, action: Action, rule: str | None
+) -> None:
     decision = judge(errors=errors)
     assert (decision.severity, decision.action, decision.rule) == (severity, action, rule)
     assert decision.figures["requests"] == 1000
@@ -78,8 +102,9 @@ def test_not_yet_significant_breach_pages_and_says_why() -> None:
         (0.85, Severity.NONE, Action.NONE, None),  # better than baseline
     ],
 )
-def test_quality_rows_of_the_table(quality: float, severity: Severity, action: Action,
-                                   rule: str | None) -> None:
+def test_quality_rows_of_the_table(
+    quality: float, severity: Severity, action: Action, rule: str | None
+) -> None:
     decision = judge(quality=quality)
     assert (decision.severity, decision.action, decision.rule) == (severity, action, rule)
 
@@ -97,7 +122,10 @@ def test_latency_p99_doubled_pages(p99: float, action: Action) -> None:
 def test_every_fired_rule_is_reported_strongest_first() -> None:
     decision = judge(errors=80, quality=0.5, p99=3000)
     assert [f.rule for f in decision.fired] == [
-        "error_rate_critical", "error_rate_high", "latency_p99_doubled", "quality_drop_high",
+        "error_rate_critical",
+        "error_rate_high",
+        "latency_p99_doubled",
+        "quality_drop_high",
         "quality_drop_medium",
     ]
 
@@ -114,15 +142,20 @@ def test_too_few_quality_scores_are_not_judged() -> None:
 
 
 def test_unavailable_metrics_never_roll_back() -> None:
-    decision = decide(prompt="p", version="v", metrics=MetricsUnavailable("prometheus down"),
-                      policy=POLICIES.for_prompt("p"), age=NEW)
+    decision = decide(
+        prompt="p",
+        version="v",
+        metrics=MetricsUnavailable("prometheus down"),
+        policy=POLICIES.for_prompt("p"),
+        age=NEW,
+    )
     assert (decision.action, decision.reason) == (Action.METRICS_UNAVAILABLE, "prometheus down")
 
 
 @pytest.mark.parametrize(
     ("kwargs", "rule"),
     [
-        ({"errors": 10}, "new_version_error_rate"),  # 1% > 0.5% first-hour limit
+        ({"errors": 15}, "new_version_error_rate"),  # 1.5% > 0.5%, significantly
         ({"p99": 1150}, "new_version_latency_increase"),  # +15% > +10%
         ({"quality": 0.74}, "new_version_quality_drop"),  # -7.5% > -5%
     ],
@@ -131,6 +164,10 @@ def test_new_versions_get_the_stricter_first_hour_limits(kwargs: dict, rule: str
     young = judge(age=NEW, **kwargs)
     assert (young.severity, young.action, young.rule) == (Severity.MEDIUM, Action.OBSERVE, rule)
     assert judge(age=MATURE, **kwargs).action == Action.NONE
+
+
+def test_first_hour_error_limit_needs_significance() -> None:
+    assert judge(age=NEW, errors=8).action == Action.NONE  # 0.8% of 1000: lower bound < 0.5%
 
 
 def test_table_rule_wins_over_first_hour_limit_on_the_same_metric() -> None:

@@ -98,6 +98,10 @@ class CheckerService:
     def stop(self) -> None:
         """Stop scheduling and hand the lease to a standby at once."""
         self.scheduler.shutdown(wait=True)
+        for source in self.checker.sources.values():
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
         if self.leader:
             try:
                 lease.release(engine=self.engine, name=LEASE, holder=self.holder)

@@ -215,6 +215,8 @@ def _new_version_breaches(
         limit, value = getattr(limits, metric), figures.get(metric)
         if limit is None or value is None or metric in covered or not value > limit:
             continue
+        if metric == "error_rate_pct" and figures["error_rate_ci_pct"][0] <= limit:
+            continue  # at first-hour limits a couple of errors is noise: require significance
         found.append(
             Fired(
                 f"new_version_{metric.removesuffix('_pct')}",

@@ -86,8 +86,9 @@ class Target:
         """Words for where the live baseline comes from."""
         if self.baseline_until is None:
             return f"{self.baseline_version} over the same window"
-        minutes = int(self.baseline_window.total_seconds() // 60)
-        return f"{self.baseline_version} over the {minutes} min before {self.version} took over"
+        seconds = self.baseline_window.total_seconds()
+        span = f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+        return f"{self.baseline_version} over the {span} before {self.version} took over"
 
     def pick_baseline(self, live: WindowStats | None) -> Baseline | None:
         """Live baseline traffic when there is enough of it, else the first stored figures."""

@@ -43,7 +43,7 @@ class PrometheusSource:
     ) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
-        self._queries = _templates(config)
+        self._queries = query_templates(config)
         url = httpx.URL(str(config.url))
         self._endpoint = httpx.URL(str(url).rstrip("/") + "/api/v1/query")
         # Messages reach chat: never show credentials written into the URL.
@@ -130,7 +130,8 @@ class PrometheusSource:
             raise _QueryFailed(f"{where} timed out after {self._timeout_s:g}s") from None
         except httpx.HTTPError as exc:
             cause = _one_line(str(exc)) or type(exc).__name__
-            raise _QueryFailed(f"{where} unreachable: {cause}") from None
+            failed = "unreachable" if isinstance(exc, httpx.ConnectError) else "request failed"
+            raise _QueryFailed(f"{where} {failed}: {cause}") from None
         try:
             payload: Any = response.json()
         except ValueError:
@@ -145,8 +146,8 @@ class PrometheusSource:
         return _samples(figure, payload, where)
 
 
-def _templates(config: PrometheusConfig) -> dict[str, Template]:
-    """The configured queries as templates, checked for unknown placeholders at start-up."""
+def query_templates(config: PrometheusConfig) -> dict[str, Template]:
+    """The configured queries as templates; ConfigError names one with a bad placeholder."""
     templates: dict[str, Template] = {}
     for figure, text in config.queries.model_dump().items():
         if text is None:
@@ -169,7 +170,7 @@ def _samples(figure: str, payload: Any, where: str) -> list[float]:
         raise _QueryFailed(f"query {figure}: {where} answered with unexpected JSON")
     if payload.get("status") != "success":
         detail = _error_detail(payload) or f"status {payload.get('status')!r}"
-        raise _QueryFailed(f"query {figure}: {where} answered {detail}")
+        raise _QueryFailed(f"query {figure}: {where} answered with an error: {detail}")
     data = payload.get("data")
     if not isinstance(data, dict):
         raise _QueryFailed(f"query {figure}: {where} answered without data")

@@ -8,7 +8,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from bot.errors import BotError
+from bot.errors import BotError, ConfigError
+from bot.metrics.prometheus import query_templates
 from bot.policy.schema import PolicyFile, PolicySet, Rule, Settings, apply_rule_patches
 
 SECTIONS = ("defaults", "rules", "new_version", "prometheus")
@@ -81,17 +82,23 @@ def _parse(path: Path, problems: list[str]) -> tuple[Path, PolicyFile, yaml.Node
 
 def _line_of(node: yaml.Node | None, loc: list[Any]) -> int:
     """The 1-based line of the YAML node at `loc`, or of its nearest existing parent."""
-    line = node.start_mark.line + 1 if node is not None else 1
+    line: int = node.start_mark.line + 1 if node is not None else 1
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            match = node.value[part] if part < len(node.value) else None
+            pair = next(
+                (kv for kv in node.value if getattr(kv[0], "value", None) == str(part)), None
+            )
+            if pair is None:
+                break
+            # The key's line: a nested mapping's value starts on the line after it.
+            node, line = pair[1], pair[0].start_mark.line + 1
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+            line = node.start_mark.line + 1
         else:
-            match = None
-        if match is None:
             break
-        node, line = match, match.start_mark.line + 1
     return line
 
 
@@ -139,6 +146,12 @@ def _merge(
             f"{origin.get('defaults')}: defaults.source: prometheus is chosen but no "
             "file has a prometheus section"
         )
+    prometheus = found.get("prometheus")
+    if prometheus is not None:
+        try:
+            query_templates(prometheus)
+        except ConfigError as exc:
+            problems.append(f"{origin['prometheus']}: {exc.message}")
     if problems:
         return None
     return PolicySet(

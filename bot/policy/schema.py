@@ -38,7 +38,11 @@ def _parse_duration(value: Any) -> Any:
 Duration = Annotated[
     timedelta,
     BeforeValidator(_parse_duration),
-    PlainSerializer(lambda d: f"{d.total_seconds():g}s", return_type=str),
+    PlainSerializer(
+        lambda d: f"{d.total_seconds():.3f}".rstrip("0").rstrip(".") + "s",
+        return_type=str,
+        when_used="json",
+    ),
 ]
 
 
@@ -146,7 +150,7 @@ class SettingsPatch(_Strict):
 
 
 class PrometheusQueries(_Strict):
-    """PromQL per figure; `$prompt`, `$version` and `$window` (e.g. `5m`) are substituted."""
+    """PromQL per figure; `$prompt`, `$version` and `$window` (as seconds, `300s`) are filled in."""
 
     requests: str
     errors: str

@@ -1,0 +1,171 @@
+"""Policy files: the default encodes the table; every problem names file, line and field."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.models import Action, Severity
+from bot.policy import PolicyError, load_policies
+from tests.detection_kit import POLICY_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_policy_is_the_seed_table() -> None:
+    policy = load_policies(POLICY_DIR).for_prompt("customer-support")
+    table = [(r.metric.value, r.above, r.severity, r.action) for r in policy.rules]
+    assert table == [
+        ("error_rate_pct", 5.0, Severity.CRITICAL, Action.ROLLBACK),
+        ("error_rate_pct", 2.0, Severity.HIGH, Action.PAGE),
+        ("quality_drop_pct", 20.0, Severity.HIGH, Action.ALERT),
+        ("quality_drop_pct", 10.0, Severity.MEDIUM, Action.OBSERVE),
+        ("latency_increase_pct", 100.0, Severity.HIGH, Action.PAGE),
+    ]
+    limits = policy.new_version
+    assert limits is not None
+    assert (limits.error_rate_pct, limits.latency_increase_pct, limits.quality_drop_pct) == (
+        0.5,
+        10,
+        5,
+    )
+    assert policy.settings.min_requests == 50
+    assert policy.settings.observe.total_seconds() == 3600
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def test_per_prompt_overrides(tmp_path: Path) -> None:
+    write(tmp_path, "default.yaml", (POLICY_DIR / "default.yaml").read_text())
+    write(
+        tmp_path,
+        "customer-support.yaml",
+        """
+prompts:
+  customer-support:
+    window: 2m
+    auto_rollback: false
+    rules:
+      - name: error_rate_critical
+        above: 4
+        runbook: https://runbooks.example.com/cs/errors
+      - name: latency_p99_doubled
+        enabled: false
+      - name: quality_floor
+        metric: quality
+        above: 0.99
+        severity: medium
+        action: alert
+""",
+    )
+    policies = load_policies(tmp_path)
+    cs = policies.for_prompt("customer-support")
+    assert cs.settings.window.total_seconds() == 120
+    assert cs.settings.auto_rollback is False
+    rules = {r.name: r for r in cs.rules}
+    assert rules["error_rate_critical"].above == 4
+    assert str(rules["error_rate_critical"].runbook) == "https://runbooks.example.com/cs/errors"
+    assert rules["latency_p99_doubled"].enabled is False
+    assert rules["quality_floor"].action == Action.ALERT
+    other = policies.for_prompt("billing")
+    assert other.settings.window.total_seconds() == 300
+    assert {r.name: r.above for r in other.rules}["error_rate_critical"] == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "rules:\n  - name: x\n    metric: error_rate_pct\n    above: high\n    severity: high\n    action: page\n",
+            "default.yaml:4: rules.0.above: Input should be a valid number",
+        ),
+        (
+            "rules:\n  - name: x\n    metric: error_rate_pct\n    above: 1\n    severity: low\n    action: page\n",
+            "default.yaml:5: rules.0.severity: Input should be",
+        ),
+        (
+            "rules:\n  - name: x\n    metric: error_rate_pct\n    above: 1\n    severity: high\n    action: none\n",
+            "default.yaml:2: rules.0: action must be observe, alert, page or rollback",
+        ),
+        ("defaults:\n  window: soon\n", "default.yaml:2: defaults.window: must be a duration"),
+        (
+            "defaults:\n  windwo: 5m\n",
+            "default.yaml:2: defaults.windwo: Extra inputs are not permitted",
+        ),
+        (
+            "defaults:\n  source: prometheus\n",
+            "defaults.source: prometheus is chosen but no file has a prometheus section",
+        ),
+        ("rules: [\n", "default.yaml:2: not valid YAML"),
+        ("- a\n- b\n", "default.yaml:1: a policy file must be a mapping"),
+        (
+            "prompts:\n  customer-support:\n    rules:\n      - name: brand_new\n        above: 1\n",
+            "prompts.customer-support.rules: a new rule needs metric",
+        ),
+    ],
+)
+def test_invalid_policies_name_file_line_and_field(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    write(tmp_path, "default.yaml", text)
+    with pytest.raises(PolicyError) as info:
+        load_policies(tmp_path)
+    assert any(expected in problem for problem in info.value.problems), info.value.problems
+
+
+def test_sections_and_prompts_may_appear_once(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", "defaults:\n  window: 5m\nprompts:\n  cs: {window: 1m}\n")
+    write(tmp_path, "b.yaml", "defaults:\n  window: 2m\nprompts:\n  cs: {window: 2m}\n")
+    with pytest.raises(PolicyError) as info:
+        load_policies(tmp_path)
+    assert len(info.value.problems) == 2
+    assert "b.yaml:1: defaults: already set in" in info.value.problems[0]
+    assert "b.yaml:4: prompts.cs: already set in" in info.value.problems[1]
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="no such directory"):
+        load_policies(tmp_path / "nope")
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+
+
+def test_policy_check_command(tmp_path: Path) -> None:
+    ok = run("policy", "check")
+    assert ok.returncode == 0
+    assert "OK (1 file(s), 5 rules" in ok.stdout
+    write(tmp_path, "default.yaml", "defaults:\n  min_requests: 0\n  confidence: 2\n")
+    bad = run("policy", "check", str(tmp_path))
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+    assert (
+        "default.yaml:2: defaults.min_requests: Input should be greater than or equal to 1"
+        in bad.stderr
+    )
+    assert "default.yaml:3: defaults.confidence" in bad.stderr
+
+
+def test_serve_refuses_an_invalid_policy(tmp_path: Path) -> None:
+    write(tmp_path, "default.yaml", "defaults:\n  min_requests: 0\n")
+    result = run(
+        "serve", DATABASE_URL=f"sqlite:///{tmp_path}/x.db", ROLLBACK_POLICY_DIR=str(tmp_path)
+    )
+    assert result.returncode == 2
+    assert "default.yaml:2: defaults.min_requests" in result.stderr
+    assert "Traceback" not in result.stderr
