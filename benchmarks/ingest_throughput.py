@@ -1,0 +1,95 @@
+"""Event ingestion throughput through the HTTP API: POST /api/events in batches of 500.
+
+    python benchmarks/ingest_throughput.py [--seconds 10] [--clients 4] [--batch 500]
+
+Runs the real server (SQLite file, checker on) in its own process and posts pre-encoded
+batches from client threads for a fixed time. Target: >= 20,000 events/s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+
+from _server import api, header, server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    print(header())
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.database_url or f"sqlite:///{tmp}/ingest.db"
+        with server(url) as base, api(base) as client:
+            for label in ("v1.9.0", "v2.0.0"):
+                client.post(
+                    "/api/prompts/customer-support/versions",
+                    json={"version": label, "template": "t"},
+                ).raise_for_status()
+            rng = random.Random(7)
+            now = datetime.now(UTC).isoformat()
+            bodies = [
+                json.dumps(
+                    {
+                        "events": [
+                            {
+                                "prompt": "customer-support",
+                                "version": rng.choice(["v1.9.0", "v2.0.0"]),
+                                "error": rng.random() < 0.02,
+                                "latency_ms": rng.lognormvariate(6, 0.4),
+                                "quality": round(rng.random(), 3),
+                                "ts": now,
+                            }
+                            for _ in range(args.batch)
+                        ]
+                    }
+                ).encode()
+                for _ in range(20)
+            ]
+            sent, latencies, lock = [0], [], threading.Lock()
+            stop = time.perf_counter() + args.seconds
+
+            def worker(index: int) -> None:
+                with api(base) as own:
+                    i = index
+                    while time.perf_counter() < stop:
+                        started = time.perf_counter()
+                        r = own.post(
+                            "/api/events",
+                            content=bodies[i % len(bodies)],
+                            headers={"Content-Type": "application/json"},
+                        )
+                        r.raise_for_status()
+                        with lock:
+                            sent[0] += args.batch
+                            latencies.append((time.perf_counter() - started) * 1000)
+                        i += 1
+
+            began = time.perf_counter()
+            threads = [threading.Thread(target=worker, args=(n,)) for n in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - began
+            latencies.sort()
+            print(
+                f"{sent[0]} events in {elapsed:.1f} s = {sent[0] / elapsed:,.0f} events/s "
+                f"({args.clients} clients, batches of {args.batch}); per batch p50 "
+                f"{statistics.median(latencies):.1f} ms, p99 "
+                f"{latencies[int(len(latencies) * 0.99) - 1]:.1f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
