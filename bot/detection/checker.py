@@ -37,7 +37,8 @@ from bot.registry.changes import Actor
 log = logging.getLogger(__name__)
 
 SYSTEM = "system"
-KNOWN_GOOD_AFTER = timedelta(hours=1)  # without a new_version section, "served cleanly" means this
+KNOWN_GOOD_AFTER = timedelta(hours=1)
+MARK_GOOD_PER_PASS = 200  # without a new_version section, "served cleanly" means this
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Checker:
         self.notifier, self.clock = notifier, clock
         self.source_down_after, self.dedup_window = source_down_after, dedup_window
         self._failures: dict[str, int] = defaultdict(int)
+        self._last_error: dict[str, str] = {}
         self._down: set[str] = set()
 
     def judge(self, now: datetime) -> list[tuple[LiveVersion, Decision]]:
@@ -148,7 +150,7 @@ class Checker:
                 self._failures[name] + 1 if failed and len(failed) == len(targets) else 0
             )
             if failed:
-                self._last_error = failed[0].message
+                self._last_error[name] = failed[0].message
             for target in targets:
                 result[target.version_id] = found.get(
                     target.version_id, MetricsUnavailable(f"{name} returned nothing for it")
@@ -166,7 +168,7 @@ class Checker:
                         Severity.HIGH,
                         f"Metrics source {name} is down",
                         f"{failures} checks in a row could not read metrics "
-                        f"({getattr(self, '_last_error', 'no detail')}); no version is judged "
+                        f"({self._last_error.get(name, 'no detail')}); no version is judged "
                         "or rolled back automatically until it recovers.",
                         action=Action.PAGE.value,
                         details={"source": name, "failures": failures},
@@ -378,7 +380,10 @@ class Checker:
         )
 
     def _mark_known_good(self, candidates: list[LiveVersion], now: datetime) -> None:
+        marked = 0
         for lv in candidates:
+            if marked >= MARK_GOOD_PER_PASS:
+                break  # spread a large backlog over passes rather than stall one
             limits = lv.policy.new_version
             clean_for = limits.duration if limits else KNOWN_GOOD_AFTER
             if lv.target.share_pct < 100 or lv.age_reference is None:
@@ -397,6 +402,7 @@ class Checker:
                         ),
                         reason=f"served cleanly for {int(clean_for.total_seconds() // 60)} min",
                     )
+                marked += 1
             except BotError as exc:
                 log.warning(
                     "could not mark %s %s good: %s",
