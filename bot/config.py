@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -27,14 +35,18 @@ PLACEHOLDERS = frozenset(
 MIN_TOKEN_LENGTH = 16
 
 
-def _check_secret(value: SecretStr | None) -> SecretStr | None:
+ADVICE_GENERATE = "generate one with `rollback-bot token new`"
+ADVICE_FROM_SLACK = "copy it from the Slack app's Basic Information / OAuth & Permissions pages"
+
+
+def _check_secret(value: SecretStr | None, hint: str = ADVICE_GENERATE) -> SecretStr | None:
     if value is None:
         return None
     raw = value.get_secret_value().strip()
     if not raw:
         return None
     if raw.lower() in PLACEHOLDERS or raw.lower().startswith(("<", "your")):
-        raise ValueError("looks like a placeholder; generate one with `rollback-bot token new`")
+        raise ValueError(f"looks like a placeholder; {hint}")
     if len(raw) < MIN_TOKEN_LENGTH:
         raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters")
     return SecretStr(raw)
@@ -66,6 +78,15 @@ class Settings(BaseSettings):
     checker_lease_seconds: Annotated[float, Field(ge=0)] = 0.0
     metrics_retention_hours: Annotated[float, Field(gt=0)] = 48.0
     metrics_source_down_after: Annotated[int, Field(ge=1)] = 3
+    # Slack (optional: without SLACK_BOT_TOKEN, notices go to the log).
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    slack_incidents_channel: str = "#incidents"
+    slack_oncall_users: str = ""
+    slack_oncall_usergroup: str = ""
+    slack_listener_threads: Annotated[int, Field(ge=1, le=256)] = 32
 
     @field_validator("database_url")
     @classmethod
@@ -80,6 +101,45 @@ class Settings(BaseSettings):
     @classmethod
     def _token_not_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
         return _check_secret(value)
+
+    @field_validator("slack_bot_token", "slack_signing_secret", "slack_app_token")
+    @classmethod
+    def _slack_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        raw = value.get_secret_value().strip()
+        prefix = {"slack_bot_token": "xoxb-", "slack_app_token": "xapp-"}.get(info.field_name or "")
+        if prefix and not raw.startswith(prefix):
+            raise ValueError(f"must start with {prefix} (copy it from the Slack app's settings)")
+        return _check_secret(SecretStr(raw), ADVICE_FROM_SLACK)
+
+    @field_validator("slack_oncall_users")
+    @classmethod
+    def _user_ids(cls, value: str) -> str:
+        for user in filter(None, (u.strip() for u in value.split(","))):
+            if not re.fullmatch(r"[UW][A-Z0-9]{2,}", user):
+                raise ValueError(f"{user!r} is not a Slack user ID (like U012ABCDEF)")
+        return value
+
+    @field_validator("slack_oncall_usergroup")
+    @classmethod
+    def _group_id(cls, value: str) -> str:
+        if value.strip() and not re.fullmatch(r"S[A-Z0-9]{2,}", value.strip()):
+            raise ValueError(f"{value!r} is not a Slack user group ID (like S012ABCDEF)")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _slack_complete(self) -> Settings:
+        if self.slack_bot_token and not (self.slack_signing_secret or self.slack_app_token):
+            raise ValueError(
+                "SLACK_SIGNING_SECRET is required with SLACK_BOT_TOKEN (or set SLACK_APP_TOKEN "
+                "for Socket Mode)"
+            )
+        return self
+
+    def oncall_users(self) -> frozenset[str]:
+        """The user IDs listed in SLACK_ONCALL_USERS."""
+        return frozenset(u.strip() for u in self.slack_oncall_users.split(",") if u.strip())
 
     @field_validator("rollback_api_tokens")
     @classmethod
@@ -127,6 +187,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "settings"
         message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{field.upper()}: {message}") from None
+        if not first["loc"]:  # a rule across several variables names them in its message
+            raise ConfigError(message) from None
+        raise ConfigError(f"{str(first['loc'][0]).upper()}: {message}") from None

@@ -138,6 +138,43 @@ class Incident(SQLModel, table=True):
     escalated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     rollback_audit_id: int | None = Field(default=None, foreign_key="audit_entry.id")
+    # Who said "I'm investigating", and until when the checker keeps quiet about it.
+    investigator: str | None = Field(default=None, max_length=200)
+    quiet_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    resolved_by: str | None = Field(default=None, max_length=200)
+
+
+class OutboxStatus(enum.StrEnum):
+    """Delivery state of an outgoing Slack message."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # given up after a permanent error or too many attempts
+
+
+class SlackOutbox(SQLModel, table=True):
+    """A Slack call that must happen exactly once, retried until delivered or given up."""
+
+    __tablename__ = "slack_outbox"
+    __table_args__ = (Index("ix_slack_outbox_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # One logical message, one row: a retried click or a second replica cannot add another.
+    dedupe_key: str = Field(max_length=200, unique=True)
+    method: str = Field(max_length=40)  # chat.postMessage, chat.update, dm, chat.postEphemeral
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # The message this one threads under or updates, by its dedupe key (its ts is filled in).
+    parent_key: str | None = Field(default=None, max_length=200)
+    incident_id: int | None = Field(default=None, foreign_key="incident.id", index=True)
+    status: OutboxStatus = Field(default=OutboxStatus.PENDING, sa_column=enum_column(OutboxStatus))
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, max_length=500)
+    channel: str | None = Field(default=None, max_length=100)
+    ts: str | None = Field(default=None, max_length=40)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Lease(SQLModel, table=True):
