@@ -43,6 +43,7 @@ from bot.registry.lookup import (
     get_version,
     last_routing_change,
     lock_routing,
+    previous_known_good,
     versions_by_label,
 )
 
@@ -235,6 +236,21 @@ def rollback(
     )
 
 
+def preview_target(*, session: Session, prompt: str) -> str | None:
+    """The version a rollback without a target would choose now (None if there is none)."""
+    row = get_prompt(session, prompt)
+    routing = session.exec(select(Routing).where(Routing.prompt_id == row.id)).one()
+    serving = _serving(session, routing)
+    if not serving:
+        return None
+    try:
+        return _default_target(
+            session, row, routing, serving, _newest(session, row, list(serving))
+        ).label
+    except InvalidRequest:
+        return None
+
+
 def mark_health(
     *,
     session: Session,
@@ -344,17 +360,7 @@ def _default_target(
         healthy = [v for v in candidates.values() if v.health != Health.BAD]
         if healthy:
             return max(healthy, key=lambda v: serving[v.label])
-    previous = session.exec(
-        select(PromptVersion)
-        .where(
-            PromptVersion.prompt_id == prompt.id,
-            col(PromptVersion.last_active_at).is_not(None),
-            PromptVersion.health != Health.BAD,
-            col(PromptVersion.label).not_in(list(serving)),
-        )
-        .order_by(col(PromptVersion.last_active_at).desc(), col(PromptVersion.id).desc())
-        .limit(1)
-    ).first()
+    previous = previous_known_good(session, prompt, exclude=list(serving))
     if previous is None:
         raise InvalidRequest(
             f"{prompt.name} has no previously active version that is not marked bad; "

@@ -7,7 +7,7 @@ import difflib
 from sqlmodel import Session, col, select
 
 from bot.errors import PromptNotFound, VersionNotFound
-from bot.models import AuditEntry, ChangeKind, Prompt, PromptVersion, Routing
+from bot.models import AuditEntry, ChangeKind, Health, Prompt, PromptVersion, Routing
 
 RECENT_VERSIONS_SHOWN = 5
 
@@ -88,5 +88,22 @@ def last_routing_change(session: Session, prompt: Prompt) -> AuditEntry | None:
             col(AuditEntry.kind).in_([ChangeKind.DEPLOY, ChangeKind.ROLLBACK, ChangeKind.SPLIT]),
         )
         .order_by(col(AuditEntry.id).desc())
+        .limit(1)
+    ).first()
+
+
+def previous_known_good(
+    session: Session, prompt: Prompt, exclude: list[str]
+) -> PromptVersion | None:
+    """The most recently active version not marked bad, other than those in `exclude`."""
+    return session.exec(
+        select(PromptVersion)
+        .where(
+            PromptVersion.prompt_id == prompt.id,
+            col(PromptVersion.last_active_at).is_not(None),
+            PromptVersion.health != Health.BAD,
+            col(PromptVersion.label).not_in(exclude),
+        )
+        .order_by(col(PromptVersion.last_active_at).desc(), col(PromptVersion.id).desc())
         .limit(1)
     ).first()

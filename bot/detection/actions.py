@@ -1,0 +1,91 @@
+"""What people do with an incident: roll back from it, or say they are investigating."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
+
+from bot import registry
+from bot.detection import incidents as inc
+from bot.errors import AlreadyRolledBack, Conflict, NotFound
+from bot.models import (
+    ACTIVE_INCIDENT,
+    AuditEntry,
+    ChangeResult,
+    Incident,
+    IncidentStatus,
+)
+from bot.registry.changes import Actor, describe_change, preview_target
+
+
+class IncidentNotFound(NotFound):
+    """No incident with that id."""
+
+    code = "incident_not_found"
+
+
+def get_incident(session: Session, incident_id: int) -> Incident:
+    """The incident, or IncidentNotFound."""
+    incident = session.get(Incident, incident_id)
+    if incident is None:
+        raise IncidentNotFound(f"no incident #{incident_id}")
+    return incident
+
+
+def rollback_incident(
+    *,
+    session: Session,
+    incident_id: int,
+    actor: Actor,
+    now: datetime,
+    target: str | None = None,
+    dedup_window: timedelta = timedelta(minutes=5),
+) -> tuple[Incident, ChangeResult]:
+    """Roll the incident's version back; a second click gets AlreadyRolledBack naming the first."""
+    incident = get_incident(session, incident_id)
+    if incident.status == IncidentStatus.ROLLED_BACK:
+        entry = session.get(AuditEntry, incident.rollback_audit_id or -1)
+        done = describe_change(entry) if entry else f"rolled back by {incident.resolved_by}"
+        raise AlreadyRolledBack(f"{incident.prompt} was already {done}")
+    if incident.status not in ACTIVE_INCIDENT:
+        raise Conflict(
+            f"incident #{incident.id} is {incident.status.value}; "
+            f"use /rollback {incident.prompt} to roll back by hand"
+        )
+    result = registry.rollback(
+        session=session,
+        prompt=incident.prompt,
+        target=target,
+        actor=actor,
+        reason=f"incident #{incident.id}: {incident.summary}"[:1000],
+        expected_version=incident.version,
+        dedup_window=dedup_window,
+    )
+    incident.resolved_by = actor.operator
+    inc.close(
+        incident,
+        status=IncidentStatus.ROLLED_BACK,
+        now=now,
+        rollback_audit_id=result.audit_id,
+        note=f"rolled back by {actor.operator}",
+    )
+    return incident, result
+
+
+def investigate(
+    *, session: Session, incident_id: int, user: str, quiet: timedelta, now: datetime
+) -> Incident:
+    """Record who investigates; the checker raises no new alert for it until `quiet` passes."""
+    incident = get_incident(session, incident_id)
+    if incident.status not in ACTIVE_INCIDENT:
+        raise Conflict(f"incident #{incident.id} is already {incident.status.value}")
+    incident.investigator = user
+    incident.quiet_until = now + quiet
+    incident.updated_at = now
+    return incident
+
+
+def rollback_target(session: Session, prompt: str) -> str | None:
+    """The version a rollback of `prompt` without a target would go to now (for confirm texts)."""
+    return preview_target(session=session, prompt=prompt)
