@@ -12,17 +12,25 @@ import bot
 from bot.api import errors
 from bot.api.limits import BodySizeLimit
 from bot.api.routes import events, health, prompts, rollback
+from bot.api.routes import slack as slack_routes
 from bot.config import Settings
 from bot.detection.scheduler import CheckerService
+from bot.slack.app import SlackService
 
 
 def create_app(
-    settings: Settings, engine: Engine, *, checker: CheckerService | None = None
+    settings: Settings,
+    engine: Engine,
+    *,
+    checker: CheckerService | None = None,
+    slack: SlackService | None = None,
 ) -> FastAPI:
-    """The HTTP API over the given settings and database engine, running `checker` if given."""
+    """The HTTP API over the given settings and engine, with the checker and Slack if given."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if slack is not None:
+            slack.start()
         if checker is not None:
             checker.start()
         try:
@@ -30,6 +38,8 @@ def create_app(
         finally:
             if checker is not None:
                 checker.stop()
+            if slack is not None:
+                slack.stop()
 
     app = FastAPI(
         title="Prompt rollback bot",
@@ -40,10 +50,12 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.checker = checker
+    app.state.slack = slack
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(prompts.router)
     app.include_router(rollback.router)
     app.include_router(events.router)
+    app.include_router(slack_routes.router)
     return app

@@ -28,6 +28,7 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     from bot.detection.notify import LogNotifier
     from bot.detection.scheduler import CheckerService
     from bot.policy import load_policies
+    from bot.slack.app import start_slack
 
     settings = state.settings
     logging.basicConfig(
@@ -40,12 +41,14 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
             "(generate one with `rollback-bot token new`)"
         )
     policies = load_policies(settings.rollback_policy_dir)  # an invalid policy stops start-up
+    slack = start_slack(settings, engine, policies)
+    notifier = slack.notifier if slack is not None else LogNotifier()
     checker = None
     if settings.checker_enabled:
         checker = CheckerService(
-            engine=engine, settings=settings, policies=policies, notifier=LogNotifier()
+            engine=engine, settings=settings, policies=policies, notifier=notifier
         )
-    app = create_app(settings, engine, checker=checker)
+    app = create_app(settings, engine, checker=checker, slack=slack)
     uvicorn.run(
         app,
         host=host or settings.host,

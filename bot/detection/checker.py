@@ -238,7 +238,9 @@ class Checker:
             inc.record_breach(incident, decision, now)
             if stronger:
                 inc.escalate(incident, severity=decision.severity, action=decision.action, now=now)
-                plan.notices.append(_notice(NoticeKind.INCIDENT_ESCALATED, incident, decision))
+                quiet = incident.quiet_until is not None and now < incident.quiet_until
+                if not quiet:  # someone said "Investigate": no new alert until the quiet ends
+                    plan.notices.append(_notice(NoticeKind.INCIDENT_ESCALATED, incident, decision))
         if incident is None:
             if decision.action == Action.NONE and lv.health == Health.UNKNOWN:
                 plan.mark_good.append(lv)

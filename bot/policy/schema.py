@@ -122,6 +122,7 @@ class Settings(_Strict):
     observe: Duration = timedelta(hours=1)
     on_persist: Action = Action.ALERT
     resolve_after: Duration = timedelta(minutes=10)
+    quiet: Duration = timedelta(minutes=30)
     runbook: AnyHttpUrl | None = None
 
     @model_validator(mode="after")
@@ -144,6 +145,7 @@ class SettingsPatch(_Strict):
     observe: Duration | None = None
     on_persist: Action | None = None
     resolve_after: Duration | None = None
+    quiet: Duration | None = None
     runbook: AnyHttpUrl | None = None
     rules: list[RulePatch] = []
     new_version: NewVersionLimits | None = None

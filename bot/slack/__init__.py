@@ -1,0 +1,1 @@
+"""The Slack app: incident cards with buttons, /rollback, on-call DMs, a durable outbox."""

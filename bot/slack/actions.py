@@ -1,0 +1,78 @@
+"""The card's buttons: Rollback and Investigate. Ack first; only on-call may act."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from slack_bolt import Ack, App, Respond
+
+from bot.db import write_session
+from bot.detection.actions import get_incident, investigate, rollback_incident
+from bot.errors import InvalidRequest
+from bot.models import Trigger, utcnow
+from bot.registry.changes import Actor
+from bot.slack import cards
+from bot.slack.blocks import INVESTIGATE_ACTION, ROLLBACK_ACTION
+from bot.slack.deps import SlackDeps
+
+
+def _incident_of(body: dict[str, Any]) -> tuple[int, str | None]:
+    try:
+        value = json.loads(body["actions"][0]["value"])
+        return int(value["incident"]), value.get("target")
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise InvalidRequest("this button is malformed; use /rollback instead") from None
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    """Attach the button listeners."""
+
+    @app.action(ROLLBACK_ACTION)
+    def on_rollback(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+        ack()
+        user = body["user"]["id"]
+        if not deps.oncall.allowed(user):
+            raise InvalidRequest(deps.refusal())
+        incident_id, target = _incident_of(body)
+        with write_session(deps.engine) as session:
+            incident, result = rollback_incident(
+                session=session,
+                incident_id=incident_id,
+                actor=Actor(operator=user, trigger=Trigger.SLACK),
+                now=utcnow(),
+                target=target,
+                dedup_window=deps.dedup_window,
+            )
+            cards.post_or_update_card(session, incident, deps.channel, "rolled_back")
+            cards.thread_reply(
+                session,
+                incident,
+                f"Rolled back `{result.from_version}` → `{result.to_version}` by <@{user}>. "
+                "Verification of the restored version reports in this thread.",
+                "rolled_back",
+            )
+        deps.worker.wake()
+
+    @app.action(INVESTIGATE_ACTION)
+    def on_investigate(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+        ack()
+        user = body["user"]["id"]
+        if not deps.oncall.allowed(user):
+            raise InvalidRequest(deps.refusal())
+        incident_id, _ = _incident_of(body)
+        with write_session(deps.engine) as session:
+            quiet = deps.quiet_for(get_incident(session, incident_id).prompt)
+            incident = investigate(
+                session=session, incident_id=incident_id, user=user, quiet=quiet, now=utcnow()
+            )
+            cards.post_or_update_card(session, incident, deps.channel, "investigating")
+            cards.thread_reply(
+                session,
+                incident,
+                f"<@{user}> is investigating. No new alert for this incident for "
+                f"{int(quiet.total_seconds() // 60)} min; "
+                "Rollback stays available on the card.",
+                "investigating",
+            )
+        deps.worker.wake()

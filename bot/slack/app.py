@@ -1,0 +1,104 @@
+"""Builds the Bolt app and its Slack-side services: wiring only."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from slack_bolt import App
+from slack_bolt.error import BoltError
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry import RetryHandler
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from sqlalchemy import Engine
+
+from bot.config import Settings
+from bot.errors import ConfigError
+from bot.policy import PolicySet
+from bot.slack import actions, commands, errors
+from bot.slack.deps import SlackDeps
+from bot.slack.notifier import SlackNotifier
+from bot.slack.oncall import OnCall
+from bot.slack.outbox import OutboxWorker
+
+log = logging.getLogger(__name__)
+
+
+def web_client(settings: Settings, *, retries: bool) -> WebClient:
+    """A WebClient on SLACK_API_URL; `retries` adds rate-limit and 5xx handlers (not for the
+    outbox, which schedules its own retries instead of sleeping)."""
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    handlers: list[RetryHandler] = [ConnectionErrorRetryHandler(max_retry_count=1)]
+    if retries:
+        handlers += [
+            RateLimitErrorRetryHandler(max_retry_count=1),
+            ServerErrorRetryHandler(max_retry_count=1),
+        ]
+    return WebClient(
+        token=token, base_url=settings.slack_api_url, timeout=10, retry_handlers=handlers
+    )
+
+
+class SlackService:
+    """The Bolt app, the outbox worker and the notifier of one process."""
+
+    def __init__(self, *, settings: Settings, engine: Engine, policies: PolicySet) -> None:
+        assert settings.slack_bot_token is not None
+        client = web_client(settings, retries=True)
+        self.worker = OutboxWorker(engine=engine, client=web_client(settings, retries=False))
+        oncall = OnCall(
+            users=settings.oncall_users(), usergroup=settings.slack_oncall_usergroup, client=client
+        )
+        deps = SlackDeps(
+            engine=engine, settings=settings, policies=policies, oncall=oncall, worker=self.worker
+        )
+        secret = settings.slack_signing_secret
+        self.app = App(
+            client=client,
+            token=settings.slack_bot_token.get_secret_value(),
+            signing_secret=secret.get_secret_value() if secret else None,
+            request_verification_enabled=secret is not None,
+            listener_executor=ThreadPoolExecutor(max_workers=settings.slack_listener_threads),
+            raise_error_for_unhandled_request=False,
+        )
+        errors.register(self.app)
+        commands.register(self.app, deps)
+        actions.register(self.app, deps)
+        self.notifier = SlackNotifier(
+            engine=engine, channel=deps.channel, oncall=oncall, worker=self.worker
+        )
+        self._socket: Any = None
+        self._app_token = settings.slack_app_token
+
+    def start(self) -> None:
+        """Start delivering the outbox, and Socket Mode when SLACK_APP_TOKEN is set."""
+        self.worker.start()
+        if self._app_token is not None:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            self._socket = SocketModeHandler(self.app, self._app_token.get_secret_value())
+            self._socket.connect()
+            log.info("Slack Socket Mode connected")
+
+    def stop(self) -> None:
+        """Stop Socket Mode and the outbox worker."""
+        if self._socket is not None:
+            self._socket.close()
+        self.worker.stop()
+
+
+def start_slack(settings: Settings, engine: Engine, policies: PolicySet) -> SlackService | None:
+    """The Slack service when SLACK_BOT_TOKEN is set; a token Slack refuses stops start-up."""
+    if settings.slack_bot_token is None:
+        log.warning("SLACK_BOT_TOKEN is not set: notices go to the log only")
+        return None
+    try:
+        return SlackService(settings=settings, engine=engine, policies=policies)
+    except (BoltError, SlackApiError, SlackClientError, OSError) as exc:
+        raise ConfigError(f"SLACK_BOT_TOKEN: Slack refused it or is unreachable ({exc})") from None

@@ -1,0 +1,222 @@
+"""Pure Block Kit builders; slack_sdk's classes check Slack's limits when serialised."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from bot.models import AuditPublic, PromptDetail
+
+ROLLBACK_ACTION = "incident_rollback"
+INVESTIGATE_ACTION = "incident_investigate"
+SEVERITY_ICON = {
+    "critical": ":red_circle:",
+    "high": ":large_orange_circle:",
+    "medium": ":large_yellow_circle:",
+    "none": ":white_circle:",
+}
+
+
+@dataclass(frozen=True)
+class IncidentCard:
+    """Everything an incident card shows."""
+
+    incident_id: int
+    prompt: str
+    version: str
+    severity: str
+    status: str
+    fired: Sequence[dict[str, Any]]
+    figures: dict[str, Any]
+    target: str | None = None
+    state: str | None = None  # "Rolled back v2.0.0 → v1.9.0 by <@U1>" once acted on
+    investigator: str | None = None
+    runbook: str | None = None
+    buttons: bool = True
+    extra: list[str] = field(default_factory=list)
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}%"
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:,.0f}{unit}"
+
+
+def figures_lines(figures: dict[str, Any]) -> list[str]:
+    """The verdict's figures as short lines (error rate with n and interval, baselines)."""
+    baseline = figures.get("baseline") or {}
+    low, high = figures.get("error_rate_ci_pct") or (None, None)
+    lines = [
+        f"*Error rate* {_pct(figures.get('error_rate_pct'))} of {figures.get('requests', 0):,} "
+        f"requests (95% CI {_pct(low, 2)} to {_pct(high, 2)})",
+    ]
+    if figures.get("quality") is not None or baseline.get("quality") is not None:
+        q, bq = figures.get("quality"), baseline.get("quality")
+        drop = _pct(figures.get("quality_drop_pct"))
+        lines.append(f"*Quality* {_score(q)} vs baseline {_score(bq)} (drop {drop})")
+    lines.append(
+        f"*Latency p99* {_num(figures.get('latency_p99_ms'), ' ms')} vs baseline "
+        f"{_num(baseline.get('latency_p99_ms'), ' ms')} "
+        f"(change {_pct(figures.get('latency_increase_pct'))})"
+    )
+    if baseline.get("source"):
+        lines.append(f"_Baseline: {baseline['source']}_")
+    return lines
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _section(text: str) -> SectionBlock:
+    return SectionBlock(text=MarkdownTextObject(text=text[:3000]))
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+def card_text(card: IncidentCard) -> str:
+    """The notification and accessibility fallback of a card."""
+    head = f"[{card.severity.upper()}] {card.prompt} {card.version}"
+    rules = "; ".join(str(f.get("rule")) for f in card.fired) or "no rule"
+    return f"{head}: {card.state or rules}"[:3000]
+
+
+def incident_card(card: IncidentCard) -> list[Block]:
+    """The #incidents card: severity, rules with figures, age, runbook, and the buttons."""
+    icon = SEVERITY_ICON.get(card.severity, "")
+    blocks: list[Block] = [
+        HeaderBlock(
+            text=PlainTextObject(
+                text=f"{card.severity.upper()}: {card.prompt} {card.version}"[:150]
+            )
+        ),
+        SectionBlock(
+            fields=[
+                MarkdownTextObject(text=f"*Severity*\n{icon} {card.severity}"),
+                MarkdownTextObject(text=f"*Prompt*\n`{card.prompt}`"),
+                MarkdownTextObject(text=f"*Version*\n`{card.version}`"),
+                MarkdownTextObject(text=f"*Version age*\n{_age(card.figures.get('age_s'))}"),
+            ]
+        ),
+    ]
+    rules = (
+        "\n".join(
+            f"• `{f.get('rule')}`: {f.get('metric')} {float(f.get('value', 0)):.1f} > "
+            f"{f.get('threshold')}" + (f" _({f['note']})_" if f.get("note") else "")
+            for f in card.fired
+        )
+        or "• no rule fired"
+    )
+    blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*Rules fired*\n{rules}"[:3000])))
+    blocks.append(
+        SectionBlock(text=MarkdownTextObject(text="\n".join(figures_lines(card.figures))[:3000]))
+    )
+    context = [f"Incident #{card.incident_id}", f"status: {card.status}"]
+    runbook = card.runbook or next((f.get("runbook") for f in card.fired if f.get("runbook")), None)
+    if runbook:
+        context.append(f"<{runbook}|Runbook>")
+    if card.investigator:
+        context.append(f"investigating: <@{card.investigator}>")
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=" · ".join(context))]))
+    blocks.extend(_section(line) for line in card.extra)
+    if card.state:
+        blocks.append(_section(f":white_check_mark: {card.state}"))
+    elif card.buttons:
+        blocks.append(_buttons(card))
+    return blocks
+
+
+def _buttons(card: IncidentCard) -> ActionsBlock:
+    value = json.dumps({"incident": card.incident_id, "target": card.target})
+    target = card.target or "the previous known-good version"
+    return ActionsBlock(
+        block_id=f"incident-{card.incident_id}",
+        elements=[
+            ButtonElement(
+                text="Rollback",
+                action_id=ROLLBACK_ACTION,
+                value=value,
+                style="danger",
+                confirm=ConfirmObject(
+                    title="Roll back?",
+                    text=f"Switch {card.prompt} from {card.version} to {target} now?"[:300],
+                    confirm="Roll back",
+                    deny="Cancel",
+                ),
+            ),
+            ButtonElement(text="Investigate", action_id=INVESTIGATE_ACTION, value=value),
+        ],
+    )
+
+
+def text_blocks(text: str) -> list[Block]:
+    """One markdown section (thread replies, DMs, ephemeral answers)."""
+    return [SectionBlock(text=MarkdownTextObject(text=text[:3000]))]
+
+
+HELP = (
+    "*/rollback* — put a prompt back on a known-good version\n"
+    "• `/rollback PROMPT` — to the previous known-good version\n"
+    "• `/rollback PROMPT VERSION` — to that version (`--force` if it is marked bad)\n"
+    "• `/rollback PROMPT [VERSION] reason words…` — the rest of the line is the reason\n"
+    "• `/rollback status PROMPT` — active version, split, health, open incident\n"
+    "• `/rollback history PROMPT` — the last changes\n"
+    "• `/rollback help` — this help"
+)
+
+
+def status_blocks(detail: PromptDetail, incident: str | None) -> list[Block]:
+    """`/rollback status`: routing, versions with health, the open incident."""
+    split = ", ".join(f"{k} {v}%" for k, v in (detail.split or {}).items()) or "none"
+    versions = "\n".join(
+        f"• `{v.version}` {v.health.value}" + (f" — {v.health_reason}" if v.health_reason else "")
+        for v in detail.versions[:10]
+    )
+    return [
+        SectionBlock(
+            text=MarkdownTextObject(
+                text=f"*{detail.name}*: active `{detail.active_version or '-'}` · split {split} · "
+                f"revision {detail.revision}"
+            )
+        ),
+        SectionBlock(text=MarkdownTextObject(text=f"*Versions*\n{versions}"[:3000])),
+        ContextBlock(elements=[MarkdownTextObject(text=incident or "No open incident")]),
+    ]
+
+
+def history_blocks(name: str, entries: Sequence[AuditPublic]) -> list[Block]:
+    """`/rollback history`: the last changes, newest first."""
+    lines = [
+        f"• {e.timestamp:%Y-%m-%d %H:%M}Z {e.kind.value} `{e.from_version or '-'}` → "
+        f"`{e.to_version or '-'}` by {e.operator} ({e.trigger.value})"
+        + (f": {e.reason}" if e.reason else "")
+        for e in entries
+    ]
+    body = "\n".join(lines) or "No changes yet."
+    return [SectionBlock(text=MarkdownTextObject(text=f"*{name}* — last changes\n{body}"[:3000]))]
+
+
+def to_dicts(blocks: Sequence[Block]) -> list[dict[str, Any]]:
+    """Serialise (and so validate) blocks for the Web API or the outbox."""
+    return [block.to_dict() for block in blocks]

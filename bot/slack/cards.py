@@ -1,0 +1,107 @@
+"""Incident cards and messages from the database's state, and their outbox keys."""
+
+from __future__ import annotations
+
+from sqlmodel import Session
+
+from bot.detection.actions import rollback_target
+from bot.errors import BotError
+from bot.models import ACTIVE_INCIDENT, AuditEntry, Incident, IncidentStatus, Trigger
+from bot.slack import outbox
+from bot.slack.blocks import IncidentCard, card_text, incident_card, text_blocks, to_dicts
+
+
+def card_key(incident_id: int) -> str:
+    """The outbox key of an incident's card (threads and updates hang under it)."""
+    return f"incident:{incident_id}:card"
+
+
+def who(operator: str, trigger: Trigger | str) -> str:
+    """A Slack mention for Slack users, the plain name otherwise."""
+    return f"<@{operator}>" if str(trigger) == Trigger.SLACK.value else operator
+
+
+def build_card(session: Session, incident: Incident) -> IncidentCard:
+    """The card for the incident as it stands now."""
+    decision = incident.decision or {}
+    state = None
+    if incident.status == IncidentStatus.ROLLED_BACK:
+        entry = session.get(AuditEntry, incident.rollback_audit_id or -1)
+        state = (
+            f"Rolled back {entry.from_version} → {entry.to_version} by "
+            f"{who(entry.operator, entry.trigger)}"
+            + (" (automatic)" if entry.trigger == Trigger.AUTOMATIC else "")
+            if entry
+            else "Rolled back"
+        )
+    elif incident.status == IncidentStatus.RESOLVED:
+        state = f"Resolved: {incident.summary.rsplit('; ', 1)[-1]}"
+    target = None
+    if incident.status in ACTIVE_INCIDENT:
+        try:
+            target = rollback_target(session, incident.prompt)
+        except BotError:
+            target = None
+    return IncidentCard(
+        incident_id=incident.id or 0,
+        prompt=incident.prompt,
+        version=incident.version,
+        severity=incident.severity.value,
+        status=incident.status.value,
+        fired=decision.get("fired", []),
+        figures=decision.get("figures", {}),
+        target=target,
+        state=state,
+        investigator=incident.investigator,
+    )
+
+
+def post_or_update_card(session: Session, incident: Incident, channel: str, reason: str) -> None:
+    """Queue the card's first post, or an in-place update of it (buttons gone once acted on)."""
+    card = build_card(session, incident)
+    key = card_key(incident.id or 0)
+    message = {"text": card_text(card), "blocks": to_dicts(incident_card(card))}
+    first = outbox.enqueue(
+        session,
+        key=key,
+        method="chat.postMessage",
+        payload={"channel": channel, **message},
+        incident_id=incident.id,
+    )
+    if not first:
+        stamp = incident.updated_at.timestamp()
+        outbox.enqueue(
+            session,
+            key=f"{key}:update:{reason}:{stamp}",
+            method="chat.update",
+            payload=message,
+            parent_key=key,
+            incident_id=incident.id,
+        )
+
+
+def thread_reply(session: Session, incident: Incident, text: str, reason: str) -> None:
+    """Queue a reply in the card's thread (where verification reports)."""
+    key = card_key(incident.id or 0)
+    outbox.enqueue(
+        session,
+        key=f"{key}:thread:{reason}:{incident.updated_at.timestamp()}",
+        method="chat.postMessage",
+        payload={"text": text, "blocks": to_dicts(text_blocks(text))},
+        parent_key=key,
+        incident_id=incident.id,
+    )
+
+
+def page(
+    session: Session, incident: Incident, users: frozenset[str], text: str, reason: str
+) -> None:
+    """Queue a DM to each on-call user."""
+    for user in sorted(users):
+        outbox.enqueue(
+            session,
+            key=f"{card_key(incident.id or 0)}:dm:{user}:{reason}",
+            method="dm",
+            payload={"user": user, "text": text, "blocks": to_dicts(text_blocks(text))},
+            incident_id=incident.id,
+        )

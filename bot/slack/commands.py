@@ -1,0 +1,99 @@
+"""`/rollback`: ack, parse, call the registry, answer the user; announce rollbacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_bolt import Ack, App, Respond
+from sqlmodel import col, select
+
+from bot import registry
+from bot.db import read_session, write_session
+from bot.errors import InvalidRequest
+from bot.models import ACTIVE_INCIDENT, ChangeResult, Incident, Trigger
+from bot.registry.changes import Actor
+from bot.slack import outbox
+from bot.slack.blocks import HELP, history_blocks, status_blocks, text_blocks, to_dicts
+from bot.slack.deps import SlackDeps
+from bot.slack.parse import parse
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    """Attach the /rollback listener."""
+
+    @app.command("/rollback")
+    def rollback_command(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
+        ack()
+        request = parse(command.get("text", ""))
+        if request.verb == "help":
+            respond(text=HELP, response_type="ephemeral")
+            return
+        assert request.prompt is not None
+        if request.verb == "status":
+            respond(**_status(deps, request.prompt), response_type="ephemeral")
+            return
+        if request.verb == "history":
+            with read_session(deps.engine) as session:
+                entries = registry.history(session=session, name=request.prompt, limit=10)
+            blocks = to_dicts(history_blocks(request.prompt, entries))
+            respond(text=f"{request.prompt} history", blocks=blocks, response_type="ephemeral")
+            return
+        user = command["user_id"]
+        if not deps.oncall.allowed(user):
+            raise InvalidRequest(deps.refusal())
+        with write_session(deps.engine) as session:
+            result = registry.rollback(
+                session=session,
+                prompt=request.prompt,
+                target=request.version,
+                actor=Actor(operator=user, trigger=Trigger.SLACK),
+                reason=request.reason or "via /rollback",
+                force=request.force,
+                dedup_window=deps.dedup_window,
+            )
+            _announce(session, deps, result, user, request.reason)
+        deps.worker.wake()
+        respond(
+            text=f"Rolled back {result.prompt} {result.from_version} → {result.to_version}. "
+            f"Announced in {deps.channel}.",
+            response_type="ephemeral",
+        )
+
+
+def _status(deps: SlackDeps, prompt: str) -> dict[str, Any]:
+    with read_session(deps.engine) as session:
+        detail = registry.prompt_detail(session=session, name=prompt)
+        incident = session.exec(
+            select(Incident)
+            .where(Incident.prompt == prompt, col(Incident.status).in_(ACTIVE_INCIDENT))
+            .order_by(col(Incident.id).desc())
+        ).first()
+    line = (
+        f"Open incident #{incident.id}: {incident.severity.value} on {incident.version} "
+        f"({incident.status.value}) — {incident.summary[:200]}"
+        if incident
+        else None
+    )
+    return {"text": f"{prompt} status", "blocks": to_dicts(status_blocks(detail, line))}
+
+
+def _announce(session: Any, deps: SlackDeps, result: ChangeResult, user: str, reason: str) -> None:
+    key = f"rollback:{result.audit_id}"
+    text = (
+        f":rewind: <@{user}> rolled back *{result.prompt}* `{result.from_version}` → "
+        f"`{result.to_version}`" + (f": {reason}" if reason else "")
+    )
+    outbox.enqueue(
+        session,
+        key=key,
+        method="chat.postMessage",
+        payload={"channel": deps.channel, "text": text, "blocks": to_dicts(text_blocks(text))},
+    )
+    note = f"Verification of {result.to_version} will report in this thread."
+    outbox.enqueue(
+        session,
+        key=f"{key}:thread",
+        method="chat.postMessage",
+        payload={"text": note},
+        parent_key=key,
+    )

@@ -1,0 +1,44 @@
+"""What the Slack listeners need, built once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from bot.config import Settings
+from bot.policy import PolicySet
+from bot.slack.oncall import OnCall
+from bot.slack.outbox import OutboxWorker
+
+
+@dataclass(frozen=True)
+class SlackDeps:
+    """The engine, settings, policies, on-call list and outbox worker."""
+
+    engine: Engine
+    settings: Settings
+    policies: PolicySet
+    oncall: OnCall
+    worker: OutboxWorker
+
+    @property
+    def channel(self) -> str:
+        """Where incidents and announcements go."""
+        return self.settings.slack_incidents_channel
+
+    @property
+    def dedup_window(self) -> timedelta:
+        """How long an untargeted rollback counts as a duplicate of the previous one."""
+        return timedelta(seconds=self.settings.rollback_dedup_seconds)
+
+    def quiet_for(self, prompt: str) -> timedelta:
+        """How long "Investigate" silences new alerts for an incident of `prompt`."""
+        return self.policies.for_prompt(prompt).settings.quiet
+
+    def refusal(self) -> str:
+        """Why a user who is not on call cannot act."""
+        if not self.oncall.configured:
+            return "nobody is on call yet: set SLACK_ONCALL_USERS or SLACK_ONCALL_USERGROUP"
+        return "only on-call engineers may do this; ask the on-call person"

@@ -1,0 +1,63 @@
+"""The Slack notifier: turns checker notices into cards, thread replies and on-call DMs."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from bot.db import write_session
+from bot.detection.notify import Notice, NoticeKind
+from bot.models import Incident, utcnow
+from bot.slack import cards, outbox
+from bot.slack.blocks import text_blocks, to_dicts
+from bot.slack.oncall import OnCall
+from bot.slack.outbox import OutboxWorker
+
+THREAD_TEXT = {
+    NoticeKind.ROLLED_BACK: "{text} Verification of the restored version reports in this thread.",
+    NoticeKind.INCIDENT_ESCALATED: "Escalated: {text}",
+    NoticeKind.OBSERVATION_ENDED: "{text}",
+    NoticeKind.INCIDENT_RESOLVED: "Resolved: {text}",
+    NoticeKind.ROLLBACK_FAILED: ":rotating_light: {text}",
+}
+
+
+class SlackNotifier:
+    """Queues every notice in the outbox (durable, once) and wakes its worker."""
+
+    def __init__(
+        self, *, engine: Engine, channel: str, oncall: OnCall, worker: OutboxWorker
+    ) -> None:
+        self.engine, self.channel, self.oncall, self.worker = engine, channel, oncall, worker
+
+    def send(self, notice: Notice) -> None:
+        """Post or update the incident's card; thread the news; DM on-call for pages."""
+        with write_session(self.engine) as session:
+            if notice.incident_id is None:
+                text = f"*{notice.title}*\n{notice.text}"
+                outbox.enqueue(
+                    session,
+                    key=f"notice:{notice.kind.value}:{utcnow().isoformat()}",
+                    method="chat.postMessage",
+                    payload={
+                        "channel": self.channel,
+                        "text": text,
+                        "blocks": to_dicts(text_blocks(text)),
+                    },
+                )
+            else:
+                incident = session.get(Incident, notice.incident_id)
+                if incident is None:
+                    return
+                cards.post_or_update_card(session, incident, self.channel, notice.kind.value)
+                template = THREAD_TEXT.get(notice.kind)
+                if template is not None:
+                    cards.thread_reply(
+                        session, incident, template.format(text=notice.text), notice.kind.value
+                    )
+                if notice.action == "page" or notice.kind == NoticeKind.ROLLBACK_FAILED:
+                    summary = (
+                        f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}\n"
+                        f"See the incident #{incident.id} card in {self.channel}."
+                    )
+                    cards.page(session, incident, self.oncall.members(), summary, notice.kind.value)
+        self.worker.wake()

@@ -1,0 +1,300 @@
+"""The durable Slack outbox: every message is a row, delivered once, retried until it lands.
+
+Rows are delivered in id order per incident (a card before its updates and thread replies).
+A row that threads under or updates another waits until that one has its `ts`. Slack's 429
+answers are honoured with their Retry-After; 5xx, timeouts and connection errors back off
+exponentially; permanent errors (`channel_not_found`, `invalid_auth`, ...) give up at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from sqlalchemy import Engine, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from bot.db import write_session
+from bot.errors import BotError
+from bot.models import OutboxStatus, SlackOutbox, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 50
+BATCH = 20
+CLAIM_FOR = timedelta(seconds=30)
+PERMANENT = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "missing_scope",
+        "invalid_blocks",
+        "msg_too_long",
+        "message_not_found",
+        "cant_update_message",
+        "user_not_found",
+        "no_text",
+        "invalid_arguments",
+    }
+)
+
+
+def enqueue(
+    session: Session,
+    *,
+    key: str,
+    method: str,
+    payload: dict[str, Any],
+    parent_key: str | None = None,
+    incident_id: int | None = None,
+) -> bool:
+    """Queue a Slack call once per `key`; returns False when it was already queued."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    result = session.execute(
+        insert(SlackOutbox)
+        .values(
+            dedupe_key=key[:200],
+            method=method,
+            payload=payload,
+            parent_key=parent_key,
+            incident_id=incident_id,
+            status=OutboxStatus.PENDING,
+            attempts=0,
+            next_attempt_at=utcnow(),
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def sent_message(session: Session, key: str) -> SlackOutbox | None:
+    """The delivered row for `key` (with its channel and ts), if delivered."""
+    row = session.exec(select(SlackOutbox).where(SlackOutbox.dedupe_key == key)).first()
+    return row if row is not None and row.status == OutboxStatus.SENT else None
+
+
+class OutboxWorker:
+    """Delivers due rows from a background thread; `wake()` after enqueueing to send at once."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        client: WebClient,
+        clock: Callable[[], datetime] = utcnow,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.engine, self.client, self.clock = engine, client, clock
+        self.poll_seconds = poll_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the delivery thread."""
+        self._thread = threading.Thread(target=self._run, name="slack-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current round."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        """Deliver now rather than at the next poll."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while self.deliver_due() and not self._stop.is_set():
+                    pass
+            except BotError as exc:  # the database is unreachable: try again next poll
+                log.warning("outbox round skipped: %s", exc.message)
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+
+    def deliver_due(self) -> int:
+        """Deliver what is due now; returns how many rows were attempted."""
+        rows = self._claim()
+        for row in rows:
+            self._deliver(row)
+        return len(rows)
+
+    def _claim(self) -> list[SlackOutbox]:
+        now = self.clock()
+        with write_session(self.engine) as session:
+            pending = session.exec(
+                select(SlackOutbox)
+                .where(SlackOutbox.status == OutboxStatus.PENDING)
+                .order_by(col(SlackOutbox.id))
+                .limit(500)
+            ).all()
+            blocked: set[int] = set()
+            parents = {r.parent_key for r in pending if r.parent_key}
+            sent = (
+                {
+                    r.dedupe_key: r
+                    for r in session.exec(
+                        select(SlackOutbox).where(
+                            col(SlackOutbox.dedupe_key).in_(parents),
+                            SlackOutbox.status == OutboxStatus.SENT,
+                        )
+                    )
+                }
+                if parents
+                else {}
+            )
+            chosen: list[SlackOutbox] = []
+            for row in pending:
+                group = row.incident_id
+                waiting = row.parent_key is not None and row.parent_key not in sent
+                not_due = row.next_attempt_at > now or (
+                    row.claimed_until is not None and row.claimed_until > now
+                )
+                if (group is not None and group in blocked) or waiting or not_due:
+                    if group is not None:
+                        blocked.add(group)  # keep each incident's messages in order
+                    continue
+                if group is not None:
+                    blocked.add(group)
+                claimed = session.execute(
+                    update(SlackOutbox)
+                    .where(
+                        col(SlackOutbox.id) == row.id,
+                        or_(
+                            col(SlackOutbox.claimed_until).is_(None),
+                            col(SlackOutbox.claimed_until) <= now,
+                        ),
+                    )
+                    .values(claimed_until=now + CLAIM_FOR)
+                    .execution_options(synchronize_session=False)
+                )
+                if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                    if row.parent_key:
+                        parent = sent[row.parent_key]
+                        row.payload = {
+                            **row.payload,
+                            "_parent_channel": parent.channel,
+                            "_parent_ts": parent.ts,
+                        }
+                    chosen.append(row)
+                if len(chosen) >= BATCH:
+                    break
+            for row in chosen:
+                session.expunge(row)
+            return chosen
+
+    def _deliver(self, row: SlackOutbox) -> None:
+        try:
+            channel, ts = self._call(row)
+        except SlackApiError as exc:
+            self._failed(row, exc)
+            return
+        except (SlackClientError, OSError, TimeoutError) as exc:
+            self._retry(row, f"{exc.__class__.__name__}: {exc}", None)
+            return
+        with write_session(self.engine) as session:
+            session.execute(
+                update(SlackOutbox)
+                .where(col(SlackOutbox.id) == row.id)
+                .values(
+                    status=OutboxStatus.SENT,
+                    channel=channel,
+                    ts=ts,
+                    sent_at=self.clock(),
+                    attempts=row.attempts + 1,
+                    claimed_until=None,
+                    last_error=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+    def _call(self, row: SlackOutbox) -> tuple[str | None, str | None]:
+        payload = {k: v for k, v in row.payload.items() if not k.startswith("_")}
+        parent_channel = row.payload.get("_parent_channel")
+        parent_ts = row.payload.get("_parent_ts")
+        if row.method == "chat.update":
+            answer = self.client.chat_update(
+                channel=str(parent_channel), ts=str(parent_ts), **payload
+            )
+            return answer.get("channel"), answer.get("ts")
+        if row.method == "dm":
+            user = payload.pop("user")
+            opened = self.client.conversations_open(users=user)
+            payload["channel"] = opened["channel"]["id"]
+        if parent_ts is not None:
+            payload |= {"channel": parent_channel, "thread_ts": parent_ts}
+        answer = self.client.chat_postMessage(**payload)
+        return answer.get("channel"), answer.get("ts")
+
+    def _failed(self, row: SlackOutbox, exc: SlackApiError) -> None:
+        response = exc.response
+        error = str(response.get("error") if response.data else response.status_code)
+        if response.status_code == 429 or error == "ratelimited":
+            self._retry(row, "ratelimited", _retry_after(response.headers))
+        elif response.status_code >= 500 or error not in PERMANENT:
+            self._retry(row, f"HTTP {response.status_code}: {error}", None)
+        else:
+            self._give_up(row, error)
+
+    def _retry(self, row: SlackOutbox, error: str, after: float | None) -> None:
+        attempts = row.attempts + 1
+        if attempts >= MAX_ATTEMPTS:
+            self._give_up(row, f"{error} (after {attempts} attempts)")
+            return
+        delay = after if after is not None else min(2.0 ** min(attempts, 8) * 0.25, 60.0)
+        log.info("slack %s %s: %s; retry in %.1f s", row.method, row.dedupe_key, error, delay)
+        with write_session(self.engine) as session:
+            session.execute(
+                update(SlackOutbox)
+                .where(col(SlackOutbox.id) == row.id)
+                .values(
+                    attempts=attempts,
+                    last_error=error[:500],
+                    claimed_until=None,
+                    next_attempt_at=self.clock() + timedelta(seconds=delay),
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+    def _give_up(self, row: SlackOutbox, error: str) -> None:
+        log.error("slack %s %s given up: %s", row.method, row.dedupe_key, error)
+        with write_session(self.engine) as session:
+            session.execute(
+                update(SlackOutbox)
+                .where(col(SlackOutbox.id) == row.id)
+                .values(
+                    status=OutboxStatus.FAILED,
+                    attempts=row.attempts + 1,
+                    last_error=error[:500],
+                    claimed_until=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+
+def _retry_after(headers: Any) -> float:
+    """Seconds from a Retry-After header, whatever its case (1 s when absent or odd)."""
+    for name, value in dict(headers or {}).items():
+        if str(name).lower() == "retry-after":
+            text = value[0] if isinstance(value, list) else value
+            try:
+                return max(float(text), 0.0)
+            except (TypeError, ValueError):
+                break
+    return 1.0

@@ -1,0 +1,44 @@
+"""Parse `/rollback` text into a command; pure, so every shape is testable without Slack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class SlashCommand:
+    """What the user asked for."""
+
+    verb: str  # rollback, status, history, help
+    prompt: str | None = None
+    version: str | None = None
+    force: bool = False
+    reason: str = ""
+
+
+def parse(text: str) -> SlashCommand:
+    """`[status|history|help] PROMPT [VERSION] [--force] [reason...]`; raises InvalidRequest."""
+    words = text.split()
+    if not words or words[0].lower() in {"help", "-h", "--help"}:
+        return SlashCommand("help")
+    verb = words[0].lower()
+    if verb in {"status", "history"}:
+        if len(words) != 2:
+            raise InvalidRequest(f"usage: /rollback {verb} PROMPT")
+        return SlashCommand(verb, prompt=words[1])
+    force = "--force" in words
+    words = [w for w in words if w != "--force"]
+    unknown = [w for w in words if w.startswith("--") and w != "--reason"]
+    if unknown:
+        raise InvalidRequest(f"unknown option {unknown[0]}; see /rollback help")
+    prompt, rest = words[0], words[1:]
+    version = None
+    if rest and rest[0] != "--reason":
+        version, rest = rest[0], rest[1:]
+    if rest and rest[0] == "--reason":
+        rest = rest[1:]
+    return SlashCommand(
+        "rollback", prompt=prompt, version=version, force=force, reason=" ".join(rest)[:1000]
+    )
