@@ -117,14 +117,14 @@ class Settings(BaseSettings):
     @classmethod
     def _user_ids(cls, value: str) -> str:
         for user in filter(None, (u.strip() for u in value.split(","))):
-            if not re.fullmatch(r"[UW][A-Z0-9]{2,}", user):
+            if not re.fullmatch(r"[UW][A-Z0-9]+", user):
                 raise ValueError(f"{user!r} is not a Slack user ID (like U012ABCDEF)")
         return value
 
     @field_validator("slack_oncall_usergroup")
     @classmethod
     def _group_id(cls, value: str) -> str:
-        if value.strip() and not re.fullmatch(r"S[A-Z0-9]{2,}", value.strip()):
+        if value.strip() and not re.fullmatch(r"S[A-Z0-9]+", value.strip()):
             raise ValueError(f"{value!r} is not a Slack user group ID (like S012ABCDEF)")
         return value.strip()
 

@@ -15,6 +15,7 @@ from bot.registry.changes import Actor
 from bot.slack import cards
 from bot.slack.blocks import INVESTIGATE_ACTION, ROLLBACK_ACTION
 from bot.slack.deps import SlackDeps
+from bot.slack.errors import guarded
 
 
 def _incident_of(body: dict[str, Any]) -> tuple[int, str | None]:
@@ -29,6 +30,7 @@ def register(app: App, deps: SlackDeps) -> None:
     """Attach the button listeners."""
 
     @app.action(ROLLBACK_ACTION)
+    @guarded
     def on_rollback(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
         user = body["user"]["id"]
@@ -55,6 +57,7 @@ def register(app: App, deps: SlackDeps) -> None:
         deps.worker.wake()
 
     @app.action(INVESTIGATE_ACTION)
+    @guarded
     def on_investigate(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
         user = body["user"]["id"]

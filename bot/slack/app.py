@@ -34,9 +34,12 @@ def web_client(settings: Settings, *, retries: bool) -> WebClient:
     """A WebClient on SLACK_API_URL; `retries` adds rate-limit and 5xx handlers (not for the
     outbox, which schedules its own retries instead of sleeping)."""
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    handlers: list[RetryHandler] = [ConnectionErrorRetryHandler(max_retry_count=1)]
+    # The outbox retries on its own schedule; resending after a dropped connection here could
+    # post a message Slack already accepted, so its client gets no retry handlers at all.
+    handlers: list[RetryHandler] = []
     if retries:
         handlers += [
+            ConnectionErrorRetryHandler(max_retry_count=1),
             RateLimitErrorRetryHandler(max_retry_count=1),
             ServerErrorRetryHandler(max_retry_count=1),
         ]
@@ -60,8 +63,7 @@ class SlackService:
         )
         secret = settings.slack_signing_secret
         self.app = App(
-            client=client,
-            token=settings.slack_bot_token.get_secret_value(),
+            client=client,  # carries the bot token (Bolt ignores `token=` beside a client)
             signing_secret=secret.get_secret_value() if secret else None,
             request_verification_enabled=secret is not None,
             listener_executor=ThreadPoolExecutor(max_workers=settings.slack_listener_threads),

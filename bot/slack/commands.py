@@ -15,6 +15,7 @@ from bot.registry.changes import Actor
 from bot.slack import outbox
 from bot.slack.blocks import HELP, history_blocks, status_blocks, text_blocks, to_dicts
 from bot.slack.deps import SlackDeps
+from bot.slack.errors import guarded
 from bot.slack.parse import parse
 
 
@@ -22,6 +23,7 @@ def register(app: App, deps: SlackDeps) -> None:
     """Attach the /rollback listener."""
 
     @app.command("/rollback")
+    @guarded
     def rollback_command(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
         ack()
         request = parse(command.get("text", ""))

@@ -75,8 +75,10 @@ def enqueue(
             created_at=utcnow(),
         )
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(col(SlackOutbox.id))
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    # RETURNING yields a row only when the insert happened (rowcount is unreliable here).
+    return result.first() is not None
 
 
 def sent_message(session: Session, key: str) -> SlackOutbox | None:

@@ -1,0 +1,76 @@
+"""The bot's server with its Slack app, on real HTTP, talking to a FakeSlack."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from sqlalchemy import Engine
+
+from bot.api.app import create_app
+from bot.config import load_settings
+from bot.policy import load_policies
+from bot.slack.app import SlackService
+from tests.conftest import API_TOKEN
+from tests.slack_kit import FakeSlack, SlackSender
+from tests.test_serve import free_port
+
+BOT_TOKEN = "xoxb-test-token-0123456789"
+SIGNING_SECRET = "test-signing-secret-0123456789"
+POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+@dataclass
+class Harness:
+    fake: FakeSlack
+    sender: SlackSender
+    service: SlackService
+    base_url: str
+
+    def card(self, incident_id: int) -> dict:
+        """The incident's card message as Slack shows it now."""
+        for message in self.fake.messages("C1"):
+            if f"Incident #{incident_id}" in str(message.get("blocks")):
+                return message
+        raise AssertionError(f"no card for incident #{incident_id}")
+
+
+@contextmanager
+def running(engine: Engine, db_url: str, **overrides: str) -> Iterator[Harness]:
+    """FakeSlack, then the bot's server (API + Slack app + outbox) on a free port."""
+    with FakeSlack(token=BOT_TOKEN, users={"U2": {"name": "bob"}}) as fake:
+        settings = load_settings(
+            database_url=db_url,
+            rollback_api_token=API_TOKEN,
+            slack_bot_token=BOT_TOKEN,
+            slack_signing_secret=SIGNING_SECRET,
+            slack_api_url=fake.base_url,
+            slack_oncall_users="U1",
+            **overrides,
+        )
+        service = SlackService(settings=settings, engine=engine, policies=load_policies(POLICIES))
+        service.worker.poll_seconds = 0.2
+        app = create_app(settings, engine, slack=service)
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            yield Harness(
+                fake, SlackSender(f"{base}/slack/events", SIGNING_SECRET, slack=fake), service, base
+            )
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)

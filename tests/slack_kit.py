@@ -1,0 +1,881 @@
+"""Offline Slack for tests: a Web API stand-in over HTTP, and inbound requests signed as Slack signs.
+
+FakeSlack answers the Web API methods the bot uses with Slack's response shapes, keeps the
+messages it was sent (with their edits and threads), serves response_url endpoints, records
+every call and injects faults (429 + Retry-After, 5xx, connection drops, slowness).
+sign(), slash_command_body(), block_actions_body() and SlackSender build and send the
+requests Slack sends to the app, byte for byte as Slack signs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+from zoneinfo import ZoneInfo
+
+import httpx
+
+T = TypeVar("T")
+
+RESPONSE_URL_POSTS = 5  # Slack accepts 5 posts per response_url (within 30 minutes)
+_JSON_FIELDS = ("blocks", "attachments", "metadata")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request FakeSlack received: a Web API method, or "response_url" for a response_url post."""
+
+    method: str
+    args: dict[str, Any]
+    at: float
+    path: str = ""
+    token: str | None = None
+    status: int = 200
+    response: dict[str, Any] | None = None
+    fault: str | None = None
+
+    @property
+    def faulted(self) -> bool:
+        """Whether the call was answered by an injected fault instead of the method."""
+        return self.fault is not None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the call was answered `"ok": true`."""
+        return self.response is not None and self.response.get("ok") is True
+
+    @property
+    def error(self) -> str | None:
+        """Slack's error code (or the fault) the call was answered with, if any."""
+        if self.fault is not None:
+            return self.fault
+        return None if self.response is None else self.response.get("error")
+
+
+@dataclass
+class _Fault:
+    status: int
+    retry_after: int
+
+
+@dataclass
+class _ResponseUrl:
+    channel: str
+    user: str
+    message_ts: str | None = None
+    is_ephemeral: bool = False
+    posts: int = 0
+
+
+@dataclass
+class _State:
+    calls: list[Call] = field(default_factory=list)
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ephemerals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    opened: set[str] = field(default_factory=set)
+    response_urls: dict[str, _ResponseUrl] = field(default_factory=dict)
+    faults: dict[str, deque[_Fault]] = field(default_factory=dict)
+    down: str | None = None
+    delay: float = 0.0
+
+
+class _SlackError(LookupError):
+    """A Web API method's `{"ok": false, "error": ...}` answer, raised inside the fake."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up (timeout tests) is expected, not an error
+
+
+def _dm_id(user_ids: Sequence[str]) -> str:
+    prefix = "D" if len(user_ids) == 1 else "G"
+    return prefix + hashlib.sha1(",".join(sorted(user_ids)).encode()).hexdigest()[:10].upper()
+
+
+def _ts_key(ts: str) -> tuple[int, int]:
+    seconds, _, micros = ts.partition(".")
+    return int(seconds), int(micros or 0)
+
+
+class FakeSlack:
+    """Slack's Web API and response_url endpoints on 127.0.0.1, recording every call."""
+
+    def __init__(
+        self,
+        *,
+        token: str = "xoxb-test-token",
+        team_id: str = "T1",
+        team: str = "Acme",
+        bot_user_id: str = "UBOT",
+        bot_id: str = "B1",
+        channels: Mapping[str, str] | None = None,
+        users: Mapping[str, Mapping[str, Any]] | None = None,
+        usergroups: Mapping[str, Sequence[str]] | None = None,
+        first_ts: int = 1_700_000_000,
+    ) -> None:
+        self.token = token
+        self.team_id = team_id
+        self.team = team
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.channels: dict[str, str] = dict(channels or {"incidents": "C1"})
+        self.users: dict[str, dict[str, Any]] = {
+            bot_user_id: {"name": "rollback-bot", "real_name": "Rollback Bot", "is_bot": True},
+            "U1": {"name": "alice", "real_name": "Alice", "tz": "Europe/Paris"},
+        }
+        for user_id, info in (users or {}).items():
+            self.add_user(user_id, **info)
+        self.usergroups: dict[str, list[str]] = {k: list(v) for k, v in (usergroups or {}).items()}
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._seq = 0
+        self._first_ts = first_ts
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> FakeSlack:
+        """Serve on a free port of 127.0.0.1 in a daemon thread."""
+        if self._server is None:
+            server = _Server(("127.0.0.1", 0), _handler_for(self))
+            self._server = server
+            self._thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeSlack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Root URL of the server, e.g. http://127.0.0.1:50123."""
+        if self._server is None:
+            raise RuntimeError("FakeSlack is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        """Web API base URL for `WebClient(base_url=...)`, ending in /api/."""
+        return f"{self.url}/api/"
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def add_user(
+        self,
+        user_id: str,
+        name: str,
+        real_name: str | None = None,
+        tz: str = "UTC",
+        is_bot: bool = False,
+    ) -> None:
+        """Make `users.info` know a user."""
+        self.users[user_id] = {
+            "name": name,
+            "real_name": real_name or name,
+            "tz": tz,
+            "is_bot": is_bot,
+        }
+
+    def set_usergroup(self, usergroup: str, users: Sequence[str]) -> None:
+        """Set the members `usergroups.users.list` answers for `usergroup` (an S… id)."""
+        self.usergroups[usergroup] = list(users)
+
+    def channel_id(self, channel: str) -> str:
+        """Resolve "#name", a C…/G…/D… id or a U… id (its DM) as chat.postMessage does; LookupError if unknown."""
+        if channel.startswith("#"):
+            if channel[1:] not in self.channels:
+                raise _SlackError("channel_not_found")
+            return self.channels[channel[1:]]
+        if channel[:1] in ("U", "W"):
+            return _dm_id([channel])
+        if channel[:1] in ("C", "G", "D"):
+            return channel
+        raise _SlackError("channel_not_found")
+
+    # -- fault injection -------------------------------------------------------------------
+
+    def fail_next(
+        self, method: str, count: int = 1, status: int = 429, retry_after: int = 1
+    ) -> None:
+        """Answer the next `count` calls of `method` with 429 + Retry-After, or a 5xx status."""
+        if status != 429 and not 500 <= status < 600:
+            raise ValueError("status must be 429 or 5xx")
+        with self._lock:
+            queue = self._state.faults.setdefault(method, deque())
+            queue.extend(_Fault(status, retry_after) for _ in range(count))
+
+    def set_down(self, down: bool, *, close: bool = False) -> None:
+        """Answer every call 503 (or drop the connection unanswered, with close=True) until reset."""
+        with self._lock:
+            self._state.down = ("close" if close else "503") if down else None
+
+    def set_delay(self, seconds: float) -> None:
+        """Wait `seconds` before every answer."""
+        with self._lock:
+            self._state.delay = seconds
+
+    def reset(self) -> None:
+        """Forget calls, messages, response_urls, faults, delay and outage; keep the configuration."""
+        with self._lock:
+            self._state = _State()
+
+    # -- inspection ------------------------------------------------------------------------
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every call received so far, oldest first (a snapshot)."""
+        with self._lock:
+            return list(self._state.calls)
+
+    def calls_to(self, method: str) -> list[Call]:
+        """The calls received for one method (or "response_url")."""
+        return [c for c in self.calls if c.method == method]
+
+    def messages(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """Posted messages as they stand now (edits applied), oldest first, optionally in one channel."""
+        wanted = None if channel is None else self.channel_id(channel)
+        with self._lock:
+            found = [
+                dict(m)
+                for m in self._state.messages.values()
+                if wanted is None or m["channel"] == wanted
+            ]
+        return sorted(found, key=lambda m: _ts_key(m["ts"]))
+
+    def message(self, ts: str) -> dict[str, Any]:
+        """The message posted as `ts`, as it stands now."""
+        with self._lock:
+            if ts not in self._state.messages:
+                raise KeyError(f"no message with ts {ts}")
+            return dict(self._state.messages[ts])
+
+    def thread(self, ts: str) -> list[dict[str, Any]]:
+        """The thread started by `ts`: the parent, then its replies, oldest first."""
+        return [m for m in self.messages() if m["ts"] == ts or m.get("thread_ts") == ts]
+
+    def ephemerals(
+        self, channel: str | None = None, user: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Ephemeral messages (chat.postEphemeral and response_url), oldest first."""
+        wanted = None if channel is None else self.channel_id(channel)
+        with self._lock:
+            found = [
+                dict(m)
+                for m in self._state.ephemerals.values()
+                if (wanted is None or m["channel"] == wanted)
+                and (user is None or m["user"] == user)
+            ]
+        return sorted(found, key=lambda m: _ts_key(m["ts"]))
+
+    def responses(self, url: str | None = None) -> list[dict[str, Any]]:
+        """The JSON bodies posted to response_urls (or to one of them), oldest first."""
+        path = None if url is None else urlsplit(url).path
+        return [c.args for c in self.calls_to("response_url") if path is None or c.path == path]
+
+    def wait_for(
+        self, predicate: Callable[[list[Call]], T], timeout: float = 5.0, interval: float = 0.01
+    ) -> T:
+        """Poll until `predicate(calls)` is truthy and return its value; AssertionError on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate(self.calls)
+            if result:
+                return result
+            if time.monotonic() >= deadline:
+                seen = [f"{c.method}{'(' + c.fault + ')' if c.fault else ''}" for c in self.calls]
+                raise AssertionError(f"condition not met within {timeout}s; calls: {seen}")
+            time.sleep(interval)
+
+    # -- response_url ----------------------------------------------------------------------
+
+    def new_response_url(
+        self,
+        *,
+        channel: str = "C1",
+        user: str = "U1",
+        message_ts: str | None = None,
+        is_ephemeral: bool = False,
+    ) -> str:
+        """Mint a response_url bound to a channel and user (and to the message a click came from)."""
+        key = uuid.uuid4().hex[:12]
+        with self._lock:
+            self._state.response_urls[key] = _ResponseUrl(channel, user, message_ts, is_ephemeral)
+        return f"{self.url}/response/{key}"
+
+    # -- request handling (called from server threads) ---------------------------------------
+
+    def _next_ts(self) -> str:
+        self._seq += 1
+        seconds, micros = divmod(self._seq * 100, 1_000_000)
+        return f"{self._first_ts + seconds}.{micros:06d}"
+
+    def _record(self, call: Call) -> None:
+        with self._lock:
+            self._state.calls.append(call)
+
+    def _take_fault(self, method: str) -> tuple[str | None, _Fault | None, float]:
+        with self._lock:
+            queue = self._state.faults.get(method)
+            down = self._state.down
+            fault = queue.popleft() if queue and down is None else None
+            return down, fault, self._state.delay
+
+    def _api(self, method: str, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+        if token is None:
+            return {"ok": False, "error": "not_authed"}
+        if not hmac.compare_digest(token, self.token):
+            return {"ok": False, "error": "invalid_auth"}
+        handler = _METHODS.get(method)
+        if handler is None:
+            return {"ok": False, "error": "unknown_method", "req_method": method}
+        try:
+            with self._lock:
+                return {"ok": True, **handler(self, args)}
+        except _SlackError as err:
+            return {"ok": False, "error": err.error}
+
+    def _respond(self, key: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            target = self._state.response_urls.get(key)
+            if target is None:
+                return 404, {"ok": False, "error": "expired_url"}
+            if target.posts >= RESPONSE_URL_POSTS:
+                return 404, {"ok": False, "error": "used_url"}
+            target.posts += 1
+            _apply_response(self, target, body)
+            return 200, {"ok": True}
+
+
+# -- Web API methods (run under FakeSlack._lock) -----------------------------------------------
+
+
+def _content(args: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: args[k] for k in ("text", "blocks", "attachments", "metadata") if k in args}
+
+
+def _auth_test(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "url": f"https://{fake.team.lower()}.slack.com/",
+        "team": fake.team,
+        "user": fake.users[fake.bot_user_id]["name"],
+        "team_id": fake.team_id,
+        "user_id": fake.bot_user_id,
+        "bot_id": fake.bot_id,
+        "is_enterprise_install": False,
+    }
+
+
+def _post_message(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    channel = fake.channel_id(str(args.get("channel", "")))
+    if not any(args.get(k) for k in ("text", "blocks", "attachments")):
+        raise _SlackError("no_text")
+    ts = fake._next_ts()
+    message: dict[str, Any] = {
+        "type": "message",
+        "ts": ts,
+        "channel": channel,
+        "user": fake.bot_user_id,
+        "bot_id": fake.bot_id,
+        "team": fake.team_id,
+        "text": "",
+        **_content(args),
+    }
+    thread_ts = args.get("thread_ts")
+    if thread_ts:
+        message["thread_ts"] = str(thread_ts)
+        parent = fake._state.messages.get(str(thread_ts))
+        if parent is not None:
+            parent["thread_ts"] = parent["ts"]
+            parent["reply_count"] = parent.get("reply_count", 0) + 1
+    fake._state.messages[ts] = message
+    public = {k: v for k, v in message.items() if k != "channel"}
+    return {"channel": channel, "ts": ts, "message": public}
+
+
+def _update(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    channel = fake.channel_id(str(args.get("channel", "")))
+    ts = str(args.get("ts", ""))
+    if ts in fake._state.ephemerals:
+        raise _SlackError("cant_update_message")
+    message = fake._state.messages.get(ts)
+    if message is None or message["channel"] != channel:
+        raise _SlackError("message_not_found")
+    if message["user"] != fake.bot_user_id:
+        raise _SlackError("cant_update_message")
+    message.update(_content(args))
+    message["edited"] = {"user": fake.bot_user_id, "ts": fake._next_ts()}
+    public = {k: v for k, v in message.items() if k not in ("channel", "ts")}
+    return {"channel": channel, "ts": ts, "text": message["text"], "message": public}
+
+
+def _post_ephemeral(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    channel = fake.channel_id(str(args.get("channel", "")))
+    user = args.get("user")
+    if not user:
+        raise _SlackError("user_not_in_channel")
+    if not any(args.get(k) for k in ("text", "blocks", "attachments")):
+        raise _SlackError("no_text")
+    ts = fake._next_ts()
+    fake._state.ephemerals[ts] = {"ts": ts, "channel": channel, "user": str(user), **_content(args)}
+    if args.get("thread_ts"):
+        fake._state.ephemerals[ts]["thread_ts"] = str(args["thread_ts"])
+    return {"message_ts": ts}
+
+
+def _conversations_open(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    users = [u for u in str(args.get("users", "")).split(",") if u]
+    if not users:
+        raise _SlackError("users_list_not_supplied")
+    if any(u[:1] not in ("U", "W") for u in users):
+        raise _SlackError("user_not_found")
+    channel = _dm_id(users)
+    already = channel in fake._state.opened
+    fake._state.opened.add(channel)
+    answer: dict[str, Any] = {"channel": {"id": channel}}
+    if already:
+        answer.update(no_op=True, already_open=True)
+    return answer
+
+
+def _usergroup_users(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    group = str(args.get("usergroup", ""))
+    if not group:
+        raise _SlackError("invalid_arguments")
+    if group not in fake.usergroups:
+        raise _SlackError("no_such_subteam")
+    return {"users": list(fake.usergroups[group])}
+
+
+def _users_info(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    user_id = str(args.get("user", ""))
+    info = fake.users.get(user_id)
+    if info is None:
+        raise _SlackError("user_not_found")
+    tz = info.get("tz", "UTC")
+    now = datetime.now(ZoneInfo(tz))
+    offset = now.utcoffset()
+    return {
+        "user": {
+            "id": user_id,
+            "team_id": fake.team_id,
+            "name": info["name"],
+            "real_name": info["real_name"],
+            "deleted": False,
+            "is_bot": bool(info.get("is_bot", False)),
+            "tz": tz,
+            "tz_label": now.tzname(),
+            "tz_offset": int(offset.total_seconds()) if offset is not None else 0,
+            "profile": {"real_name": info["real_name"], "display_name": info["name"]},
+        }
+    }
+
+
+_METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
+    "auth.test": _auth_test,
+    "chat.postMessage": _post_message,
+    "chat.update": _update,
+    "chat.postEphemeral": _post_ephemeral,
+    "conversations.open": _conversations_open,
+    "usergroups.users.list": _usergroup_users,
+    "users.info": _users_info,
+}
+
+
+def _apply_response(fake: FakeSlack, target: _ResponseUrl, body: dict[str, Any]) -> None:
+    """Show a response_url post: replace/delete the source message, or post a new one."""
+    source = target.message_ts
+    store = fake._state.ephemerals if target.is_ephemeral else fake._state.messages
+    if body.get("delete_original") in (True, "true") and source in store:
+        del store[source]
+    elif body.get("replace_original") in (True, "true") and source in store:
+        store[source].update(_content(body))
+    elif body.get("response_type") == "in_channel":
+        ts = fake._next_ts()
+        message = {"type": "message", "ts": ts, "channel": target.channel, **_content(body)}
+        message.update(user=fake.bot_user_id, bot_id=fake.bot_id, team=fake.team_id)
+        if body.get("thread_ts"):
+            message["thread_ts"] = str(body["thread_ts"])
+        fake._state.messages[ts] = message
+    else:
+        ts = fake._next_ts()
+        fake._state.ephemerals[ts] = {
+            "ts": ts,
+            "channel": target.channel,
+            "user": target.user,
+            **_content(body),
+        }
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+
+def _decode_fields(args: dict[str, Any]) -> dict[str, Any]:
+    for name in _JSON_FIELDS:
+        value = args.get(name)
+        if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+            args[name] = json.loads(value)
+    return args
+
+
+def _handler_for(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        """Routes /api/<method> and /response/<id> to the FakeSlack that built it."""
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self._handle()
+
+        def do_POST(self) -> None:
+            self._handle()
+
+        def _handle(self) -> None:
+            url = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            if url.path.startswith("/api/"):
+                method = url.path[len("/api/") :]
+            elif url.path.startswith("/response/"):
+                method = "response_url"
+            else:
+                self._send(404, b"Not Found", "text/plain")
+                return
+            args, token, bad_json = self._parse(url.query, raw)
+            now = time.time()
+            down, fault, delay = fake._take_fault(method)
+            if delay:
+                time.sleep(delay)
+            record = Call(method=method, args=args, at=now, path=url.path, token=token)
+            if down == "close":
+                fake._record(replace(record, status=0, fault="connection_closed"))
+                self.close_connection = True
+                return
+            if down == "503" or (fault is not None and fault.status != 429):
+                status = 503 if fault is None else fault.status
+                fake._record(replace(record, status=status, fault=f"http_{status}"))
+                text = f"{status} {HTTPStatus(status).phrase}"
+                self._send(status, text.encode(), "text/plain")
+                return
+            if fault is not None:
+                answer = {"ok": False, "error": "ratelimited"}
+                fake._record(replace(record, status=429, response=answer, fault="ratelimited"))
+                headers = {"Retry-After": str(fault.retry_after)}
+                self._send(429, json.dumps(answer).encode(), "application/json", headers)
+                return
+            if bad_json:
+                status, answer = 200, {"ok": False, "error": "invalid_json"}
+            elif method == "response_url":
+                status, answer = fake._respond(url.path.rsplit("/", 1)[-1], args)
+            else:
+                status, answer = 200, fake._api(method, args, token)
+            fake._record(replace(record, status=status, response=answer))
+            self._send(status, json.dumps(answer).encode(), "application/json; charset=utf-8")
+
+        def _parse(self, query: str, raw: bytes) -> tuple[dict[str, Any], str | None, bool]:
+            args: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            bad_json = False
+            if ctype == "application/json" and raw:
+                try:
+                    body = json.loads(raw)
+                    args.update(body if isinstance(body, dict) else {})
+                except ValueError:
+                    bad_json = True
+            elif raw:
+                args.update(parse_qsl(raw.decode(), keep_blank_values=True))
+            try:
+                _decode_fields(args)
+            except ValueError:
+                bad_json = True
+            auth = self.headers.get("Authorization") or ""
+            token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
+            if token is None and ctype != "application/json":
+                token = args.pop("token", None)  # legacy form/query token; never read from JSON
+            else:
+                args.pop("token", None)
+            return args, token, bad_json
+
+        def _send(
+            self,
+            status: int,
+            body: bytes,
+            content_type: str,
+            headers: Mapping[str, str] | None = None,
+        ) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+# -- inbound requests, signed as Slack signs them -------------------------------------------
+
+
+def sign(body: bytes, secret: str, timestamp: int | None = None) -> dict[str, str]:
+    """Headers Slack sends with `body`: timestamp, v0 HMAC-SHA256 signature, form content type."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    base = b"v0:" + ts.encode() + b":" + body
+    digest = hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": f"v0={digest}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+
+
+def _trigger_id() -> str:
+    return f"{int(time.time())}.{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex}"
+
+
+def slash_command_body(
+    command: str = "/rollback",
+    text: str = "",
+    *,
+    user_id: str = "U1",
+    user_name: str = "alice",
+    channel_id: str = "C1",
+    channel_name: str = "incidents",
+    team_id: str = "T1",
+    team_domain: str = "acme",
+    api_app_id: str = "A1",
+    response_url: str | None = None,
+    trigger_id: str | None = None,
+    token: str = "verification-token",
+    slack: FakeSlack | None = None,
+) -> bytes:
+    """The form body Slack posts for a slash command; response_url is minted on `slack` if given."""
+    if response_url is None:
+        response_url = (
+            slack.new_response_url(channel=channel_id, user=user_id)
+            if slack is not None
+            else f"https://hooks.slack.com/commands/{team_id}/1/{uuid.uuid4().hex[:24]}"
+        )
+    fields = {
+        "token": token,
+        "team_id": team_id,
+        "team_domain": team_domain,
+        "channel_id": channel_id,
+        "channel_name": channel_name,
+        "user_id": user_id,
+        "user_name": user_name,
+        "command": command,
+        "text": text,
+        "api_app_id": api_app_id,
+        "is_enterprise_install": "false",
+        "response_url": response_url,
+        "trigger_id": trigger_id or _trigger_id(),
+    }
+    return urlencode(fields).encode()
+
+
+def _find_button(blocks: Sequence[Mapping[str, Any]], action_id: str) -> tuple[str, Any] | None:
+    for block in blocks:
+        elements = list(block.get("elements", []))
+        if "accessory" in block:
+            elements.append(block["accessory"])
+        for element in elements:
+            if isinstance(element, Mapping) and element.get("action_id") == action_id:
+                return str(block.get("block_id", "b")), element.get("text")
+    return None
+
+
+def block_actions_body(
+    action_id: str,
+    value: str,
+    user_id: str,
+    message_ts: str,
+    channel_id: str,
+    *,
+    block_id: str | None = None,
+    is_ephemeral: bool = False,
+    message_blocks: Sequence[Mapping[str, Any]] | None = None,
+    message_text: str = "",
+    user_name: str = "alice",
+    channel_name: str = "incidents",
+    team_id: str = "T1",
+    team_domain: str = "acme",
+    api_app_id: str = "A1",
+    response_url: str | None = None,
+    trigger_id: str | None = None,
+    token: str = "verification-token",
+    slack: FakeSlack | None = None,
+) -> bytes:
+    """The `payload=<json>` body Slack posts for a button click; with `slack`, the message as stored."""
+    message: dict[str, Any] = {"type": "message", "ts": message_ts, "text": message_text}
+    if slack is not None and not is_ephemeral:
+        try:
+            message.update(slack.message(message_ts))
+            message.pop("channel", None)
+        except KeyError:
+            pass
+    if message_blocks is not None:
+        message["blocks"] = [dict(b) for b in message_blocks]
+    found = _find_button(message.get("blocks", []), action_id)
+    button_text = found[1] if found else {"type": "plain_text", "text": action_id, "emoji": True}
+    if response_url is None:
+        response_url = (
+            slack.new_response_url(
+                channel=channel_id, user=user_id, message_ts=message_ts, is_ephemeral=is_ephemeral
+            )
+            if slack is not None
+            else f"https://hooks.slack.com/actions/{team_id}/1/{uuid.uuid4().hex[:24]}"
+        )
+    payload: dict[str, Any] = {
+        "type": "block_actions",
+        "user": {"id": user_id, "username": user_name, "name": user_name, "team_id": team_id},
+        "api_app_id": api_app_id,
+        "token": token,
+        "container": {
+            "type": "message",
+            "message_ts": message_ts,
+            "channel_id": channel_id,
+            "is_ephemeral": is_ephemeral,
+        },
+        "trigger_id": trigger_id or _trigger_id(),
+        "team": {"id": team_id, "domain": team_domain},
+        "enterprise": None,
+        "is_enterprise_install": False,
+        "channel": {"id": channel_id, "name": channel_name},
+        "response_url": response_url,
+        "actions": [
+            {
+                "action_id": action_id,
+                "block_id": block_id or (found[0] if found else "b"),
+                "text": button_text,
+                "value": value,
+                "type": "button",
+                "action_ts": f"{time.time():.6f}",
+            }
+        ],
+    }
+    if not is_ephemeral:  # Slack sends no `message` (nor `state`) for a click in an ephemeral
+        payload["message"] = message
+        payload["state"] = {"values": {}}
+    return urlencode({"payload": json.dumps(payload)}).encode()
+
+
+class SlackSender:
+    """Posts slash commands and clicks to the app over HTTP, signed (or forged) as asked."""
+
+    def __init__(
+        self,
+        url: str,
+        signing_secret: str,
+        *,
+        slack: FakeSlack | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.signing_secret = signing_secret
+        self.slack = slack
+        self.timeout = timeout
+
+    def post(
+        self,
+        body: bytes,
+        *,
+        secret: str | None = None,
+        timestamp: int | None = None,
+        signed: bool = True,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """POST raw `body`, signed with `secret` (default: the app's) at `timestamp` (default: now)."""
+        sent = (
+            sign(body, secret or self.signing_secret, timestamp)
+            if signed
+            else {"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        sent.update(headers or {})
+        return httpx.post(self.url, content=body, headers=sent, timeout=self.timeout)
+
+    def command(
+        self,
+        text: str = "",
+        *,
+        command: str = "/rollback",
+        user_id: str = "U1",
+        user_name: str = "alice",
+        channel_id: str = "C1",
+        secret: str | None = None,
+        timestamp: int | None = None,
+        signed: bool = True,
+        **fields: Any,
+    ) -> httpx.Response:
+        """Send a slash command as `user_id` in `channel_id`; extra fields go to slash_command_body."""
+        body = slash_command_body(
+            command,
+            text,
+            user_id=user_id,
+            user_name=user_name,
+            channel_id=channel_id,
+            slack=self.slack,
+            **fields,
+        )
+        return self.post(body, secret=secret, timestamp=timestamp, signed=signed)
+
+    def click(
+        self,
+        action_id: str,
+        value: str,
+        user_id: str,
+        message_ts: str,
+        channel_id: str,
+        *,
+        secret: str | None = None,
+        timestamp: int | None = None,
+        signed: bool = True,
+        **fields: Any,
+    ) -> httpx.Response:
+        """Click button `action_id` of message `message_ts`; extra fields go to block_actions_body."""
+        body = block_actions_body(
+            action_id, value, user_id, message_ts, channel_id, slack=self.slack, **fields
+        )
+        return self.post(body, secret=secret, timestamp=timestamp, signed=signed)

@@ -1,0 +1,348 @@
+"""The Slack app end to end: real signed requests over HTTP, a Slack Web API stand-in."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from bot import registry
+from bot.db import read_session
+from bot.detection.checker import Checker
+from bot.metrics.builtin import BuiltinSource
+from bot.models import Incident, IncidentStatus, OutboxStatus, SlackOutbox, utcnow
+from bot.policy import load_policies
+from bot.slack.blocks import INVESTIGATE_ACTION, ROLLBACK_ACTION
+from tests.conftest import make_prompt
+from tests.detection_kit import POLICY_DIR, Clock, activated_at, traffic
+from tests.slack_harness import Harness, running
+
+
+@pytest.fixture
+def slack(engine: Engine, db_url: str) -> Iterator[Harness]:
+    with running(engine, db_url) as harness:
+        yield harness
+
+
+def _active(engine: Engine) -> str | None:
+    with read_session(engine) as session:
+        return registry.prompt_detail(session=session, name="customer-support").active_version
+
+
+def _history(engine: Engine) -> list:
+    with read_session(engine) as session:
+        return registry.history(session=session, name="customer-support")
+
+
+def _incident(engine: Engine) -> Incident:
+    with read_session(engine) as session:
+        return session.exec(select(Incident)).one()
+
+
+def _checker_pass(engine: Engine, harness: Harness, errors: int, n: int = 1000) -> None:
+    """Deployed v2.0.0 two minutes ago with `errors` in `n`; one checker pass to Slack."""
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    clock = Clock(activated_at(engine))
+    clock.advance(minutes=2)
+    traffic(engine, version="v2.0.0", n=n, errors=errors, at=clock.now)
+    Checker(
+        engine=engine,
+        policies=load_policies(POLICY_DIR),
+        sources={"builtin": BuiltinSource(engine)},
+        notifier=harness.service.notifier,
+        clock=clock,
+    ).tick()
+
+
+def _outbox(harness: Harness) -> list[tuple]:
+    with read_session(harness.service.worker.engine) as session:
+        return [
+            (r.id, r.dedupe_key, r.method, r.status, r.last_error)
+            for r in session.exec(select(SlackOutbox).order_by(SlackOutbox.id))
+        ]
+
+
+def _buttons(message: dict) -> list[str]:
+    return [
+        e["action_id"]
+        for b in message.get("blocks", [])
+        if b["type"] == "actions"
+        for e in b["elements"]
+    ]
+
+
+def _click(harness: Harness, action: str, message: dict, user: str = "U1"):
+    value = next(
+        e["value"]
+        for b in message["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["action_id"] == action
+    )
+    return harness.sender.click(action, value, user, message["ts"], "C1")
+
+
+def _wait_card(harness: Harness, predicate) -> dict:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        cards = [m for m in harness.fake.messages("C1") if "Incident #" in str(m.get("blocks"))]
+        if cards and predicate(cards[0]):
+            return cards[0]
+        time.sleep(0.02)
+    raise AssertionError(f"card never matched; outbox: {_outbox(harness)}")
+
+
+# --- signatures ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        {"secret": "wrong-secret-0123456789"},
+        {"timestamp": int(time.time()) - 600},
+        {"signed": False},
+    ],
+    ids=["forged", "stale", "unsigned"],
+)
+def test_unsigned_forged_or_stale_requests_get_401_and_do_nothing(
+    slack: Harness, engine: Engine, forgery: dict
+) -> None:
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    response = slack.sender.command("customer-support v1.9.0", **forgery)
+    assert response.status_code == 401
+    assert _active(engine) == "v2.0.0"
+    assert slack.fake.responses() == []
+    assert slack.fake.calls_to("chat.postMessage") == []
+
+
+# --- alerts and buttons -------------------------------------------------------------------
+
+
+def test_critical_is_rolled_back_and_the_card_arrives_resolved(
+    slack: Harness, engine: Engine
+) -> None:
+    _checker_pass(engine, slack, errors=80)
+    card = _wait_card(slack, lambda m: "Rolled back" in str(m["blocks"]))
+    assert _buttons(card) == []
+    text = json.dumps(card["blocks"])
+    assert "CRITICAL: customer-support v2.0.0" in text
+    assert "error_rate_critical" in text
+    assert "8.0% of 1,000 requests" in text
+    assert "Rolled back v2.0.0 \\u2192 v1.9.0 by system (automatic)" in text
+    replies = slack.fake.wait_for(lambda _: slack.fake.thread(card["ts"])[1:] or None)
+    assert "Verification of the restored version reports in this thread" in replies[0]["text"]
+    assert _active(engine) == "v1.9.0"
+
+
+def test_high_severity_card_has_buttons_and_pages_on_call(slack: Harness, engine: Engine) -> None:
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    assert _buttons(card) == [ROLLBACK_ACTION, INVESTIGATE_ACTION]
+    confirm = card["blocks"][-1]["elements"][0]["confirm"]["text"]["text"]
+    assert "from v2.0.0 to v1.9.0" in confirm
+    dm = slack.fake.wait_for(lambda _: slack.fake.messages("U1") or None)
+    assert "HIGH" in dm[0]["text"]
+    assert "error_rate_high" in dm[0]["text"]
+
+
+def test_rollback_button_rolls_back_updates_the_card_and_threads(
+    slack: Harness, engine: Engine
+) -> None:
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    started = time.perf_counter()
+    response = _click(slack, ROLLBACK_ACTION, card)
+    assert response.status_code == 200
+    assert time.perf_counter() - started < 1.5
+    updated = _wait_card(slack, lambda m: not _buttons(m))
+    assert "Rolled back v2.0.0 \\u2192 v1.9.0 by <@U1>" in json.dumps(updated["blocks"])
+    assert _active(engine) == "v1.9.0"
+    entry = _history(engine)[0]
+    assert (entry.kind, entry.operator, entry.trigger) == ("rollback", "U1", "slack")
+    assert _incident(engine).status == IncidentStatus.ROLLED_BACK
+    replies = slack.fake.wait_for(lambda _: slack.fake.thread(card["ts"])[1:] or None)
+    assert "by <@U1>" in replies[0]["text"]
+
+
+def test_double_click_rolls_back_once_and_tells_the_second(slack: Harness, engine: Engine) -> None:
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    results = []
+    clicks = [
+        threading.Thread(target=lambda u=u: results.append(_click(slack, ROLLBACK_ACTION, card, u)))
+        for u in ("U1", "U1")
+    ]
+    for click in clicks:
+        click.start()
+    for click in clicks:
+        click.join()
+    assert [r.status_code for r in results] == [200, 200]
+    answers = slack.fake.wait_for(lambda _: slack.fake.responses() or None)
+    _wait_card(slack, lambda m: not _buttons(m))
+    assert [e.kind for e in _history(engine)].count("rollback") == 1
+    assert len(answers) == 1
+    assert "already rolled back v2.0.0 \u2192 v1.9.0 by U1" in answers[0]["text"]
+    assert answers[0]["response_type"] == "ephemeral"
+
+
+def test_people_not_on_call_are_refused_and_nothing_happens(slack: Harness, engine: Engine) -> None:
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    for action in (ROLLBACK_ACTION, INVESTIGATE_ACTION):
+        assert _click(slack, action, card, user="U2").status_code == 200
+    answers = slack.fake.wait_for(
+        lambda _: slack.fake.responses() if len(slack.fake.responses()) == 2 else None
+    )
+    assert all("only on-call engineers" in a["text"] for a in answers)
+    assert _active(engine) == "v2.0.0"
+    incident = _incident(engine)
+    assert (incident.status, incident.investigator) == (IncidentStatus.OPEN, None)
+
+
+def test_investigate_records_who_and_keeps_rollback_available(
+    slack: Harness, engine: Engine
+) -> None:
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    assert _click(slack, INVESTIGATE_ACTION, card).status_code == 200
+    updated = _wait_card(slack, lambda m: "investigating: <@U1>" in json.dumps(m["blocks"]))
+    assert _buttons(updated) == [ROLLBACK_ACTION, INVESTIGATE_ACTION]
+    incident = _incident(engine)
+    assert incident.investigator == "U1"
+    assert incident.quiet_until is not None
+    assert incident.quiet_until > utcnow()
+    replies = slack.fake.wait_for(lambda _: slack.fake.thread(card["ts"])[1:] or None)
+    assert "<@U1> is investigating" in replies[0]["text"]
+    # Investigate, then Rollback on the same card.
+    assert _click(slack, ROLLBACK_ACTION, updated).status_code == 200
+    _wait_card(slack, lambda m: not _buttons(m))
+    assert _active(engine) == "v1.9.0"
+
+
+# --- /rollback ----------------------------------------------------------------------------
+
+
+def _answer(slack: Harness, text: str, user: str = "U1") -> dict:
+    before = len(slack.fake.responses())
+    started = time.perf_counter()
+    response = slack.sender.command(text, user_id=user)
+    assert response.status_code == 200
+    assert time.perf_counter() - started < 1.5
+    answers = slack.fake.wait_for(lambda _: slack.fake.responses()[before:] or None)
+    assert answers[0]["response_type"] == "ephemeral"
+    return answers[0]
+
+
+def test_slash_rollback_to_a_version_is_announced(slack: Harness, engine: Engine) -> None:
+    make_prompt(engine)
+    answer = _answer(slack, "customer-support v1.8.0 refund answers are wrong")
+    assert "Rolled back customer-support v2.0.0 → v1.8.0" in answer["text"]
+    assert _active(engine) == "v1.8.0"
+    assert _history(engine)[0].reason == "refund answers are wrong"
+    post = slack.fake.wait_for(lambda _: slack.fake.messages("C1") or None)[0]
+    assert (
+        "<@U1> rolled back *customer-support* `v2.0.0` → `v1.8.0`: refund answers are wrong"
+        in post["text"]
+    )
+    thread = slack.fake.wait_for(lambda _: slack.fake.thread(post["ts"])[1:] or None)
+    assert "Verification of v1.8.0" in thread[0]["text"]
+
+
+def test_slash_rollback_without_version_goes_to_previous_known_good(
+    slack: Harness, engine: Engine
+) -> None:
+    make_prompt(engine)
+    assert "v2.0.0 → v1.9.0" in _answer(slack, "customer-support")["text"]
+    again = _answer(slack, "customer-support")
+    assert "already rolled back v2.0.0 → v1.9.0 by U1" in again["text"]
+    assert [e.kind for e in _history(engine)].count("rollback") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "user", "expected"),
+    [
+        ("", "U1", "*/rollback* — put a prompt back"),
+        ("help", "U1", "/rollback status PROMPT"),
+        ("customer-suport", "U1", "did you mean customer-support"),
+        ("customer-support v9", "U1", "recent versions: v2.0.0, v1.9.0, v1.8.0"),
+        ("customer-support v2.0.0", "U1", "already the active version"),
+        ("customer-support v1.9.0", "U2", "only on-call engineers"),
+        ("customer-support --fast", "U1", "unknown option --fast"),
+        ("status", "U1", "usage: /rollback status PROMPT"),
+    ],
+)
+def test_slash_bad_input_answers_only_the_user_and_changes_nothing(
+    slack: Harness, engine: Engine, text: str, user: str, expected: str
+) -> None:
+    make_prompt(engine)
+    answer = _answer(slack, text, user)
+    assert expected in answer["text"]
+    assert _active(engine) == "v2.0.0"
+    assert len(_history(engine)) == 3
+    assert slack.fake.calls_to("chat.postMessage") == []
+
+
+def test_slash_version_marked_bad_needs_force(slack: Harness, engine: Engine) -> None:
+    make_prompt(engine)
+    _answer(slack, "customer-support v1.9.0")
+    _answer(slack, "customer-support v2.0.0 --force")  # v2.0.0 was marked bad by the rollback
+    assert _active(engine) == "v2.0.0"
+    make = _answer(slack, "customer-support v1.8.0")
+    assert "v2.0.0 → v1.8.0" in make["text"]
+    refused = _answer(slack, "customer-support v2.0.0")
+    assert "marked bad" in refused["text"]
+    assert "--force" in refused["text"] or "force" in refused["text"]
+    assert _active(engine) == "v1.8.0"
+
+
+def test_slash_status_and_history(slack: Harness, engine: Engine) -> None:
+    make_prompt(engine)
+    status = json.dumps(_answer(slack, "status customer-support")["blocks"])
+    assert "active `v2.0.0`" in status
+    assert "No open incident" in status
+    history = json.dumps(_answer(slack, "history customer-support")["blocks"])
+    assert history.count("deploy") == 3
+
+
+# --- Slack failing --------------------------------------------------------------------------
+
+
+def test_slack_errors_delay_messages_but_never_the_rollback_or_duplicate(
+    slack: Harness, engine: Engine
+) -> None:
+    slack.fake.fail_next("chat.postMessage", 2, status=500)
+    slack.fake.fail_next("chat.postMessage", 1, status=429, retry_after=1)
+    make_prompt(engine)
+    answer = _answer(slack, "customer-support v1.9.0")
+    assert "Rolled back" in answer["text"]
+    assert _active(engine) == "v1.9.0"
+    posts = slack.fake.wait_for(lambda _: slack.fake.messages("C1") or None, timeout=15)
+    time.sleep(0.5)
+    assert len(slack.fake.messages("C1")) == 2  # the announcement and its thread reply, once each
+    assert len(posts) >= 1
+    failed = [c for c in slack.fake.calls_to("chat.postMessage") if c.faulted]
+    assert len(failed) == 3
+
+
+def test_slack_down_then_back_delivers_everything_once(slack: Harness, engine: Engine) -> None:
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    slack.fake.set_down(True)
+    assert _click(slack, ROLLBACK_ACTION, card).status_code == 200
+    deadline = time.monotonic() + 5
+    while _active(engine) != "v1.9.0":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    slack.fake.set_down(False)
+    _wait_card(slack, lambda m: not _buttons(m))
+    replies = slack.fake.wait_for(lambda _: slack.fake.thread(card["ts"])[1:] or None, timeout=15)
+    time.sleep(0.5)
+    assert len(slack.fake.thread(card["ts"])[1:]) == len(replies) == 1
+    with read_session(engine) as session:
+        rows = session.exec(select(SlackOutbox)).all()
+    assert {r.status for r in rows} == {OutboxStatus.SENT}
