@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from slack_bolt import Ack, App, Respond
+from slack_bolt import App, Respond
 
 from bot.db import write_session
 from bot.detection.actions import get_incident, investigate, rollback_incident
@@ -15,7 +15,7 @@ from bot.registry.changes import Actor
 from bot.slack import cards
 from bot.slack.blocks import INVESTIGATE_ACTION, ROLLBACK_ACTION
 from bot.slack.deps import SlackDeps
-from bot.slack.errors import guarded
+from bot.slack.listener import ack_now, guarded
 
 
 def _incident_of(body: dict[str, Any]) -> tuple[int, str | None]:
@@ -29,10 +29,8 @@ def _incident_of(body: dict[str, Any]) -> tuple[int, str | None]:
 def register(app: App, deps: SlackDeps) -> None:
     """Attach the button listeners."""
 
-    @app.action(ROLLBACK_ACTION)
     @guarded
-    def on_rollback(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
-        ack()
+    def on_rollback(body: dict[str, Any], respond: Respond) -> None:
         user = body["user"]["id"]
         if not deps.oncall.allowed(user):
             raise InvalidRequest(deps.refusal())
@@ -56,10 +54,8 @@ def register(app: App, deps: SlackDeps) -> None:
             )
         deps.worker.wake()
 
-    @app.action(INVESTIGATE_ACTION)
     @guarded
-    def on_investigate(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
-        ack()
+    def on_investigate(body: dict[str, Any], respond: Respond) -> None:
         user = body["user"]["id"]
         if not deps.oncall.allowed(user):
             raise InvalidRequest(deps.refusal())
@@ -79,3 +75,6 @@ def register(app: App, deps: SlackDeps) -> None:
                 "investigating",
             )
         deps.worker.wake()
+
+    app.action(ROLLBACK_ACTION)(ack=ack_now, lazy=[on_rollback])
+    app.action(INVESTIGATE_ACTION)(ack=ack_now, lazy=[on_investigate])

@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.policy import PolicySet
-from bot.slack import actions, commands, errors
+from bot.slack import actions, commands, listener
 from bot.slack.deps import SlackDeps
 from bot.slack.notifier import SlackNotifier
 from bot.slack.oncall import OnCall
@@ -68,8 +68,9 @@ class SlackService:
             request_verification_enabled=secret is not None,
             listener_executor=ThreadPoolExecutor(max_workers=settings.slack_listener_threads),
             raise_error_for_unhandled_request=False,
+            process_before_response=True,  # ack from the request; the work runs lazily
         )
-        errors.register(self.app)
+        listener.register_error_handler(self.app)
         commands.register(self.app, deps)
         actions.register(self.app, deps)
         self.notifier = SlackNotifier(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt import Ack, App, Respond
+from slack_bolt import App, Respond
 from sqlmodel import col, select
 
 from bot import registry
@@ -15,17 +15,15 @@ from bot.registry.changes import Actor
 from bot.slack import outbox
 from bot.slack.blocks import HELP, history_blocks, status_blocks, text_blocks, to_dicts
 from bot.slack.deps import SlackDeps
-from bot.slack.errors import guarded
+from bot.slack.listener import ack_now, guarded
 from bot.slack.parse import parse
 
 
 def register(app: App, deps: SlackDeps) -> None:
     """Attach the /rollback listener."""
 
-    @app.command("/rollback")
     @guarded
-    def rollback_command(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
-        ack()
+    def rollback_command(command: dict[str, Any], respond: Respond) -> None:
         request = parse(command.get("text", ""))
         if request.verb == "help":
             respond(text=HELP, response_type="ephemeral")
@@ -60,6 +58,8 @@ def register(app: App, deps: SlackDeps) -> None:
             f"Announced in {deps.channel}.",
             response_type="ephemeral",
         )
+
+    app.command("/rollback")(ack=ack_now, lazy=[rollback_command])
 
 
 def _status(deps: SlackDeps, prompt: str) -> dict[str, Any]:

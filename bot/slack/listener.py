@@ -1,10 +1,11 @@
-"""The one place where errors in Slack listeners become answers to the user.
+"""How every Slack listener runs: ack at once, work later, errors answered in one place.
 
-Listeners are wrapped with `guarded`: a known error becomes a friendly ephemeral answer, an
-unknown one is logged with an id the user can quote. The wrapper answers inside the listener
-rather than through Bolt's global handler because an exception raised after `ack()` can make
-Bolt drop the ack it already has (its thread runner resets it), turning a good ack into a 404.
-`@app.error` remains for errors raised before any listener runs.
+Listeners are registered as `ack=ack_now, lazy=[guarded(work)]` with Bolt's
+process-before-response mode: the ack is sent from the request itself, before any database or
+Slack call, and the work runs on the listener pool. `guarded` turns a known error into a
+friendly ephemeral answer and logs an unknown one with an id the user can quote (answering
+inside the listener, because an exception escaping a listener after its ack can make Bolt drop
+that ack). `@app.error` remains for errors raised before any listener runs.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import App, Respond
+from slack_bolt import Ack, App, Respond
 
 from bot.errors import BotError
 
 log = logging.getLogger(__name__)
+
+
+def ack_now(ack: Ack) -> None:
+    """Acknowledge within Slack's 3 seconds, before doing anything else."""
+    ack()
 
 
 def answer(error: Exception, respond: Respond | None) -> None:
@@ -47,7 +53,7 @@ def guarded(listener: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def register(app: App) -> None:
+def register_error_handler(app: App) -> None:
     """Attach the global error handler (errors outside listeners)."""
 
     @app.error
