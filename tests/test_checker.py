@@ -211,3 +211,19 @@ def test_baseline_is_the_previous_version_before_the_switch(engine: Engine) -> N
     assert baseline["source"] == "v1.9.0 over the 60 min before v2.0.0 took over"
     assert baseline["requests"] == 3000
     assert abs(baseline["error_rate_pct"] - 0.4) < 1e-9
+
+
+def test_restored_version_is_not_judged_against_the_bad_one(engine: Engine) -> None:
+    clock = _deployed(engine)
+    traffic(engine, version="v2.0.0", n=1000, errors=80, latency_ms=100, at=clock.now)
+    checker, notifier = make_checker(engine, clock)
+    assert len(checker.tick().rollbacks) == 1
+    clock.advance(seconds=30)
+    # v1.9.0 is slower than the failed v2.0.0 was: no baseline from it, no first-hour limits.
+    traffic(engine, version="v1.9.0", n=600, latency_ms=400, at=clock.now)
+    [decision] = checker.tick().decisions
+    assert decision.version == "v1.9.0"
+    assert decision.action == Action.NONE
+    assert decision.figures["baseline"] is None
+    assert "age_s" not in decision.figures
+    assert [n.kind for n in notifier.sent] == [NoticeKind.ROLLED_BACK]

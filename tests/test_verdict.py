@@ -195,5 +195,11 @@ def test_wilson_interval() -> None:
     low, high = wilson_interval(1, 3, 0.95)
     assert 0 < low < 33.4 < high < 100
     assert wilson_interval(0, 0, 0.95) == (0.0, 100.0)
-    low, _ = wilson_interval(80, 1000, 0.95)
-    assert 6.4 < low < 6.6
+    low, high = wilson_interval(80, 1000, 0.95)
+    assert 6.5 < low < 6.8  # one-sided 95% lower bound
+    assert 9.3 < high < 9.6
+
+
+def test_latency_is_not_judged_on_a_small_sample() -> None:
+    assert judge(requests=400, p99=5000).action == Action.NONE
+    assert judge(requests=500, p99=5000).action == Action.PAGE

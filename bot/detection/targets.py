@@ -42,6 +42,7 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
         previous.id,
         previous.label,
         previous.baseline,
+        previous.health,
     ]
     rows = session.execute(
         select(*columns)
@@ -65,7 +66,9 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
         p_id,
         p_label,
         p_base,
+        p_health,
     ) in rows:
+        p_bad = p_health == Health.BAD
         policy = cache.setdefault(name, policies.for_prompt(name))
         settings = policy.settings
         stable = Target(
@@ -78,12 +81,16 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
             window=settings.window,
             baseline_window=settings.baseline_window,
             min_requests=settings.min_requests,
-            baseline_version=p_label,
-            baseline_version_id=p_id,
-            baseline_until=activated_at if p_id is not None else None,
-            stored_baselines=_stored((p_label, p_base), (a_label, a_base)),
+            # A version rolled back away from is no yardstick for the one restored after it:
+            # then only figures stored on the versions serve as the baseline.
+            baseline_version=None if p_bad else p_label,
+            baseline_version_id=None if p_bad else p_id,
+            baseline_until=activated_at if p_id is not None and not p_bad else None,
+            stored_baselines=_stored((None if p_bad else p_label, p_base), (a_label, a_base)),
         )
-        live.append(LiveVersion(stable, policy, a_health, activated_at))
+        # A known-good version (restored by a rollback, say) is not "new": no first-hour limits.
+        age_from = None if a_health == Health.GOOD else activated_at
+        live.append(LiveVersion(stable, policy, a_health, age_from))
         for label, share in (split or {}).items():
             version = split_versions.get((prompt_id, label))
             if label == a_label or share <= 0 or version is None or version.id is None:

@@ -76,10 +76,14 @@ class Decision:
 
 
 def wilson_interval(errors: int, requests: int, confidence: float) -> tuple[float, float]:
-    """The Wilson score interval for an error proportion, in percent."""
+    """One-sided Wilson bounds for an error proportion, in percent.
+
+    Each end is a one-sided bound at `confidence`: "the rate is above the lower end" holds with
+    95% confidence, which is the question an automatic rollback asks.
+    """
     if requests == 0:
         return (0.0, 100.0)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    z = NormalDist().inv_cdf(confidence)
     p = errors / requests
     denominator = 1 + z * z / requests
     centre = (p + z * z / (2 * requests)) / denominator
@@ -96,7 +100,8 @@ def figures_of(metrics: VersionMetrics, policy: EffectivePolicy) -> dict[str, An
     if baseline is not None:
         if enough_quality and current.quality is not None and baseline.quality:
             quality_drop = (baseline.quality - current.quality) / baseline.quality * 100
-        if current.latency_p99_ms is not None and baseline.latency_p99_ms:
+        enough_latency = current.requests >= policy.settings.min_latency_samples
+        if enough_latency and current.latency_p99_ms is not None and baseline.latency_p99_ms:
             latency_increase = (
                 (current.latency_p99_ms - baseline.latency_p99_ms) / baseline.latency_p99_ms * 100
             )

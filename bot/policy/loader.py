@@ -27,6 +27,10 @@ class PolicyError(BotError):
         )
         self.problems = problems
 
+    def __reduce__(self) -> tuple[type[PolicyError], tuple[list[str]]]:
+        # Rebuilt from its problems (not its message) when passed between processes.
+        return (PolicyError, (self.problems,))
+
 
 def load_policies(directory: str | Path) -> PolicySet:
     """Read and validate every `*.yaml`/`*.yml` in `directory`, or raise PolicyError."""

@@ -117,6 +117,7 @@ class Settings(_Strict):
     baseline_window: Duration = timedelta(hours=1)
     min_requests: Annotated[int, Field(ge=1)] = 50
     min_quality_samples: Annotated[int, Field(ge=1)] = 30
+    min_latency_samples: Annotated[int, Field(ge=1)] = 500
     confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
     auto_rollback: bool = True
     observe: Duration = timedelta(hours=1)
@@ -140,6 +141,7 @@ class SettingsPatch(_Strict):
     baseline_window: Duration | None = None
     min_requests: Annotated[int, Field(ge=1)] | None = None
     min_quality_samples: Annotated[int, Field(ge=1)] | None = None
+    min_latency_samples: Annotated[int, Field(ge=1)] | None = None
     confidence: Annotated[float, Field(gt=0.5, lt=1)] | None = None
     auto_rollback: bool | None = None
     observe: Duration | None = None

@@ -64,7 +64,7 @@ def figures_lines(figures: dict[str, Any]) -> list[str]:
     low, high = figures.get("error_rate_ci_pct") or (None, None)
     lines = [
         f"*Error rate* {_pct(figures.get('error_rate_pct'))} of {figures.get('requests', 0):,} "
-        f"requests (95% CI {_pct(low, 2)} to {_pct(high, 2)})",
+        f"requests (95% bounds {_pct(low, 2)} to {_pct(high, 2)})",
     ]
     if figures.get("quality") is not None or baseline.get("quality") is not None:
         q, bq = figures.get("quality"), baseline.get("quality")
