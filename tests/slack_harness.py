@@ -41,9 +41,12 @@ class Harness:
 
 
 @contextmanager
-def running(engine: Engine, db_url: str, **overrides: str) -> Iterator[Harness]:
+def running(
+    engine: Engine, db_url: str, policy_dir: Path = POLICIES, **overrides: str
+) -> Iterator[Harness]:
     """FakeSlack, then the bot's server (API + Slack app + outbox) on a free port."""
-    with FakeSlack(token=BOT_TOKEN, users={"U2": {"name": "bob"}}) as fake:
+    channels = {"incidents": "C1", "cs-incidents": "C2"}
+    with FakeSlack(token=BOT_TOKEN, users={"U2": {"name": "bob"}}, channels=channels) as fake:
         settings = load_settings(
             database_url=db_url,
             rollback_api_token=API_TOKEN,
@@ -53,7 +56,7 @@ def running(engine: Engine, db_url: str, **overrides: str) -> Iterator[Harness]:
             slack_oncall_users="U1",
             **overrides,
         )
-        service = SlackService(settings=settings, engine=engine, policies=load_policies(POLICIES))
+        service = SlackService(settings=settings, engine=engine, policies=load_policies(policy_dir))
         service.worker.poll_seconds = 0.2
         app = create_app(settings, engine, slack=service)
         port = free_port()

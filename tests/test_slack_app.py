@@ -346,3 +346,36 @@ def test_slack_down_then_back_delivers_everything_once(slack: Harness, engine: E
     with read_session(engine) as session:
         rows = session.exec(select(SlackOutbox)).all()
     assert {r.status for r in rows} == {OutboxStatus.SENT}
+
+
+def test_a_prompt_policy_routes_its_incidents_and_on_call(
+    engine: Engine, db_url: str, tmp_path
+) -> None:
+    (tmp_path / "default.yaml").write_text((POLICY_DIR / "default.yaml").read_text())
+    (tmp_path / "cs.yaml").write_text(
+        "prompts:\n  customer-support:\n    slack_channel: '#cs-incidents'\n"
+        "    oncall_usergroup: S9\n"
+    )
+    with running(engine, db_url, policy_dir=tmp_path) as harness:
+        harness.fake.set_usergroup("S9", ["U2"])
+        make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+        clock = Clock(activated_at(engine))
+        clock.advance(minutes=2)
+        traffic(engine, version="v2.0.0", n=1000, errors=30, at=clock.now)
+        Checker(
+            engine=engine,
+            policies=load_policies(tmp_path),
+            sources={"builtin": BuiltinSource(engine)},
+            notifier=harness.service.notifier,
+            clock=clock,
+        ).tick()
+        card = harness.fake.wait_for(lambda _: harness.fake.messages("C2") or None)[0]
+        assert harness.fake.messages("C1") == []
+        dms = harness.fake.wait_for(lambda _: harness.fake.messages("U2") or None)
+        assert "error_rate_high" in dms[0]["text"]
+        # U2 is on call for this prompt through its group.
+        assert _click(harness, ROLLBACK_ACTION, card, user="U2").status_code == 200
+        deadline = time.monotonic() + 5
+        while _active(engine) != "v1.9.0":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)

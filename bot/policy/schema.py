@@ -125,6 +125,9 @@ class Settings(_Strict):
     resolve_after: Duration = timedelta(minutes=10)
     quiet: Duration = timedelta(minutes=30)
     runbook: AnyHttpUrl | None = None
+    # Slack routing: another channel for this prompt's incidents, and its own on-call group.
+    slack_channel: str | None = None
+    oncall_usergroup: Annotated[str, Field(pattern=r"^S[A-Z0-9]+$")] | None = None
 
     @model_validator(mode="after")
     def _persist_action(self) -> Settings:
@@ -149,6 +152,8 @@ class SettingsPatch(_Strict):
     resolve_after: Duration | None = None
     quiet: Duration | None = None
     runbook: AnyHttpUrl | None = None
+    slack_channel: str | None = None
+    oncall_usergroup: Annotated[str, Field(pattern=r"^S[A-Z0-9]+$")] | None = None
     rules: list[RulePatch] = []
     new_version: NewVersionLimits | None = None
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from slack_bolt import App, Respond
 
-from bot.db import write_session
+from bot.db import read_session, write_session
 from bot.detection.actions import get_incident, investigate, rollback_incident
 from bot.errors import InvalidRequest
 from bot.models import Trigger, utcnow
@@ -26,15 +26,24 @@ def _incident_of(body: dict[str, Any]) -> tuple[int, str | None]:
         raise InvalidRequest("this button is malformed; use /rollback instead") from None
 
 
+def _authorized(deps: SlackDeps, body: dict[str, Any]) -> tuple[str, int, str | None]:
+    """The clicking user, the incident and target; refuses users not on call for its prompt."""
+    user = body["user"]["id"]
+    incident_id, target = _incident_of(body)
+    with read_session(deps.engine) as session:
+        prompt = get_incident(session, incident_id).prompt
+    # Checked outside any write transaction: it may ask Slack for a user group's members.
+    if not deps.oncall.allowed(user, deps.group(prompt)):
+        raise InvalidRequest(deps.refusal())
+    return user, incident_id, target
+
+
 def register(app: App, deps: SlackDeps) -> None:
     """Attach the button listeners."""
 
     @guarded
     def on_rollback(body: dict[str, Any], respond: Respond) -> None:
-        user = body["user"]["id"]
-        if not deps.oncall.allowed(user):
-            raise InvalidRequest(deps.refusal())
-        incident_id, target = _incident_of(body)
+        user, incident_id, target = _authorized(deps, body)
         with write_session(deps.engine) as session:
             incident, result = rollback_incident(
                 session=session,
@@ -44,7 +53,9 @@ def register(app: App, deps: SlackDeps) -> None:
                 target=target,
                 dedup_window=deps.dedup_window,
             )
-            cards.post_or_update_card(session, incident, deps.channel, "rolled_back")
+            cards.post_or_update_card(
+                session, incident, deps.channel(incident.prompt), "rolled_back"
+            )
             cards.thread_reply(
                 session,
                 incident,
@@ -56,22 +67,20 @@ def register(app: App, deps: SlackDeps) -> None:
 
     @guarded
     def on_investigate(body: dict[str, Any], respond: Respond) -> None:
-        user = body["user"]["id"]
-        if not deps.oncall.allowed(user):
-            raise InvalidRequest(deps.refusal())
-        incident_id, _ = _incident_of(body)
+        user, incident_id, _ = _authorized(deps, body)
         with write_session(deps.engine) as session:
             quiet = deps.quiet_for(get_incident(session, incident_id).prompt)
             incident = investigate(
                 session=session, incident_id=incident_id, user=user, quiet=quiet, now=utcnow()
             )
-            cards.post_or_update_card(session, incident, deps.channel, "investigating")
+            cards.post_or_update_card(
+                session, incident, deps.channel(incident.prompt), "investigating"
+            )
             cards.thread_reply(
                 session,
                 incident,
                 f"<@{user}> is investigating. No new alert for this incident for "
-                f"{int(quiet.total_seconds() // 60)} min; "
-                "Rollback stays available on the card.",
+                f"{int(quiet.total_seconds() // 60)} min; Rollback stays available on the card.",
                 "investigating",
             )
         deps.worker.wake()

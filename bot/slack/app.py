@@ -73,9 +73,7 @@ class SlackService:
         listener.register_error_handler(self.app)
         commands.register(self.app, deps)
         actions.register(self.app, deps)
-        self.notifier = SlackNotifier(
-            engine=engine, channel=deps.channel, oncall=oncall, worker=self.worker
-        )
+        self.notifier = SlackNotifier(deps)
         self._socket: Any = None
         self._app_token = settings.slack_app_token
 

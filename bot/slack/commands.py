@@ -39,7 +39,7 @@ def register(app: App, deps: SlackDeps) -> None:
             respond(text=f"{request.prompt} history", blocks=blocks, response_type="ephemeral")
             return
         user = command["user_id"]
-        if not deps.oncall.allowed(user):
+        if not deps.oncall.allowed(user, deps.group(request.prompt)):
             raise InvalidRequest(deps.refusal())
         with write_session(deps.engine) as session:
             result = registry.rollback(
@@ -55,7 +55,7 @@ def register(app: App, deps: SlackDeps) -> None:
         deps.worker.wake()
         respond(
             text=f"Rolled back {result.prompt} {result.from_version} → {result.to_version}. "
-            f"Announced in {deps.channel}.",
+            f"Announced in {deps.channel(result.prompt)}.",
             response_type="ephemeral",
         )
 
@@ -89,7 +89,11 @@ def _announce(session: Any, deps: SlackDeps, result: ChangeResult, user: str, re
         session,
         key=key,
         method="chat.postMessage",
-        payload={"channel": deps.channel, "text": text, "blocks": to_dicts(text_blocks(text))},
+        payload={
+            "channel": deps.channel(result.prompt),
+            "text": text,
+            "blocks": to_dicts(text_blocks(text)),
+        },
     )
     note = f"Verification of {result.to_version} will report in this thread."
     outbox.enqueue(

@@ -23,10 +23,14 @@ class SlackDeps:
     oncall: OnCall
     worker: OutboxWorker
 
-    @property
-    def channel(self) -> str:
-        """Where incidents and announcements go."""
-        return self.settings.slack_incidents_channel
+    def channel(self, prompt: str) -> str:
+        """Where `prompt`'s incidents and announcements go (its policy may route it)."""
+        routed = self.policies.for_prompt(prompt).settings.slack_channel
+        return routed or self.settings.slack_incidents_channel
+
+    def group(self, prompt: str) -> str | None:
+        """The prompt's own on-call user group, if its policy names one."""
+        return self.policies.for_prompt(prompt).settings.oncall_usergroup
 
     @property
     def dedup_window(self) -> timedelta:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
-
 from bot.db import write_session
 from bot.detection.notify import Notice, NoticeKind
 from bot.models import Incident, utcnow
 from bot.slack import cards, outbox
 from bot.slack.blocks import text_blocks, to_dicts
-from bot.slack.oncall import OnCall
-from bot.slack.outbox import OutboxWorker
+from bot.slack.deps import SlackDeps
 
 THREAD_TEXT = {
     NoticeKind.ROLLED_BACK: "{text} Verification of the restored version reports in this thread.",
@@ -24,10 +21,9 @@ THREAD_TEXT = {
 class SlackNotifier:
     """Queues every notice in the outbox (durable, once) and wakes its worker."""
 
-    def __init__(
-        self, *, engine: Engine, channel: str, oncall: OnCall, worker: OutboxWorker
-    ) -> None:
-        self.engine, self.channel, self.oncall, self.worker = engine, channel, oncall, worker
+    def __init__(self, deps: SlackDeps) -> None:
+        self.deps = deps
+        self.engine, self.worker = deps.engine, deps.worker
 
     def send(self, notice: Notice) -> None:
         """Post or update the incident's card; thread the news; DM on-call for pages."""
@@ -39,7 +35,7 @@ class SlackNotifier:
                     key=f"notice:{notice.kind.value}:{utcnow().isoformat()}",
                     method="chat.postMessage",
                     payload={
-                        "channel": self.channel,
+                        "channel": self.deps.settings.slack_incidents_channel,
                         "text": text,
                         "blocks": to_dicts(text_blocks(text)),
                     },
@@ -48,7 +44,8 @@ class SlackNotifier:
                 incident = session.get(Incident, notice.incident_id)
                 if incident is None:
                     return
-                cards.post_or_update_card(session, incident, self.channel, notice.kind.value)
+                channel = self.deps.channel(incident.prompt)
+                cards.post_or_update_card(session, incident, channel, notice.kind.value)
                 template = THREAD_TEXT.get(notice.kind)
                 if template is not None:
                     cards.thread_reply(
@@ -57,7 +54,8 @@ class SlackNotifier:
                 if notice.action == "page" or notice.kind == NoticeKind.ROLLBACK_FAILED:
                     summary = (
                         f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}\n"
-                        f"See the incident #{incident.id} card in {self.channel}."
+                        f"See the incident #{incident.id} card in {channel}."
                     )
-                    cards.page(session, incident, self.oncall.members(), summary, notice.kind.value)
+                    oncall = self.deps.oncall.members(self.deps.group(incident.prompt))
+                    cards.page(session, incident, oncall, summary, notice.kind.value)
         self.worker.wake()

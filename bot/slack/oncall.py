@@ -1,4 +1,5 @@
-"""Who may act on incidents: SLACK_ONCALL_USERS and the members of SLACK_ONCALL_USERGROUP."""
+"""Who may act on incidents and who is paged: SLACK_ONCALL_USERS, SLACK_ONCALL_USERGROUP, and a
+prompt's own `oncall_usergroup` from its policy. User groups are read and cached."""
 
 from __future__ import annotations
 
@@ -15,12 +16,11 @@ GROUP_TTL_S = 300.0  # usergroups.users.list is tier 2: cache it
 
 
 class OnCall:
-    """Answers "may this user act?" and "whom do we page?", caching the user group."""
+    """Answers "may this user act?" and "whom do we page?", caching user groups."""
 
     def __init__(self, *, users: frozenset[str], usergroup: str, client: WebClient) -> None:
         self.users, self.usergroup, self.client = users, usergroup, client
-        self._members: frozenset[str] = frozenset()
-        self._fetched_at = float("-inf")
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -28,25 +28,27 @@ class OnCall:
         """Whether anyone at all is on call."""
         return bool(self.users or self.usergroup)
 
-    def members(self) -> frozenset[str]:
-        """Everyone on call now (listed users and the group's members)."""
-        return self.users | self._group()
+    def members(self, group: str | None = None) -> frozenset[str]:
+        """Everyone on call (listed users, the global group, and `group` if the prompt has one)."""
+        found = self.users | self._group(self.usergroup)
+        return found | self._group(group) if group else found
 
-    def allowed(self, user_id: str) -> bool:
-        """Whether `user_id` may roll back or investigate."""
-        return user_id in self.users or user_id in self._group()
+    def allowed(self, user_id: str, group: str | None = None) -> bool:
+        """Whether `user_id` may roll back or investigate (for a prompt routed to `group`)."""
+        return user_id in self.members(group)
 
-    def _group(self) -> frozenset[str]:
-        if not self.usergroup:
+    def _group(self, group: str) -> frozenset[str]:
+        if not group:
             return frozenset()
         with self._lock:
-            if time.monotonic() - self._fetched_at < GROUP_TTL_S:
-                return self._members
+            fetched_at, members = self._groups.get(group, (float("-inf"), frozenset()))
+            if time.monotonic() - fetched_at < GROUP_TTL_S:
+                return members
             try:
-                answer = self.client.usergroups_users_list(usergroup=self.usergroup)
-                self._members = frozenset(answer.get("users") or [])
-                self._fetched_at = time.monotonic()
+                answer = self.client.usergroups_users_list(usergroup=group)
+                members = frozenset(answer.get("users") or [])
+                self._groups[group] = (time.monotonic(), members)
             except (SlackApiError, SlackClientError, OSError) as exc:
                 # Keep the last known members: a Slack hiccup must not lock on-call out.
-                log.warning("could not read user group %s: %s", self.usergroup, exc)
-            return self._members
+                log.warning("could not read user group %s: %s", group, exc)
+            return members
