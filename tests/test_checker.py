@@ -227,3 +227,33 @@ def test_restored_version_is_not_judged_against_the_bad_one(engine: Engine) -> N
     assert decision.figures["baseline"] is None
     assert "age_s" not in decision.figures
     assert [n.kind for n in notifier.sent] == [NoticeKind.ROLLED_BACK]
+
+
+def test_investigate_keeps_escalations_quiet(engine: Engine) -> None:
+    from bot.db import write_session
+    from bot.detection.actions import investigate
+
+    clock = _deployed(engine)
+    clock.advance(hours=2)
+    traffic(engine, version="v2.0.0", n=500, quality=0.68, at=clock.now)  # medium: observe
+    checker, notifier = make_checker(engine, clock)
+    checker.tick()
+    [incident] = _incidents(engine)
+    with write_session(engine) as session:
+        investigate(
+            session=session,
+            incident_id=incident.id,
+            user="U1",
+            quiet=timedelta(minutes=30),
+            now=clock.now,
+        )
+    clock.advance(seconds=30)
+    traffic(engine, version="v2.0.0", n=1000, errors=45, quality=0.68, at=clock.now)  # 3%: page
+    checker.tick()
+    [incident] = _incidents(engine)
+    assert (incident.severity, incident.action, incident.investigator) == (
+        Severity.HIGH,
+        Action.PAGE,
+        "U1",
+    )
+    assert [n.kind for n in notifier.sent] == [NoticeKind.INCIDENT_OPENED]  # no new alert

@@ -140,6 +140,13 @@ def test_errors_are_one_line_exit_2_and_change_nothing(
         ({"ROLLBACK_API_TOKEN": "short"}, "ROLLBACK_API_TOKEN: must be at least 16 characters"),
         ({"PORT": "99999"}, "PORT: Input should be less than or equal to 65535"),
         ({"ROLLBACK_API_TOKENS": "ci"}, "ROLLBACK_API_TOKENS: each entry must be name=token"),
+        (
+            {"SLACK_BOT_TOKEN": "xoxb-0123456789abcdef"},
+            "SLACK_SIGNING_SECRET is required with SLACK_BOT_TOKEN",
+        ),
+        ({"SLACK_BOT_TOKEN": "abc-0123456789abcdef"}, "SLACK_BOT_TOKEN: must start with xoxb-"),
+        ({"SLACK_SIGNING_SECRET": "changeme"}, "SLACK_SIGNING_SECRET: looks like a placeholder"),
+        ({"SLACK_ONCALL_USERS": "alice"}, "SLACK_ONCALL_USERS: 'alice' is not a Slack user ID"),
         ({"ROLLBACK_API_TOKENS": "ci=abc"}, "ROLLBACK_API_TOKENS: token 'ci' must be at least 16"),
     ],
 )
