@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "benchmark-token-0123456789abcdef"
@@ -67,3 +68,18 @@ def server(database_url: str, **env: str) -> Iterator[str]:
 def api(base: str) -> httpx.Client:
     """An authenticated client for the server."""
     return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+
+
+@contextmanager
+def scratch_schema(url: str, schema: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema for a benchmark; yields a URL whose search_path is it."""
+    admin = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        admin.dispose()

@@ -19,8 +19,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from _server import header
-from sqlalchemy import create_engine, insert, text
+from _server import header, scratch_schema
+from sqlalchemy import insert
 
 from bot.db import make_engine, write_session
 from bot.detection.checker import Checker
@@ -150,20 +150,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run("sqlite", f"sqlite:///{tmp}/tick.db", args.prompts, args.passes)
     if args.postgres:
-        admin = create_engine(args.postgres.replace("postgresql://", "postgresql+psycopg://", 1))
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}"))
-        sep = "&" if "?" in args.postgres else "?"
-        try:
-            run(
-                "postgresql",
-                f"{args.postgres}{sep}options=-csearch_path%3D{SCHEMA}",
-                args.prompts,
-                args.passes,
-            )
-        finally:
-            with admin.begin() as conn:
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        with scratch_schema(args.postgres, SCHEMA) as url:
+            run("postgresql", url, args.prompts, args.passes)
 
 
 if __name__ == "__main__":

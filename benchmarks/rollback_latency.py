@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
 from datetime import timedelta
 
-from sqlalchemy import create_engine, text
+from _server import header, scratch_schema
 
 from bot import registry
 from bot.db import make_engine, write_session
@@ -82,25 +81,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--postgres", default=os.environ.get("TEST_DATABASE_URL"))
     args = parser.parse_args()
-    print(
-        f"# {time.strftime('%Y-%m-%d')} {platform.node()} {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}"
-    )
+    print(header())
     with tempfile.TemporaryDirectory() as tmp:
         report("sqlite", measure(f"sqlite:///{tmp}/bench.db", args.n))
     if args.postgres:
-        admin = create_engine(args.postgres.replace("postgresql://", "postgresql+psycopg://", 1))
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}"))
-        sep = "&" if "?" in args.postgres else "?"
-        try:
-            report(
-                "postgresql",
-                measure(f"{args.postgres}{sep}options=-csearch_path%3D{SCHEMA}", args.n),
-            )
-        finally:
-            with admin.begin() as conn:
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        with scratch_schema(args.postgres, SCHEMA) as url:
+            report("postgresql", measure(url, args.n))
 
 
 if __name__ == "__main__":

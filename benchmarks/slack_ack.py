@@ -60,8 +60,10 @@ def fire(calls: list, n: int) -> list[float]:
 
 def summary(name: str, latencies: list[float]) -> str:
     p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
-    return (f"{name}: n={len(latencies)} p50 {statistics.median(latencies):.0f} ms, "
-            f"p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms")
+    return (
+        f"{name}: n={len(latencies)} p50 {statistics.median(latencies):.0f} ms, "
+        f"p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms"
+    )
 
 
 def main() -> None:
@@ -70,31 +72,50 @@ def main() -> None:
     args = parser.parse_args()
     n = args.concurrency
     print(header())
-    with FakeSlack(token=BOT_TOKEN) as fake, tempfile.TemporaryDirectory() as tmp, server(
-        f"sqlite:///{tmp}/slack.db", SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SECRET,
-        SLACK_API_URL=fake.base_url, SLACK_ONCALL_USERS="U1", CHECKER_ENABLED="false",
-    ) as base, api(base) as client:
+    with (
+        FakeSlack(token=BOT_TOKEN) as fake,
+        tempfile.TemporaryDirectory() as tmp,
+        server(
+            f"sqlite:///{tmp}/slack.db",
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_SIGNING_SECRET=SECRET,
+            SLACK_API_URL=fake.base_url,
+            SLACK_ONCALL_USERS="U1",
+            CHECKER_ENABLED="false",
+        ) as base,
+        api(base) as client,
+    ):
         sender = SlackSender(f"{base}/slack/events", SECRET, slack=fake, timeout=30)
         for i in range(n):
             for label in ("v1", "v2"):
-                client.post(f"/api/prompts/p{i}/versions", json={"version": label, "template": label})
+                client.post(
+                    f"/api/prompts/p{i}/versions", json={"version": label, "template": label}
+                )
                 client.post(f"/api/prompts/p{i}/deploy", json={"version": label})
         commands = [lambda i=i: sender.command(f"p{i} v1", user_id="U1") for i in range(n)]
         started = time.perf_counter()
         acks = fire(commands, n)
-        while any(client.get(f"/api/prompts/p{i}").json()["active_version"] != "v1" for i in range(n)):
+        while any(
+            client.get(f"/api/prompts/p{i}").json()["active_version"] != "v1" for i in range(n)
+        ):
             time.sleep(0.01)
         switched = time.perf_counter() - started
         print(summary(f"{n} concurrent /rollback commands, ack", acks))
-        print(f"  all {n} prompts switched {switched * 1000:.0f} ms after the first command was sent")
+        print(
+            f"  all {n} prompts switched {switched * 1000:.0f} ms after the first command was sent"
+        )
 
         # An open incident on prompt "cs" (as the checker would record it), then n clicks at once.
         for label in ("v1", "v2"):
             client.post("/api/prompts/cs/versions", json={"version": label, "template": label})
             client.post("/api/prompts/cs/deploy", json={"version": label})
-        value = json.dumps({"incident": open_incident_on(f"sqlite:///{tmp}/slack.db"), "target": "v1"})
-        clicks = [lambda: sender.click("incident_rollback", value, "U1", "1700000000.000100", "C1")
-                  for _ in range(n)]
+        value = json.dumps(
+            {"incident": open_incident_on(f"sqlite:///{tmp}/slack.db"), "target": "v1"}
+        )
+        clicks = [
+            lambda: sender.click("incident_rollback", value, "U1", "1700000000.000100", "C1")
+            for _ in range(n)
+        ]
         started = time.perf_counter()
         acks = fire(clicks, n)
         while client.get("/api/prompts/cs").json()["active_version"] != "v1":
@@ -102,8 +123,10 @@ def main() -> None:
         switched = time.perf_counter() - started
         history = client.get("/api/prompts/cs/history").json()
         print(summary(f"{n} concurrent Rollback clicks on one card, ack", acks))
-        print(f"  click to registry switched: {switched * 1000:.0f} ms; rollbacks recorded: "
-              f"{[e['kind'] for e in history].count('rollback')}")
+        print(
+            f"  click to registry switched: {switched * 1000:.0f} ms; rollbacks recorded: "
+            f"{[e['kind'] for e in history].count('rollback')}"
+        )
 
 
 def open_incident_on(url: str) -> int:
@@ -111,13 +134,28 @@ def open_incident_on(url: str) -> int:
     engine = make_engine(url)
     with write_session(engine) as session:
         prompt = session.exec(select(Prompt).where(Prompt.name == "cs")).one()
-        version = session.exec(select(PromptVersion).where(
-            PromptVersion.prompt_id == prompt.id, PromptVersion.label == "v2")).one()
-        target = Target(prompt="cs", version="v2", version_id=version.id, prompt_id=prompt.id,
-                        share_pct=100, serving_since=None, window=timedelta(minutes=5),
-                        baseline_window=timedelta(hours=1))
-        incident = open_incident(session, target=target, now=utcnow(), observe_until=None,
-                                 decision=Decision("cs", "v2", Severity.HIGH, Action.PAGE))
+        version = session.exec(
+            select(PromptVersion).where(
+                PromptVersion.prompt_id == prompt.id, PromptVersion.label == "v2"
+            )
+        ).one()
+        target = Target(
+            prompt="cs",
+            version="v2",
+            version_id=version.id,
+            prompt_id=prompt.id,
+            share_pct=100,
+            serving_since=None,
+            window=timedelta(minutes=5),
+            baseline_window=timedelta(hours=1),
+        )
+        incident = open_incident(
+            session,
+            target=target,
+            now=utcnow(),
+            observe_until=None,
+            decision=Decision("cs", "v2", Severity.HIGH, Action.PAGE),
+        )
         return int(incident.id)
 
 

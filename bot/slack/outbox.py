@@ -210,21 +210,15 @@ class OutboxWorker:
         except (SlackClientError, OSError, TimeoutError) as exc:
             self._retry(row, f"{exc.__class__.__name__}: {exc}", None)
             return
-        with write_session(self.engine) as session:
-            session.execute(
-                update(SlackOutbox)
-                .where(col(SlackOutbox.id) == row.id)
-                .values(
-                    status=OutboxStatus.SENT,
-                    channel=channel,
-                    ts=ts,
-                    sent_at=self.clock(),
-                    attempts=row.attempts + 1,
-                    claimed_until=None,
-                    last_error=None,
-                )
-                .execution_options(synchronize_session=False)
-            )
+        self._mark(
+            row,
+            status=OutboxStatus.SENT,
+            channel=channel,
+            ts=ts,
+            sent_at=self.clock(),
+            attempts=row.attempts + 1,
+            last_error=None,
+        )
 
     def _call(self, row: SlackOutbox) -> tuple[str | None, str | None]:
         payload = {k: v for k, v in row.payload.items() if not k.startswith("_")}
@@ -261,31 +255,26 @@ class OutboxWorker:
             return
         delay = after if after is not None else min(2.0 ** min(attempts, 8) * 0.25, 60.0)
         log.info("slack %s %s: %s; retry in %.1f s", row.method, row.dedupe_key, error, delay)
-        with write_session(self.engine) as session:
-            session.execute(
-                update(SlackOutbox)
-                .where(col(SlackOutbox.id) == row.id)
-                .values(
-                    attempts=attempts,
-                    last_error=error[:500],
-                    claimed_until=None,
-                    next_attempt_at=self.clock() + timedelta(seconds=delay),
-                )
-                .execution_options(synchronize_session=False)
-            )
+        self._mark(
+            row,
+            attempts=attempts,
+            last_error=error[:500],
+            next_attempt_at=self.clock() + timedelta(seconds=delay),
+        )
 
     def _give_up(self, row: SlackOutbox, error: str) -> None:
         log.error("slack %s %s given up: %s", row.method, row.dedupe_key, error)
+        self._mark(
+            row, status=OutboxStatus.FAILED, attempts=row.attempts + 1, last_error=error[:500]
+        )
+
+    def _mark(self, row: SlackOutbox, **values: Any) -> None:
+        """Record a delivery outcome and release the row's claim."""
         with write_session(self.engine) as session:
             session.execute(
                 update(SlackOutbox)
                 .where(col(SlackOutbox.id) == row.id)
-                .values(
-                    status=OutboxStatus.FAILED,
-                    attempts=row.attempts + 1,
-                    last_error=error[:500],
-                    claimed_until=None,
-                )
+                .values(claimed_until=None, **values)
                 .execution_options(synchronize_session=False)
             )
 
