@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     slack_oncall_users: str = ""
     slack_oncall_usergroup: str = ""
     slack_listener_threads: Annotated[int, Field(ge=1, le=256)] = 32
+    # PagerDuty Events API v2 (optional): paged when a rollback does not bring metrics back.
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
+    verify_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
 
     @field_validator("database_url")
     @classmethod

@@ -22,6 +22,9 @@ class NoticeKind(enum.StrEnum):
     ROLLBACK_FAILED = "rollback_failed"
     OBSERVATION_ENDED = "observation_ended"
     INCIDENT_RESOLVED = "incident_resolved"
+    VERIFICATION_CHECK = "verification_check"
+    VERIFICATION_RECOVERED = "verification_recovered"
+    VERIFICATION_FAILED = "verification_failed"
     METRICS_SOURCE_DOWN = "metrics_source_down"
     METRICS_SOURCE_RECOVERED = "metrics_source_recovered"
 

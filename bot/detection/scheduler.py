@@ -16,6 +16,8 @@ from bot.db import write_session
 from bot.detection import lease
 from bot.detection.checker import Checker
 from bot.detection.notify import Notifier
+from bot.detection.pagerduty import PagerDuty
+from bot.detection.verify import Verifier
 from bot.errors import BotError
 from bot.metrics import MetricsSource
 from bot.metrics.builtin import BuiltinSource
@@ -55,6 +57,19 @@ class CheckerService:
             source_down_after=settings.metrics_source_down_after,
             dedup_window=timedelta(seconds=settings.rollback_dedup_seconds),
         )
+        pager = None
+        if settings.pagerduty_routing_key is not None:
+            pager = PagerDuty(
+                routing_key=settings.pagerduty_routing_key.get_secret_value(),
+                url=settings.pagerduty_events_url,
+            )
+        self.verifier = Verifier(
+            engine=engine,
+            policies=policies,
+            sources=self.checker.sources,
+            notifier=notifier,
+            pager=pager,
+        )
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.leader = False
         self._last_prune = utcnow() - PRUNE_EVERY
@@ -82,6 +97,15 @@ class CheckerService:
         except BotError as exc:  # the database is down: try again next interval
             log.warning("checker pass skipped: %s", exc.message)
 
+    def run_verifications(self) -> None:
+        """Due post-rollback checks, on the replica that holds the lease."""
+        if not self.leader:
+            return
+        try:
+            self.verifier.run_due()
+        except BotError as exc:
+            log.warning("verification round skipped: %s", exc.message)
+
     def start(self) -> None:
         """Schedule passes every ROLLBACK_CHECK_INTERVAL seconds, the first one now."""
         self.scheduler.add_job(
@@ -92,6 +116,14 @@ class CheckerService:
             max_instances=1,
             coalesce=True,
             id="checker",
+        )
+        self.scheduler.add_job(
+            self.run_verifications,
+            "interval",
+            seconds=self.settings.verify_poll_seconds,
+            max_instances=1,
+            coalesce=True,
+            id="verifier",
         )
         self.scheduler.start()
 

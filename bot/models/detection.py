@@ -217,3 +217,35 @@ class IngestResult(BaseModel):
 
     accepted: int
     buckets: int
+
+
+class VerificationStatus(enum.StrEnum):
+    """Where a post-rollback verification stands."""
+
+    RUNNING = "running"
+    RECOVERED = "recovered"
+    ESCALATED = "escalated"  # metrics did not recover in time: on-call paged
+
+
+class Verification(SQLModel, table=True):
+    """After a rollback, the restored version checked on a schedule that survives restarts."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    # One verification per rollback: written in the rollback's own transaction.
+    audit_id: int = Field(foreign_key="audit_entry.id", unique=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    prompt: str = Field(max_length=PROMPT_NAME_MAX)
+    version: str = Field(max_length=VERSION_LABEL_MAX)  # the restored version
+    from_version: str | None = Field(default=None, max_length=VERSION_LABEL_MAX)
+    status: VerificationStatus = Field(
+        default=VerificationStatus.RUNNING, sa_column=enum_column(VerificationStatus)
+    )
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    next_check_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    checks_done: int = Field(default=0)
+    checks_total: int = Field(default=0)  # fixed from the policy at the first check
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_figures: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )

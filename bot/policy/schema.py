@@ -124,6 +124,12 @@ class Settings(_Strict):
     on_persist: Action = Action.ALERT
     resolve_after: Duration = timedelta(minutes=10)
     quiet: Duration = timedelta(minutes=30)
+    # After a rollback: check every `verify_every` for `verify_for` (the runbook: 5 s for 60 s),
+    # over the last `verify_window` of traffic; recovered below `recovered_error_rate_pct`.
+    verify_every: Duration = timedelta(seconds=5)
+    verify_for: Duration = timedelta(seconds=60)
+    verify_window: Duration = timedelta(minutes=1)
+    recovered_error_rate_pct: Annotated[float, Field(ge=0, le=100)] = 1.0
     runbook: AnyHttpUrl | None = None
     # Slack routing: another channel for this prompt's incidents, and its own on-call group.
     slack_channel: str | None = None
@@ -151,6 +157,10 @@ class SettingsPatch(_Strict):
     on_persist: Action | None = None
     resolve_after: Duration | None = None
     quiet: Duration | None = None
+    verify_every: Duration | None = None
+    verify_for: Duration | None = None
+    verify_window: Duration | None = None
+    recovered_error_rate_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     runbook: AnyHttpUrl | None = None
     slack_channel: str | None = None
     oncall_usergroup: Annotated[str, Field(pattern=r"^S[A-Z0-9]+$")] | None = None

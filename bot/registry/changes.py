@@ -35,6 +35,7 @@ from bot.models import (
     PromptVersion,
     Routing,
     Trigger,
+    Verification,
     VersionPublic,
     utcnow,
 )
@@ -423,6 +424,19 @@ def _switch(
     session.add(entry)
     session.flush()
     assert entry.id is not None
+    if kind == ChangeKind.ROLLBACK:
+        # Every rollback, whatever started it, is verified; scheduled in the same transaction.
+        session.add(
+            Verification(
+                audit_id=entry.id,
+                prompt_id=_id(prompt),
+                prompt=prompt.name,
+                version=active.label,
+                from_version=from_label,
+                started_at=now,
+                next_check_at=now,
+            )
+        )
     return ChangeResult(
         prompt=prompt.name,
         kind=kind,

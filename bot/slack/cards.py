@@ -82,15 +82,8 @@ def post_or_update_card(session: Session, incident: Incident, channel: str, reas
 
 def thread_reply(session: Session, incident: Incident, text: str, reason: str) -> None:
     """Queue a reply in the card's thread (where verification reports)."""
-    key = card_key(incident.id or 0)
-    outbox.enqueue(
-        session,
-        key=f"{key}:thread:{reason}:{incident.updated_at.timestamp()}",
-        method="chat.postMessage",
-        payload={"text": text, "blocks": to_dicts(text_blocks(text))},
-        parent_key=key,
-        incident_id=incident.id,
-    )
+    stamp = incident.updated_at.timestamp()
+    reply_under(session, card_key(incident.id or 0), text, f"{reason}:{stamp}")
 
 
 def page(
@@ -105,3 +98,31 @@ def page(
             payload={"user": user, "text": text, "blocks": to_dicts(text_blocks(text))},
             incident_id=incident.id,
         )
+
+
+def announce_rollback(session: Session, channel: str, entry: AuditEntry, prompt: str) -> str:
+    """Queue the channel announcement of a rollback (once); returns its outbox key."""
+    key = f"rollback:{entry.id}"
+    text = (
+        f":rewind: {who(entry.operator, entry.trigger)} rolled back *{prompt}* "
+        f"`{entry.from_version}` → `{entry.to_version}`"
+        + (f": {entry.reason}" if entry.reason else "")
+    )
+    outbox.enqueue(
+        session,
+        key=key,
+        method="chat.postMessage",
+        payload={"channel": channel, "text": text, "blocks": to_dicts(text_blocks(text))},
+    )
+    return key
+
+
+def reply_under(session: Session, parent_key: str, text: str, reason: str) -> None:
+    """Queue a thread reply under any queued message, once per `reason`."""
+    outbox.enqueue(
+        session,
+        key=f"{parent_key}:thread:{reason}",
+        method="chat.postMessage",
+        payload={"text": text, "blocks": to_dicts(text_blocks(text))},
+        parent_key=parent_key,
+    )

@@ -10,10 +10,10 @@ from sqlmodel import col, select
 from bot import registry
 from bot.db import read_session, write_session
 from bot.errors import InvalidRequest
-from bot.models import ACTIVE_INCIDENT, ChangeResult, Incident, Trigger
+from bot.models import ACTIVE_INCIDENT, AuditEntry, ChangeResult, Incident, Trigger
 from bot.registry.changes import Actor
-from bot.slack import outbox
-from bot.slack.blocks import HELP, history_blocks, status_blocks, text_blocks, to_dicts
+from bot.slack import cards
+from bot.slack.blocks import HELP, history_blocks, status_blocks, to_dicts
 from bot.slack.deps import SlackDeps
 from bot.slack.listener import ack_now, guarded
 from bot.slack.parse import parse
@@ -51,7 +51,7 @@ def register(app: App, deps: SlackDeps) -> None:
                 force=request.force,
                 dedup_window=deps.dedup_window,
             )
-            _announce(session, deps, result, user, request.reason)
+            _announce(session, deps, result)
         deps.worker.wake()
         respond(
             text=f"Rolled back {result.prompt} {result.from_version} → {result.to_version}. "
@@ -79,27 +79,9 @@ def _status(deps: SlackDeps, prompt: str) -> dict[str, Any]:
     return {"text": f"{prompt} status", "blocks": to_dicts(status_blocks(detail, line))}
 
 
-def _announce(session: Any, deps: SlackDeps, result: ChangeResult, user: str, reason: str) -> None:
-    key = f"rollback:{result.audit_id}"
-    text = (
-        f":rewind: <@{user}> rolled back *{result.prompt}* `{result.from_version}` → "
-        f"`{result.to_version}`" + (f": {reason}" if reason else "")
-    )
-    outbox.enqueue(
-        session,
-        key=key,
-        method="chat.postMessage",
-        payload={
-            "channel": deps.channel(result.prompt),
-            "text": text,
-            "blocks": to_dicts(text_blocks(text)),
-        },
-    )
-    note = f"Verification of {result.to_version} will report in this thread."
-    outbox.enqueue(
-        session,
-        key=f"{key}:thread",
-        method="chat.postMessage",
-        payload={"text": note},
-        parent_key=key,
+def _announce(session: Any, deps: SlackDeps, result: ChangeResult) -> None:
+    entry = session.get(AuditEntry, result.audit_id)
+    key = cards.announce_rollback(session, deps.channel(result.prompt), entry, result.prompt)
+    cards.reply_under(
+        session, key, f"Verification of {result.to_version} will report in this thread.", "start"
     )

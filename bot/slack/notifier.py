@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from sqlmodel import Session
+
 from bot.db import write_session
 from bot.detection.notify import Notice, NoticeKind
-from bot.models import Incident, utcnow
+from bot.models import AuditEntry, Incident, utcnow
 from bot.slack import cards, outbox
 from bot.slack.blocks import text_blocks, to_dicts
 from bot.slack.deps import SlackDeps
 
+VERIFICATION = (
+    NoticeKind.VERIFICATION_CHECK,
+    NoticeKind.VERIFICATION_RECOVERED,
+    NoticeKind.VERIFICATION_FAILED,
+)
 THREAD_TEXT = {
     NoticeKind.ROLLED_BACK: "{text} Verification of the restored version reports in this thread.",
     NoticeKind.INCIDENT_ESCALATED: "Escalated: {text}",
@@ -28,7 +35,9 @@ class SlackNotifier:
     def send(self, notice: Notice) -> None:
         """Post or update the incident's card; thread the news; DM on-call for pages."""
         with write_session(self.engine) as session:
-            if notice.incident_id is None:
+            if notice.kind in VERIFICATION:
+                self._verification(session, notice)
+            elif notice.incident_id is None:
                 text = f"*{notice.title}*\n{notice.text}"
                 outbox.enqueue(
                     session,
@@ -59,3 +68,33 @@ class SlackNotifier:
                     oncall = self.deps.oncall.members(self.deps.group(incident.prompt))
                     cards.page(session, incident, oncall, summary, notice.kind.value)
         self.worker.wake()
+
+    def _verification(self, session: Session, notice: Notice) -> None:
+        """Thread each check under the incident card, or under the rollback's announcement."""
+        audit_id = notice.details["audit_id"]
+        incident = session.get(Incident, notice.incident_id) if notice.incident_id else None
+        prompt = notice.prompt or ""
+        if incident is not None:
+            parent = cards.card_key(incident.id or 0)
+        else:
+            entry = session.get(AuditEntry, audit_id)
+            if entry is None:
+                return
+            parent = cards.announce_rollback(session, self.deps.channel(prompt), entry, prompt)
+        reason = f"verify:{audit_id}:{notice.kind.value}:{notice.details.get('check')}"
+        cards.reply_under(session, parent, notice.text, reason)
+        if incident is not None and notice.kind != NoticeKind.VERIFICATION_CHECK:
+            cards.post_or_update_card(session, incident, self.deps.channel(prompt), reason)
+        if notice.kind == NoticeKind.VERIFICATION_FAILED:
+            summary = f"*CRITICAL* {notice.title}: {notice.text}"
+            oncall = self.deps.oncall.members(self.deps.group(prompt))
+            if incident is not None:
+                cards.page(session, incident, oncall, summary, reason)
+            else:
+                for user in sorted(oncall):
+                    outbox.enqueue(
+                        session,
+                        key=f"{parent}:dm:{user}:{reason}",
+                        method="dm",
+                        payload={"user": user, "text": summary},
+                    )

@@ -1,0 +1,269 @@
+"""After every rollback: check the restored version on a schedule; recovered, or escalate.
+
+The schedule lives in the `verification` table (written with the rollback), so a restart
+resumes it and a second replica does not repeat it (each check claims its row first).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, or_, update
+from sqlmodel import Session, col, select
+
+from bot.db import write_session
+from bot.detection.notify import Notice, NoticeKind, Notifier
+from bot.detection.pagerduty import PagerDuty
+from bot.detection.verdict import decide
+from bot.metrics import MetricsSource, MetricsUnavailable, Target, VersionMetrics
+from bot.models import (
+    Action,
+    Incident,
+    IncidentStatus,
+    PromptVersion,
+    Severity,
+    Verification,
+    VerificationStatus,
+    utcnow,
+)
+from bot.policy import PolicySet
+
+log = logging.getLogger(__name__)
+
+CLAIM_FOR = timedelta(seconds=30)
+MIN_REQUESTS = 20  # fewer requests in the window: "waiting for traffic", never "recovered"
+
+
+class Verifier:
+    """Runs due verification checks and reports each one."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        policies: PolicySet,
+        sources: Mapping[str, MetricsSource],
+        notifier: Notifier,
+        pager: PagerDuty | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine, self.policies, self.sources = engine, policies, sources
+        self.notifier, self.pager, self.clock = notifier, pager, clock
+
+    def run_due(self) -> int:
+        """Run every check that is due now; returns how many ran."""
+        now = self.clock()
+        due = self._claim(now)
+        for verification in due:
+            self._check(verification, now)
+        return len(due)
+
+    def _claim(self, now: datetime) -> list[Verification]:
+        with write_session(self.engine) as session:
+            rows = session.exec(
+                select(Verification).where(
+                    Verification.status == VerificationStatus.RUNNING,
+                    col(Verification.next_check_at) <= now,
+                    or_(
+                        col(Verification.claimed_until).is_(None),
+                        col(Verification.claimed_until) <= now,
+                    ),
+                )
+            ).all()
+            claimed = []
+            for row in rows:
+                taken = session.execute(
+                    update(Verification)
+                    .where(
+                        col(Verification.id) == row.id,
+                        col(Verification.checks_done) == row.checks_done,
+                    )
+                    .values(claimed_until=now + CLAIM_FOR)
+                    .execution_options(synchronize_session=False)
+                )
+                if taken.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed.append(row)
+            for row in claimed:
+                session.expunge(row)
+            return claimed
+
+    def _check(self, v: Verification, now: datetime) -> None:
+        settings = self.policies.for_prompt(v.prompt).settings
+        total = v.checks_total or max(1, round(settings.verify_for / settings.verify_every))
+        number = v.checks_done + 1
+        line, recovered, figures = self._measure(v, now)
+        text = f"Check {number}/{total}: {line}"
+        finished = recovered or number >= total
+        status = (
+            VerificationStatus.RECOVERED
+            if recovered
+            else VerificationStatus.ESCALATED
+            if finished
+            else VerificationStatus.RUNNING
+        )
+        with write_session(self.engine) as session:
+            session.execute(
+                update(Verification)
+                .where(col(Verification.id) == v.id)
+                .values(
+                    checks_done=number,
+                    checks_total=total,
+                    last_figures=figures,
+                    next_check_at=now + settings.verify_every,
+                    claimed_until=None,
+                    status=status,
+                    finished_at=now if finished else None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            incident = _incident_of(session, v)
+            notices = [self._notice(NoticeKind.VERIFICATION_CHECK, v, incident, text, figures)]
+            if status == VerificationStatus.RECOVERED:
+                notices.append(self._recovered(v, incident, now, figures))
+            elif status == VerificationStatus.ESCALATED:
+                notices.append(self._escalated(v, incident, now, figures))
+        for notice in notices:
+            self._send(notice)
+        if status == VerificationStatus.ESCALATED:
+            self._page(v, notices[-1])
+
+    def _measure(self, v: Verification, now: datetime) -> tuple[str, bool, dict[str, Any]]:
+        policy = self.policies.for_prompt(v.prompt)
+        settings = policy.settings
+        with write_session(self.engine) as session:
+            version = session.exec(
+                select(PromptVersion).where(
+                    PromptVersion.prompt_id == v.prompt_id, PromptVersion.label == v.version
+                )
+            ).one()
+        target = Target(
+            prompt=v.prompt,
+            version=v.version,
+            version_id=version.id or 0,
+            prompt_id=v.prompt_id,
+            share_pct=100,
+            serving_since=v.started_at,
+            window=settings.verify_window,
+            baseline_window=settings.baseline_window,
+            min_requests=settings.min_requests,
+        )
+        source = self.sources.get(settings.source)
+        try:
+            if source is None:
+                raise MetricsUnavailable(f"metrics source {settings.source!r} is not configured")
+            metrics = source.collect([target], now).get(target.version_id)
+        except Exception as exc:  # a broken source must not stop verification
+            metrics = exc if isinstance(exc, MetricsUnavailable) else MetricsUnavailable(str(exc))
+        if not isinstance(metrics, VersionMetrics):
+            reason = metrics.message if isinstance(metrics, MetricsUnavailable) else "no figures"
+            return f"metrics unavailable ({reason})", False, {}
+        current = metrics.current
+        figures = {
+            "requests": current.requests,
+            "error_rate_pct": current.error_rate_pct,
+            "latency_p99_ms": current.latency_p99_ms,
+            "quality": current.quality,
+        }
+        if current.requests < MIN_REQUESTS:
+            return (f"waiting for traffic on {v.version} (n={current.requests})", False, figures)
+        rate = current.error_rate_pct or 0.0
+        decision = decide(
+            prompt=v.prompt, version=v.version, metrics=metrics, policy=policy, age=None
+        )
+        recovered = rate < settings.recovered_error_rate_pct and not decision.breach
+        extra = "" if not decision.breach else f"; still breaching: {decision.reason}"
+        return f"error rate {rate:.1f}% (n={current.requests}){extra}", recovered, figures
+
+    def _recovered(
+        self, v: Verification, incident: Incident | None, now: datetime, figures: dict[str, Any]
+    ) -> Notice:
+        since = incident.opened_at if incident is not None else v.started_at
+        seconds = int((now - since).total_seconds())
+        what = "detection" if incident is not None else "the rollback"
+        rate = figures.get("error_rate_pct") or 0.0
+        text = (
+            f"Recovered: {v.version} is healthy ({rate:.1f}% errors, "
+            f"n={figures.get('requests')}); {seconds} s from {what} to recovery."
+        )
+        if incident is not None and incident.status == IncidentStatus.ROLLED_BACK:
+            incident.status = IncidentStatus.RESOLVED
+            incident.updated_at = now
+            incident.summary = f"{incident.summary}; recovered {seconds} s after detection"[:2000]
+        return self._notice(NoticeKind.VERIFICATION_RECOVERED, v, incident, text, figures)
+
+    def _escalated(
+        self, v: Verification, incident: Incident | None, now: datetime, figures: dict[str, Any]
+    ) -> Notice:
+        text = (
+            f"Not recovered: {v.version} still fails after {v.checks_done + 1} checks. "
+            "Escalating to on-call."
+        )
+        if incident is not None:
+            incident.escalated_at = incident.updated_at = now
+            incident.summary = f"{incident.summary}; not recovered after rollback"[:2000]
+        return self._notice(
+            NoticeKind.VERIFICATION_FAILED,
+            v,
+            incident,
+            text,
+            figures,
+            severity=Severity.CRITICAL,
+            action=Action.PAGE.value,
+        )
+
+    def _notice(
+        self,
+        kind: NoticeKind,
+        v: Verification,
+        incident: Incident | None,
+        text: str,
+        figures: dict[str, Any],
+        severity: Severity = Severity.NONE,
+        action: str | None = None,
+    ) -> Notice:
+        return Notice(
+            kind=kind,
+            severity=severity,
+            title=f"{v.prompt} {v.version}",
+            text=text,
+            prompt=v.prompt,
+            version=v.version,
+            incident_id=incident.id if incident is not None else None,
+            action=action,
+            details={
+                "audit_id": v.audit_id,
+                "from_version": v.from_version,
+                "to_version": v.version,
+                "figures": figures,
+                "check": v.checks_done + 1,
+            },
+        )
+
+    def _page(self, v: Verification, notice: Notice) -> None:
+        if self.pager is None:
+            return
+        self.pager.trigger(
+            dedup_key=f"prompt-rollback-bot/{v.prompt}/rollback-{v.audit_id}",
+            summary=f"{v.prompt}: rollback to {v.version} did not recover ({notice.text})",
+            source="prompt-rollback-bot",
+            severity="critical",
+            details={
+                "prompt": v.prompt,
+                "rolled_back_from": v.from_version,
+                "restored_version": v.version,
+                "figures": notice.details.get("figures"),
+            },
+        )
+
+    def _send(self, notice: Notice) -> None:
+        try:
+            self.notifier.send(notice)
+        except Exception:  # a notifier failure must not stop verification
+            log.exception("notifier failed for %s", notice.kind.value)
+
+
+def _incident_of(session: Session, v: Verification) -> Incident | None:
+    return session.exec(select(Incident).where(Incident.rollback_audit_id == v.audit_id)).first()
