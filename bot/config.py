@@ -117,6 +117,15 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with {prefix} (copy it from the Slack app's settings)")
         return _check_secret(SecretStr(raw), ADVICE_FROM_SLACK)
 
+    @field_validator("pagerduty_routing_key")
+    @classmethod
+    def _routing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value().strip()) != 32:
+            raise ValueError("must be the 32-character integration key of a PagerDuty service")
+        return SecretStr(value.get_secret_value().strip())
+
     @field_validator("slack_oncall_users")
     @classmethod
     def _user_ids(cls, value: str) -> str:

@@ -379,3 +379,55 @@ def test_a_prompt_policy_routes_its_incidents_and_on_call(
         while _active(engine) != "v1.9.0":
             assert time.monotonic() < deadline
             time.sleep(0.02)
+
+
+def _verify(engine: Engine, harness: Harness, at) -> None:
+    from bot.detection.verify import Verifier
+
+    Verifier(
+        engine=engine,
+        policies=load_policies(POLICY_DIR),
+        sources={"builtin": BuiltinSource(engine)},
+        notifier=harness.service.notifier,
+        clock=lambda: at,
+    ).run_due()
+
+
+def test_verification_reports_in_the_card_thread_and_resolves_the_card(
+    slack: Harness, engine: Engine
+) -> None:
+    _checker_pass(engine, slack, errors=80)  # critical: rolled back automatically
+    card = _wait_card(slack, lambda m: "Rolled back" in str(m["blocks"]))
+    now = utcnow()
+    traffic(engine, version="v1.9.0", n=200, errors=1, at=now)
+    _verify(engine, slack, now)
+    replies = slack.fake.wait_for(
+        lambda _: (
+            [m["text"] for m in slack.fake.thread(card["ts"])[1:]]
+            if len(slack.fake.thread(card["ts"])) >= 4
+            else None
+        )
+    )
+    assert replies[1] == "Check 1/12: error rate 0.5% (n=200)"
+    assert replies[2].startswith("Recovered: v1.9.0 is healthy (0.5% errors, n=200)")
+    _wait_card(slack, lambda m: "Resolved" in json.dumps(m["blocks"]))
+
+
+def test_verification_of_a_slash_rollback_threads_under_its_announcement(
+    slack: Harness, engine: Engine
+) -> None:
+    make_prompt(engine)
+    _answer(slack, "customer-support v1.9.0 wrong refunds")
+    now = utcnow()
+    _verify(engine, slack, now)  # no traffic yet
+    post = slack.fake.wait_for(lambda _: slack.fake.messages("C1") or None)[0]
+    replies = slack.fake.wait_for(
+        lambda _: (
+            slack.fake.thread(post["ts"])[1:] if len(slack.fake.thread(post["ts"])) >= 3 else None
+        )
+    )
+    assert [r["text"] for r in replies] == [
+        "Verification of v1.9.0 will report in this thread.",
+        "Check 1/12: waiting for traffic on v1.9.0 (n=0)",
+    ]
+    assert len(slack.fake.messages("C1")) == 3  # one announcement, two replies; nothing twice

@@ -1,0 +1,152 @@
+"""Verification after a rollback: recovered, escalated (DM + PagerDuty), resumed after a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from bot import registry
+from bot.db import read_session, write_session
+from bot.detection.notify import LogNotifier, NoticeKind
+from bot.detection.pagerduty import PagerDuty
+from bot.detection.verify import Verifier
+from bot.metrics.builtin import BuiltinSource
+from bot.models import Incident, IncidentStatus, Trigger, Verification, VerificationStatus
+from bot.policy import load_policies
+from bot.registry.changes import Actor
+from tests.conftest import make_prompt
+from tests.detection_kit import POLICY_DIR, Clock, activated_at, make_checker, traffic
+from tests.pagerduty_kit import FakePagerDuty
+
+ROUTING_KEY = "R0123456789abcdef0123456789abcde"  # 32 characters, like a PagerDuty integration key
+
+
+@pytest.fixture
+def pagerduty() -> Iterator[FakePagerDuty]:
+    fake = FakePagerDuty()
+    yield fake
+    fake.close()
+
+
+def _rolled_back(engine: Engine) -> tuple[Clock, LogNotifier]:
+    """v2.0.0 at 8% errors, rolled back by the checker; the clock is at the rollback."""
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    clock = Clock(activated_at(engine))
+    clock.advance(minutes=2)
+    traffic(engine, version="v2.0.0", n=1000, errors=80, at=clock.now)
+    checker, notifier = make_checker(engine, clock)
+    assert len(checker.tick().rollbacks) == 1
+    return clock, notifier
+
+
+def _verifier(
+    engine: Engine, clock: Clock, pager: PagerDuty | None = None
+) -> tuple[Verifier, LogNotifier]:
+    notifier = LogNotifier()
+    return Verifier(
+        engine=engine,
+        policies=load_policies(POLICY_DIR),
+        sources={"builtin": BuiltinSource(engine)},
+        notifier=notifier,
+        pager=pager,
+        clock=clock,
+    ), notifier
+
+
+def _verification(engine: Engine) -> Verification:
+    with read_session(engine) as session:
+        return session.exec(select(Verification)).one()
+
+
+def test_every_rollback_schedules_a_verification(engine: Engine) -> None:
+    make_prompt(engine)
+    with write_session(engine) as session:
+        result = registry.rollback(
+            session=session, prompt="customer-support", target=None, actor=Actor("bob", Trigger.CLI)
+        )
+    v = _verification(engine)
+    assert (v.audit_id, v.version, v.from_version, v.status) == (
+        result.audit_id,
+        "v1.9.0",
+        "v2.0.0",
+        VerificationStatus.RUNNING,
+    )
+
+
+def test_recovered_closes_the_incident_with_time_to_recovery(engine: Engine) -> None:
+    clock, _ = _rolled_back(engine)
+    clock.advance(seconds=5)
+    traffic(engine, version="v1.9.0", n=200, errors=1, at=clock.now)
+    verifier, notifier = _verifier(engine, clock)
+    assert verifier.run_due() == 1
+    assert [n.kind for n in notifier.sent] == [
+        NoticeKind.VERIFICATION_CHECK,
+        NoticeKind.VERIFICATION_RECOVERED,
+    ]
+    assert notifier.sent[0].text == "Check 1/12: error rate 0.5% (n=200)"
+    assert "s from detection to recovery" in notifier.sent[1].text
+    v = _verification(engine)
+    assert (v.status, v.checks_done, v.checks_total) == (VerificationStatus.RECOVERED, 1, 12)
+    with read_session(engine) as session:
+        incident = session.exec(select(Incident)).one()
+    assert incident.status == IncidentStatus.RESOLVED
+    clock.advance(seconds=5)
+    assert verifier.run_due() == 0  # finished: nothing more
+
+
+def test_no_traffic_waits_and_never_counts_as_recovered(engine: Engine) -> None:
+    clock, _ = _rolled_back(engine)
+    verifier, notifier = _verifier(engine, clock)
+    verifier.run_due()
+    assert notifier.sent[0].text == "Check 1/12: waiting for traffic on v1.9.0 (n=0)"
+    assert _verification(engine).status == VerificationStatus.RUNNING
+
+
+def test_not_recovered_escalates_once_with_dm_and_pagerduty(
+    engine: Engine, pagerduty: FakePagerDuty
+) -> None:
+    clock, _ = _rolled_back(engine)
+    pager = PagerDuty(routing_key=ROUTING_KEY, url=pagerduty.url)
+    verifier, notifier = _verifier(engine, clock, pager)
+    for _ in range(12):
+        clock.advance(seconds=5)
+        traffic(engine, version="v1.9.0", n=100, errors=6, at=clock.now)  # still 6%
+        assert verifier.run_due() == 1
+    clock.advance(seconds=5)
+    assert verifier.run_due() == 0
+    kinds = [n.kind for n in notifier.sent]
+    assert kinds.count(NoticeKind.VERIFICATION_CHECK) == 12
+    assert kinds[-1] == NoticeKind.VERIFICATION_FAILED
+    assert notifier.sent[-1].action == "page"
+    assert "still breaching" in notifier.sent[-2].text
+    assert _verification(engine).status == VerificationStatus.ESCALATED
+    assert pagerduty.refused == []
+    [event] = pagerduty.events
+    assert event["event_action"] == "trigger"
+    assert event["payload"]["severity"] == "critical"
+    assert "customer-support: rollback to v1.9.0 did not recover" in event["payload"]["summary"]
+    assert event["dedup_key"].startswith("prompt-rollback-bot/customer-support/rollback-")
+
+
+def test_restart_mid_verification_resumes_where_it_was(engine: Engine) -> None:
+    clock, _ = _rolled_back(engine)
+    first, _ = _verifier(engine, clock)
+    for _ in range(3):
+        clock.advance(seconds=5)
+        first.run_due()
+    restarted, notifier = _verifier(engine, clock)  # a new process: state from the database
+    assert restarted.run_due() == 0  # the next check is not due yet
+    clock.advance(seconds=5)
+    assert restarted.run_due() == 1
+    assert notifier.sent[0].text.startswith("Check 4/12:")
+
+
+def test_a_second_replica_does_not_repeat_a_check(engine: Engine) -> None:
+    clock, _ = _rolled_back(engine)
+    one, sent_one = _verifier(engine, clock)
+    two, sent_two = _verifier(engine, clock)
+    assert one.run_due() + two.run_due() == 1
+    assert len(sent_one.sent) + len(sent_two.sent) == 1
