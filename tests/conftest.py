@@ -21,7 +21,8 @@ from bot.models import Trigger
 from bot.registry.changes import Actor
 
 API_TOKEN = "test-token-0123456789abcdef"
-PG_SCHEMA = "rollback_bot_test"
+# Unique per run, so two test runs (a developer's and CI's) can share one PostgreSQL.
+PG_SCHEMA = f"rollback_bot_test_{os.getpid()}"
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]

@@ -257,3 +257,46 @@ def test_investigate_keeps_escalations_quiet(engine: Engine) -> None:
         "U1",
     )
     assert [n.kind for n in notifier.sent] == [NoticeKind.INCIDENT_OPENED]  # no new alert
+
+
+def test_high_severity_is_paged_again_when_nobody_acts(engine: Engine) -> None:
+    clock = _deployed(engine)
+    checker, notifier = make_checker(engine, clock)
+    for _ in range(12):  # a pass every 30 s for 6 min, the breach still there
+        traffic(engine, version="v2.0.0", n=300, errors=9, at=clock.now)  # 3%: page
+        checker.tick()
+        clock.advance(seconds=30)
+    kinds = [n.kind for n in notifier.sent]
+    assert kinds == [NoticeKind.INCIDENT_OPENED, NoticeKind.INCIDENT_ESCALATED]
+    repage = notifier.sent[1]
+    assert repage.action == "page"
+    assert (
+        "Nobody has acted for 5 min (runbook limit 5 min); paging on-call again (page 2)"
+        in repage.text
+    )
+    [incident] = _incidents(engine)
+    assert incident.pages == 2
+
+
+def test_no_repage_once_someone_investigates(engine: Engine) -> None:
+    from bot.db import write_session
+    from bot.detection.actions import investigate
+
+    clock = _deployed(engine)
+    checker, notifier = make_checker(engine, clock)
+    traffic(engine, version="v2.0.0", n=300, errors=9, at=clock.now)
+    checker.tick()
+    [incident] = _incidents(engine)
+    with write_session(engine) as session:
+        investigate(
+            session=session,
+            incident_id=incident.id,
+            user="U1",
+            quiet=timedelta(minutes=30),
+            now=clock.now,
+        )
+    for _ in range(12):
+        clock.advance(seconds=30)
+        traffic(engine, version="v2.0.0", n=300, errors=9, at=clock.now)
+        checker.tick()
+    assert [n.kind for n in notifier.sent] == [NoticeKind.INCIDENT_OPENED]

@@ -109,7 +109,7 @@ def test_serve_refuses_a_bad_setting_in_one_line(tmp_path: Path) -> None:
 @pytest.mark.skipif(not PG_URL, reason="TEST_DATABASE_URL not set")
 def test_postgresql_needs_db_upgrade_before_serve() -> None:
     assert PG_URL is not None
-    schema = "rollback_bot_upgrade_test"
+    schema = f"rollback_bot_upgrade_test_{os.getpid()}"
     admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))

@@ -232,15 +232,20 @@ class Checker:
                     now=now,
                     observe_until=observe_until,
                 )
+                if decision.action in (Action.PAGE, Action.ALERT):
+                    incident.last_paged_at, incident.pages = now, 1
                 plan.notices.append(_notice(NoticeKind.INCIDENT_OPENED, incident, decision))
                 return
             stronger = inc.is_stronger(decision, incident)
             inc.record_breach(incident, decision, now)
+            quiet = incident.quiet_until is not None and now < incident.quiet_until
             if stronger:
                 inc.escalate(incident, severity=decision.severity, action=decision.action, now=now)
-                quiet = incident.quiet_until is not None and now < incident.quiet_until
                 if not quiet:  # someone said "Investigate": no new alert until the quiet ends
+                    incident.last_paged_at = now
                     plan.notices.append(_notice(NoticeKind.INCIDENT_ESCALATED, incident, decision))
+            elif not quiet and incident.investigator is None:
+                self._repage_if_overdue(lv, decision, incident, now, plan)
         if incident is None:
             if decision.action == Action.NONE and lv.health == Health.UNKNOWN:
                 plan.mark_good.append(lv)
@@ -259,6 +264,30 @@ class Checker:
                     note="metrics back within policy",
                 )
                 plan.notices.append(_notice(NoticeKind.INCIDENT_RESOLVED, incident, decision))
+
+    def _repage_if_overdue(
+        self, lv: LiveVersion, decision: Decision, incident: Incident, now: datetime, plan: _Plan
+    ) -> None:
+        """Nobody acted within the deciding rule's `act_within`: page again, never drop it."""
+        if incident.status != IncidentStatus.OPEN:
+            return
+        rule = next((r for r in lv.policy.rules if r.name == decision.rule), None)
+        limit = rule.act_within if rule is not None else None
+        last = incident.last_paged_at or incident.opened_at
+        if limit is None or now - last < limit:
+            return
+        waited = int((now - incident.opened_at).total_seconds() // 60)
+        incident.last_paged_at, incident.pages = now, incident.pages + 1
+        plan.notices.append(
+            _notice(
+                NoticeKind.INCIDENT_ESCALATED,
+                incident,
+                decision,
+                f"Nobody has acted for {waited} min (runbook limit {_minutes(limit)} min); "
+                f"paging on-call again (page {incident.pages}). {decision.reason}",
+                action=Action.PAGE.value,
+            )
+        )
 
     def _end_observation(
         self, lv: LiveVersion, decision: Decision, incident: Incident, now: datetime, plan: _Plan
@@ -420,6 +449,10 @@ class Checker:
             log.exception("notifier failed for %s", notice.kind.value)
 
 
+def _minutes(delta: timedelta) -> int:
+    return int(delta.total_seconds() // 60)
+
+
 def _rank(severity: Severity) -> int:
     return [Severity.NONE, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL].index(severity)
 
@@ -430,6 +463,7 @@ def _notice(
     decision: Decision,
     text: str | None = None,
     severity: Severity | None = None,
+    action: str | None = None,
 ) -> Notice:
     return Notice(
         kind=kind,
@@ -439,6 +473,6 @@ def _notice(
         prompt=incident.prompt,
         version=incident.version,
         incident_id=incident.id,
-        action=incident.action.value,
+        action=action or incident.action.value,
         details=decision.as_dict(),
     )

@@ -142,6 +142,9 @@ class Incident(SQLModel, table=True):
     investigator: str | None = Field(default=None, max_length=200)
     quiet_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     resolved_by: str | None = Field(default=None, max_length=200)
+    # When on-call was last paged for it, and how often (re-paged when nobody acts in time).
+    last_paged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    pages: int = Field(default=0)
 
 
 class OutboxStatus(enum.StrEnum):

@@ -75,6 +75,8 @@ class Rule(_Strict):
     action: Action
     runbook: AnyHttpUrl | None = None
     enabled: bool = True
+    # The runbook's time limit: with nobody acting on the incident by then, page again.
+    act_within: Duration | None = None
 
     @model_validator(mode="after")
     def _known_kinds(self) -> Rule:
@@ -95,6 +97,7 @@ class RulePatch(_Strict):
     action: Action | None = None
     runbook: AnyHttpUrl | None = None
     enabled: bool | None = None
+    act_within: Duration | None = None
 
 
 class NewVersionLimits(_Strict):
