@@ -411,6 +411,8 @@ def test_verification_reports_in_the_card_thread_and_resolves_the_card(
     assert replies[1] == "Check 1/12: error rate 0.5% (n=200)"
     assert replies[2].startswith("Recovered: v1.9.0 is healthy (0.5% errors, n=200)")
     _wait_card(slack, lambda m: "Resolved" in json.dumps(m["blocks"]))
+    draft = slack.fake.wait_for(lambda _: slack.fake.thread(card["ts"])[4:] or None)[0]["text"]
+    assert draft.startswith("# Post-mortem draft: customer-support v2.0.0")
 
 
 def test_verification_of_a_slash_rollback_threads_under_its_announcement(

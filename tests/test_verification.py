@@ -150,3 +150,33 @@ def test_a_second_replica_does_not_repeat_a_check(engine: Engine) -> None:
     two, sent_two = _verifier(engine, clock)
     assert one.run_due() + two.run_due() == 1
     assert len(sent_one.sent) + len(sent_two.sent) == 1
+
+
+def test_postmortem_draft_from_the_record(
+    engine: Engine, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    from bot.cli import main
+    from bot.detection.postmortem import postmortem
+
+    clock, _ = _rolled_back(engine)
+    clock.advance(seconds=5)
+    traffic(engine, version="v1.9.0", n=200, at=clock.now)
+    _verifier(engine, clock)[0].run_due()
+    with read_session(engine) as session:
+        incident = session.exec(select(Incident)).one()
+        draft = postmortem(session=session, incident_id=incident.id)
+    assert draft.startswith(
+        f"# Post-mortem draft: customer-support v2.0.0 (incident #{incident.id})"
+    )
+    assert "- **Deployed**" in draft
+    assert "v2.0.0 by tester" in draft
+    assert "- **Detected**" in draft
+    assert "(+2 min 0 s)" in draft
+    assert "rolled back v2.0.0 → v1.9.0 by system (automatic)" in draft
+    assert "- **Verified**" in draft
+    assert "recovered after 1 checks" in draft
+    assert "`error_rate_critical`: error_rate_pct 8.0 > 5.0" in draft
+    assert "Did it pass A/B tests?" in draft
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    main(["incidents", "show", str(incident.id), "--markdown"])
+    assert capsys.readouterr().out.strip() == draft

@@ -17,6 +17,7 @@ cli.add_command(ops.token)
 cli.add_command(ops.init)
 cli.add_command(detection_cmds.policy)
 cli.add_command(detection_cmds.check)
+cli.add_command(detection_cmds.incidents)
 cli.add_command(registry_cmds.prompts)
 cli.add_command(registry_cmds.rollback)
 

@@ -6,14 +6,18 @@ import json
 from datetime import timedelta
 
 import click
+from sqlmodel import col, select
 
 from bot.cli.context import CliState, emit_table, json_option, pass_state
+from bot.db import read_session
 from bot.detection import lease
+from bot.detection.actions import get_incident
 from bot.detection.checker import Checker
 from bot.detection.notify import LogNotifier
+from bot.detection.postmortem import postmortem
 from bot.detection.scheduler import LEASE, build_sources
 from bot.errors import BotError
-from bot.models import utcnow
+from bot.models import Incident, utcnow
 from bot.policy import load_policies
 
 
@@ -104,3 +108,49 @@ def _num(value: float | None, digits: int = 2) -> str | None:
 
 def _ci(value: list[float] | None) -> str | None:
     return None if not value else f"{value[0]:.2f}-{value[1]:.2f}"
+
+
+@click.group()
+def incidents() -> None:
+    """Incidents the checker recorded."""
+
+
+@incidents.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
+@json_option
+@pass_state
+def incidents_list(state: CliState, limit: int, as_json: bool) -> None:
+    """The most recent incidents, newest first."""
+    with read_session(state.engine()) as session:
+        rows = session.exec(select(Incident).order_by(col(Incident.id).desc()).limit(limit)).all()
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2, default=str))
+        return
+    emit_table(
+        ["#", "prompt", "version", "severity", "status", "opened", "summary"],
+        [
+            (r.id, r.prompt, r.version, r.severity, r.status, r.opened_at, r.summary[:80])
+            for r in rows
+        ],
+    )
+
+
+@incidents.command("show")
+@click.argument("incident_id", type=int)
+@click.option("--markdown", is_flag=True, help="Print the post-mortem draft as Markdown.")
+@json_option
+@pass_state
+def incidents_show(state: CliState, incident_id: int, markdown: bool, as_json: bool) -> None:
+    """One incident: its record, or its post-mortem draft with --markdown."""
+    with read_session(state.engine()) as session:
+        incident = get_incident(session, incident_id)
+        draft = postmortem(session=session, incident_id=incident_id)
+    if as_json:
+        click.echo(json.dumps(incident.model_dump(mode="json"), indent=2, default=str))
+    elif markdown:
+        click.echo(draft)
+    else:
+        click.echo(
+            f"#{incident.id} {incident.prompt} {incident.version}: "
+            f"{incident.severity.value}, {incident.status.value}\n{incident.summary}"
+        )

@@ -6,7 +6,8 @@ from sqlmodel import Session
 
 from bot.db import write_session
 from bot.detection.notify import Notice, NoticeKind
-from bot.models import AuditEntry, Incident, utcnow
+from bot.detection.postmortem import postmortem
+from bot.models import AuditEntry, Incident, IncidentStatus, utcnow
 from bot.slack import cards, outbox
 from bot.slack.blocks import text_blocks, to_dicts
 from bot.slack.deps import SlackDeps
@@ -15,6 +16,12 @@ VERIFICATION = (
     NoticeKind.VERIFICATION_CHECK,
     NoticeKind.VERIFICATION_RECOVERED,
     NoticeKind.VERIFICATION_FAILED,
+)
+# Notices after which an incident may be closed: then its thread gets the post-mortem draft.
+CLOSING = (
+    NoticeKind.VERIFICATION_RECOVERED,
+    NoticeKind.INCIDENT_RESOLVED,
+    NoticeKind.OBSERVATION_ENDED,
 )
 THREAD_TEXT = {
     NoticeKind.ROLLED_BACK: "{text} Verification of the restored version reports in this thread.",
@@ -67,7 +74,16 @@ class SlackNotifier:
                     )
                     oncall = self.deps.oncall.members(self.deps.group(incident.prompt))
                     cards.page(session, incident, oncall, summary, notice.kind.value)
+            if notice.incident_id is not None and notice.kind in CLOSING:
+                self._postmortem_once_closed(session, notice.incident_id)
         self.worker.wake()
+
+    def _postmortem_once_closed(self, session: Session, incident_id: int) -> None:
+        """When the incident is resolved, its thread gets the post-mortem draft (once)."""
+        incident = session.get(Incident, incident_id)
+        if incident is not None and incident.status == IncidentStatus.RESOLVED:
+            draft = postmortem(session=session, incident_id=incident_id)
+            cards.reply_under(session, cards.card_key(incident_id), draft[:3000], "postmortem")
 
     def _verification(self, session: Session, notice: Notice) -> None:
         """Thread each check under the incident card, or under the rollback's announcement."""
