@@ -19,8 +19,15 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert TEST_COMMAND in (ROOT / ".ci/run").read_text()
 
 
-def test_readme_run_command() -> None:
-    assert RUN_COMMAND in (ROOT / "README.md").read_text()
+DEMO_COMMAND = (
+    "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/rollback-bot demo"
+)
+
+
+def test_readme_run_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert RUN_COMMAND in readme
+    assert DEMO_COMMAND in readme
 
 
 def test_every_setting_is_documented() -> None:

@@ -58,6 +58,16 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     )
 
 
+@click.command()
+def demo() -> None:
+    """Run the whole loop locally in under a minute: no Slack workspace, nothing to install."""
+    logging.basicConfig(level=logging.ERROR, format=LOG_FORMAT)
+    from bot.demo.run import run_demo
+
+    if not run_demo(click.echo):
+        raise click.exceptions.Exit(1)
+
+
 @click.group()
 def db() -> None:
     """Database schema commands."""

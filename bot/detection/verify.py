@@ -190,7 +190,7 @@ class Verifier:
         )
         if incident is not None and incident.status == IncidentStatus.ROLLED_BACK:
             incident.status = IncidentStatus.RESOLVED
-            incident.updated_at = now
+            incident.updated_at = incident.closed_at = now
             incident.summary = f"{incident.summary}; recovered {seconds} s after detection"[:2000]
         return self._notice(NoticeKind.VERIFICATION_RECOVERED, v, incident, text, figures)
 
