@@ -25,6 +25,11 @@ class NoticeKind(enum.StrEnum):
     VERIFICATION_CHECK = "verification_check"
     VERIFICATION_RECOVERED = "verification_recovered"
     VERIFICATION_FAILED = "verification_failed"
+    ROLLOUT_STARTED = "rollout_started"
+    ROLLOUT_STAGE = "rollout_stage"
+    ROLLOUT_PAUSED = "rollout_paused"
+    ROLLOUT_COMPLETED = "rollout_completed"
+    ROLLOUT_ABORTED = "rollout_aborted"
     METRICS_SOURCE_DOWN = "metrics_source_down"
     METRICS_SOURCE_RECOVERED = "metrics_source_recovered"
 

@@ -17,6 +17,7 @@ from bot.detection import lease
 from bot.detection.checker import Checker
 from bot.detection.notify import Notifier
 from bot.detection.pagerduty import PagerDuty
+from bot.detection.rollout_driver import RolloutDriver
 from bot.detection.verify import Verifier
 from bot.errors import BotError
 from bot.metrics import MetricsSource
@@ -70,6 +71,9 @@ class CheckerService:
             notifier=notifier,
             pager=pager,
         )
+        self.rollouts = RolloutDriver(
+            engine=engine, policies=policies, sources=self.checker.sources, notifier=notifier
+        )
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.leader = False
         self._last_prune = utcnow() - PRUNE_EVERY
@@ -98,13 +102,14 @@ class CheckerService:
             log.warning("checker pass skipped: %s", exc.message)
 
     def run_verifications(self) -> None:
-        """Due post-rollback checks, on the replica that holds the lease."""
+        """Due post-rollback checks and rollout stages, on the replica that holds the lease."""
         if not self.leader:
             return
         try:
             self.verifier.run_due()
+            self.rollouts.run_due()
         except BotError as exc:
-            log.warning("verification round skipped: %s", exc.message)
+            log.warning("verification/rollout round skipped: %s", exc.message)
 
     def start(self) -> None:
         """Schedule passes every ROLLBACK_CHECK_INTERVAL seconds, the first one now."""

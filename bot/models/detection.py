@@ -252,3 +252,57 @@ class Verification(SQLModel, table=True):
     last_figures: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
     )
+
+
+class RolloutKind(enum.StrEnum):
+    """Traffic moved in stages: back to a good version, or forward to a new one."""
+
+    GRADUAL_ROLLBACK = "gradual_rollback"  # the bad version's share 75 -> 50 -> 25 -> 0
+    CANARY = "canary"  # the new version's share 1 -> 5 -> 25 -> 100
+
+
+class RolloutStatus(enum.StrEnum):
+    """Where a staged rollout stands."""
+
+    RUNNING = "running"
+    PAUSED = "paused"  # a stage breached: on-call decides (finish or abort)
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+ACTIVE_ROLLOUT = ("running", "paused")
+
+
+class Rollout(SQLModel, table=True):
+    """A staged traffic move driven by the scheduler; persisted so it survives restarts."""
+
+    __table_args__ = (
+        Index(
+            "uq_rollout_active_prompt",
+            "prompt_id",
+            unique=True,
+            sqlite_where=text("status IN ('running', 'paused')"),
+            postgresql_where=text("status IN ('running', 'paused')"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id")
+    prompt: str = Field(max_length=PROMPT_NAME_MAX)
+    kind: RolloutKind = Field(sa_column=enum_column(RolloutKind))
+    # Traffic moves from `from_version` to `to_version`; `stages` are to_version's percentages.
+    from_version: str = Field(max_length=VERSION_LABEL_MAX)
+    to_version: str = Field(max_length=VERSION_LABEL_MAX)
+    stages: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    stage: int = Field(default=0)  # index into stages of the share in force
+    stage_seconds: float
+    stage_started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    status: RolloutStatus = Field(
+        default=RolloutStatus.RUNNING, sa_column=enum_column(RolloutStatus)
+    )
+    operator: str = Field(max_length=200)
+    reason: str = Field(default="", max_length=1000)
+    note: str | None = Field(default=None, max_length=2000)
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -133,6 +133,12 @@ class Settings(_Strict):
     verify_for: Duration = timedelta(seconds=60)
     verify_window: Duration = timedelta(minutes=1)
     recovered_error_rate_pct: Annotated[float, Field(ge=0, le=100)] = 1.0
+    # Staged moves: a gradual rollback (bad version 75 -> 50 -> 25 -> 0%) pauses when the
+    # prompt's error rate passes `gradual_pause_error_rate_pct`; a canary (1 -> 5 -> 25 -> 100%)
+    # is judged with the first-hour limits and aborted on any breach.
+    gradual_stage: Duration = timedelta(minutes=10)
+    gradual_pause_error_rate_pct: Annotated[float, Field(ge=0, le=100)] = 2.0
+    canary_stage: Duration = timedelta(minutes=10)
     runbook: AnyHttpUrl | None = None
     # Slack routing: another channel for this prompt's incidents, and its own on-call group.
     slack_channel: str | None = None
@@ -164,6 +170,9 @@ class SettingsPatch(_Strict):
     verify_for: Duration | None = None
     verify_window: Duration | None = None
     recovered_error_rate_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    gradual_stage: Duration | None = None
+    gradual_pause_error_rate_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    canary_stage: Duration | None = None
     runbook: AnyHttpUrl | None = None
     slack_channel: str | None = None
     oncall_usergroup: Annotated[str, Field(pattern=r"^S[A-Z0-9]+$")] | None = None

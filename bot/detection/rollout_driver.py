@@ -1,0 +1,237 @@
+"""Drives staged rollouts on the scheduler: judge the stage, then advance, pause or abort."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, or_, update
+from sqlmodel import Session, col, select
+
+from bot.db import read_session, write_session
+from bot.detection import rollouts
+from bot.detection.notify import Notice, NoticeKind, Notifier
+from bot.detection.verdict import decide
+from bot.errors import BotError
+from bot.metrics import MetricsSource, MetricsUnavailable, Target, VersionMetrics
+from bot.models import (
+    Action,
+    PromptVersion,
+    Rollout,
+    RolloutKind,
+    RolloutStatus,
+    Severity,
+    Trigger,
+    utcnow,
+)
+from bot.policy import PolicySet
+from bot.policy.schema import Settings
+from bot.registry.changes import Actor
+
+log = logging.getLogger(__name__)
+
+CLAIM_FOR = timedelta(seconds=30)
+MIN_WINDOW = timedelta(minutes=1)
+
+
+class RolloutDriver:
+    """One pass over running rollouts."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        policies: PolicySet,
+        sources: Mapping[str, MetricsSource],
+        notifier: Notifier,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine, self.policies, self.sources = engine, policies, sources
+        self.notifier, self.clock = notifier, clock
+
+    def run_due(self) -> int:
+        """Judge every running rollout once; returns how many were looked at."""
+        now = self.clock()
+        with write_session(self.engine) as session:
+            ids = session.exec(
+                select(Rollout.id).where(
+                    Rollout.status == RolloutStatus.RUNNING,
+                    or_(col(Rollout.claimed_until).is_(None), col(Rollout.claimed_until) <= now),
+                )
+            ).all()
+            claimed = [rid for rid in ids if rid is not None and _claim(session, rid, now)]
+        for rollout_id in claimed:
+            try:
+                notice = self._step(rollout_id, now)
+            except BotError as exc:
+                log.warning("rollout #%s step failed: %s", rollout_id, exc.message)
+                notice = None
+            finally:
+                with write_session(self.engine) as session:
+                    session.execute(
+                        update(Rollout)
+                        .where(col(Rollout.id) == rollout_id)
+                        .values(claimed_until=None)
+                        .execution_options(synchronize_session=False)
+                    )
+            if notice is not None:
+                try:
+                    self.notifier.send(notice)
+                except Exception:  # a notifier failure must not stop the rollout
+                    log.exception("notifier failed for rollout #%s", rollout_id)
+        return len(claimed)
+
+    def _step(self, rollout_id: int, now: datetime) -> Notice | None:
+        with read_session(self.engine) as session:
+            rollout = rollouts.get_rollout(session, rollout_id)
+            ids = {
+                v.label: v.id
+                for v in session.exec(
+                    select(PromptVersion).where(
+                        PromptVersion.prompt_id == rollout.prompt_id,
+                        col(PromptVersion.label).in_([rollout.from_version, rollout.to_version]),
+                    )
+                )
+            }
+        policy = self.policies.for_prompt(rollout.prompt)
+        settings = policy.settings
+        window = max(MIN_WINDOW, timedelta(seconds=rollout.stage_seconds))
+        target = Target(
+            prompt=rollout.prompt,
+            version=rollout.to_version,
+            version_id=ids[rollout.to_version] or 0,
+            prompt_id=rollout.prompt_id,
+            share_pct=0,
+            serving_since=rollout.created_at,
+            window=window,
+            baseline_window=settings.baseline_window,
+            min_requests=settings.min_requests,
+            baseline_version=rollout.from_version,
+            baseline_version_id=ids[rollout.from_version],
+            baseline_until=None,
+        )
+        metrics = self._collect(target, settings.source, now)
+        actor = Actor(operator="system", trigger=Trigger.AUTOMATIC, rule=rollout.kind.value)
+        elapsed = now - rollout.stage_started_at >= timedelta(seconds=rollout.stage_seconds)
+        with write_session(self.engine) as session:
+            rollout = rollouts.get_rollout(session, rollout_id)
+            if rollout.status != RolloutStatus.RUNNING:
+                return None
+            if not isinstance(metrics, VersionMetrics):
+                return None  # no figures: hold the stage, never move on missing data
+            if rollout.kind == RolloutKind.GRADUAL_ROLLBACK:
+                return self._gradual(session, rollout, metrics, elapsed, actor, now, settings)
+            decision = decide(
+                prompt=rollout.prompt,
+                version=rollout.to_version,
+                metrics=metrics,
+                policy=policy,
+                age=now - rollout.created_at,
+            )
+            if decision.breach:
+                rollouts.abort(
+                    session=session, rollout=rollout, actor=actor, now=now, note=decision.reason
+                )
+                return _notice(
+                    NoticeKind.ROLLOUT_ABORTED,
+                    rollout,
+                    Severity.HIGH,
+                    f"Canary aborted at {rollouts.describe(rollout)}: {decision.reason}. "
+                    f"All traffic is back on {rollout.from_version}.",
+                    Action.PAGE,
+                )
+            if elapsed and decision.action == Action.NONE:
+                rollouts.advance(session=session, rollout=rollout, actor=actor, now=now)
+                return self._moved(rollout, metrics)
+            return None
+
+    def _gradual(
+        self,
+        session: Session,
+        rollout: Rollout,
+        metrics: VersionMetrics,
+        elapsed: bool,
+        actor: Actor,
+        now: datetime,
+        settings: Settings,
+    ) -> Notice | None:
+        # The runbook watches the whole prompt: both versions' traffic together.
+        current, baseline = metrics.current, metrics.baseline
+        other_requests = (baseline.requests or 0) if baseline else 0
+        other_rate = (baseline.error_rate_pct or 0.0) if baseline else 0.0
+        requests = current.requests + other_requests
+        errors = current.errors + round(other_rate * other_requests / 100)
+        rate = 100 * errors / requests if requests else 0.0
+        limit = settings.gradual_pause_error_rate_pct
+        if requests >= settings.min_requests and rate > limit:
+            rollouts.pause(rollout, f"error rate {rate:.1f}% > {limit:g}% (n={requests})")
+            text = (
+                f"Paused at {rollouts.describe(rollout)}: the prompt's error rate is "
+                f"{rate:.1f}% (n={requests}), above {limit:g}%. Finish the rollback now or abort."
+            )
+            return _notice(NoticeKind.ROLLOUT_PAUSED, rollout, Severity.HIGH, text, Action.PAGE)
+        if elapsed:
+            rollouts.advance(session=session, rollout=rollout, actor=actor, now=now)
+            return self._moved(rollout, metrics)
+        return None
+
+    def _moved(self, rollout: Rollout, metrics: VersionMetrics) -> Notice:
+        figures = (
+            f"{rollout.to_version}: {metrics.current.error_rate_pct or 0:.1f}% errors "
+            f"(n={metrics.current.requests})"
+        )
+        if rollout.status == RolloutStatus.COMPLETED:
+            return _notice(
+                NoticeKind.ROLLOUT_COMPLETED,
+                rollout,
+                Severity.NONE,
+                f"Completed: all traffic on {rollout.to_version} ({figures}).",
+            )
+        return _notice(
+            NoticeKind.ROLLOUT_STAGE,
+            rollout,
+            Severity.NONE,
+            f"Stage {rollout.stage + 1}/{len(rollout.stages)}: "
+            f"{rollout.stages[rollout.stage]}% on {rollout.to_version} ({figures}).",
+        )
+
+    def _collect(
+        self, target: Target, source_name: str, now: datetime
+    ) -> VersionMetrics | MetricsUnavailable:
+        source = self.sources.get(source_name)
+        if source is None:
+            return MetricsUnavailable(f"metrics source {source_name!r} is not configured")
+        try:
+            return source.collect([target], now).get(
+                target.version_id, MetricsUnavailable("no figures")
+            )
+        except Exception as exc:  # a broken source must not move traffic
+            return MetricsUnavailable(str(exc))
+
+
+def _claim(session: Session, rollout_id: int, now: datetime) -> bool:
+    """Take the rollout for this pass unless another replica holds it."""
+    free = or_(col(Rollout.claimed_until).is_(None), col(Rollout.claimed_until) <= now)
+    taken = session.execute(
+        update(Rollout)
+        .where(col(Rollout.id) == rollout_id, free)
+        .values(claimed_until=now + CLAIM_FOR)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _notice(
+    kind: NoticeKind, rollout: Rollout, severity: Severity, text: str, action: Action | None = None
+) -> Notice:
+    return Notice(
+        kind=kind,
+        severity=severity,
+        title=f"{rollout.prompt} {rollout.kind.value}",
+        text=text,
+        prompt=rollout.prompt,
+        version=rollout.to_version,
+        action=action.value if action else None,
+        details={"rollout_id": rollout.id, "stage": rollout.stage, "status": rollout.status.value},
+    )
