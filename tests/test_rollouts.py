@@ -189,3 +189,54 @@ def test_a_restart_resumes_the_stage(engine: Engine) -> None:
     second, _ = _driver(engine, clock)
     assert second.run_due() == 1  # judged again, but the stage has just started: no move
     assert _routing(engine)[1] == {"v2.0.0": 50, "v1.9.0": 50}
+
+
+def test_rollouts_over_the_api(client, engine: Engine) -> None:
+    make_prompt(engine, deploy=("v1.8.0", "v1.9.0"))
+    r = client.post(
+        "/api/prompts/customer-support/rollouts",
+        json={"kind": "canary", "version": "v2.0.0", "stage_seconds": 30},
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (
+        body["kind"],
+        body["from_version"],
+        body["to_version"],
+        body["stages"],
+        body["status"],
+    ) == (
+        "canary",
+        "v1.9.0",
+        "v2.0.0",
+        [1, 5, 25, 100],
+        "running",
+    )
+    again = client.post("/api/prompts/customer-support/rollouts", json={"kind": "gradual_rollback"})
+    assert (again.status_code, again.json()["error"]) == (409, "conflict")
+    assert client.get(f"/api/rollouts/{body['id']}").json()["stage"] == 0
+    aborted = client.post(f"/api/rollouts/{body['id']}/abort")
+    assert aborted.json()["status"] == "aborted"
+    assert _routing(engine) == ("v1.9.0", None)
+    assert client.post(f"/api/rollouts/{body['id']}/finish").status_code == 409
+    assert client.get("/api/rollouts/999").status_code == 404
+    bad = client.post("/api/prompts/customer-support/rollouts", json={"kind": "sideways"})
+    assert bad.status_code == 422
+
+
+def test_gradual_rollback_and_canary_from_the_cli(
+    engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    make_prompt(engine)
+    main(["rollback", "customer-support", "--gradual", "--reason", "quality -12%"])
+    assert (
+        "gradual rollback of customer-support v2.0.0 → v1.9.0, stage 1/4" in capsys.readouterr().out
+    )
+    assert _routing(engine)[1] == {"v2.0.0": 75, "v1.9.0": 25}
+    with pytest.raises(SystemExit) as exited:
+        main(["prompts", "deploy", "customer-support", "v1.8.0", "--canary"])
+    assert exited.value.code == 2
+    assert "already running" in capsys.readouterr().err

@@ -227,10 +227,10 @@ def test_investigate_records_who_and_keeps_rollback_available(
 # --- /rollback ----------------------------------------------------------------------------
 
 
-def _answer(slack: Harness, text: str, user: str = "U1") -> dict:
+def _answer(slack: Harness, text: str, user: str = "U1", command: str = "/rollback") -> dict:
     before = len(slack.fake.responses())
     started = time.perf_counter()
-    response = slack.sender.command(text, user_id=user)
+    response = slack.sender.command(text, user_id=user, command=command)
     assert response.status_code == 200
     assert time.perf_counter() - started < 1.5
     answers = slack.fake.wait_for(lambda _: slack.fake.responses()[before:] or None)
@@ -433,3 +433,62 @@ def test_verification_of_a_slash_rollback_threads_under_its_announcement(
         "Check 1/12: waiting for traffic on v1.9.0 (n=0)",
     ]
     assert len(slack.fake.messages("C1")) == 3  # one announcement, two replies; nothing twice
+
+
+def _rollout_post(slack: Harness) -> dict:
+    return slack.fake.wait_for(
+        lambda _: (
+            [m for m in slack.fake.messages("C1") if "Finish now" in json.dumps(m.get("blocks"))]
+            or None
+        )
+    )[0]
+
+
+def test_gradual_rollback_from_slash_command_then_finish_now(
+    slack: Harness, engine: Engine
+) -> None:
+    make_prompt(engine)
+    answer = _answer(slack, "customer-support v1.9.0 --gradual")
+    assert (
+        "Started the gradual rollback of customer-support v2.0.0 → v1.9.0, stage 1/4"
+        in answer["text"]
+    )
+    with read_session(engine) as session:
+        split = registry.prompt_detail(session=session, name="customer-support").split
+    assert split == {"v2.0.0": 75, "v1.9.0": 25}
+    post = _rollout_post(slack)
+    value = next(
+        e["value"]
+        for b in post["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["action_id"] == "rollout_finish"
+    )
+    assert slack.sender.click("rollout_finish", value, "U1", post["ts"], "C1").status_code == 200
+    deadline = time.monotonic() + 5
+    while _active(engine) != "v1.9.0" or _routing_split(engine) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    updated = slack.fake.wait_for(
+        lambda _: (
+            slack.fake.message(post["ts"])
+            if "completed" in json.dumps(slack.fake.message(post["ts"])["blocks"])
+            else None
+        )
+    )
+    assert "Finish now" not in json.dumps(updated["blocks"])
+
+
+def _routing_split(engine: Engine):
+    with read_session(engine) as session:
+        return registry.prompt_detail(session=session, name="customer-support").split
+
+
+def test_deploy_canary_starts_at_one_percent(slack: Harness, engine: Engine) -> None:
+    make_prompt(engine, deploy=("v1.8.0", "v1.9.0"))
+    answer = _answer(slack, "customer-support v2.0.0 --canary", command="/deploy")
+    assert "canary of customer-support v1.9.0 → v2.0.0, stage 1/4 (1% on v2.0.0)" in answer["text"]
+    assert _routing_split(engine) == {"v1.9.0": 99, "v2.0.0": 1}
+    _rollout_post(slack)
+    refused = _answer(slack, "customer-support v2.0.0 --canary", command="/deploy")
+    assert "already" in refused["text"]

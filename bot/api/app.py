@@ -11,10 +11,11 @@ from sqlalchemy import Engine
 import bot
 from bot.api import errors
 from bot.api.limits import BodySizeLimit
-from bot.api.routes import events, health, prompts, rollback
+from bot.api.routes import events, health, prompts, rollback, rollouts
 from bot.api.routes import slack as slack_routes
 from bot.config import Settings
 from bot.detection.scheduler import CheckerService
+from bot.policy import PolicySet
 from bot.slack.app import SlackService
 
 
@@ -24,6 +25,7 @@ def create_app(
     *,
     checker: CheckerService | None = None,
     slack: SlackService | None = None,
+    policies: PolicySet | None = None,
 ) -> FastAPI:
     """The HTTP API over the given settings and engine, with the checker and Slack if given."""
 
@@ -51,11 +53,13 @@ def create_app(
     app.state.engine = engine
     app.state.checker = checker
     app.state.slack = slack
+    app.state.policies = policies
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(prompts.router)
     app.include_router(rollback.router)
     app.include_router(events.router)
+    app.include_router(rollouts.router)
     app.include_router(slack_routes.router)
     return app

@@ -48,7 +48,7 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
         checker = CheckerService(
             engine=engine, settings=settings, policies=policies, notifier=notifier
         )
-    app = create_app(settings, engine, checker=checker, slack=slack)
+    app = create_app(settings, engine, checker=checker, slack=slack, policies=policies)
     uvicorn.run(
         app,
         host=host or settings.host,

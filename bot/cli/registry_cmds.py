@@ -11,6 +11,7 @@ import click
 from bot import registry
 from bot.cli.context import CliState, emit_json, emit_table, json_option, pass_state
 from bot.db import read_session, write_session
+from bot.detection import rollouts
 from bot.errors import InvalidRequest
 from bot.models import (
     ChangeResult,
@@ -18,10 +19,14 @@ from bot.models import (
     Health,
     HealthRequest,
     RollbackRequest,
+    RolloutKind,
+    RolloutPublic,
     SplitRequest,
     Trigger,
     VersionCreate,
+    utcnow,
 )
+from bot.policy import load_policies
 from bot.registry.changes import Actor
 
 
@@ -179,13 +184,24 @@ def show(state: CliState, name: str, as_json: bool) -> None:
 @click.argument("version")
 @click.option("--reason", default="", help="Why; kept in the audit log.")
 @click.option("--force", is_flag=True, help="Deploy even if the version is marked bad.")
+@click.option("--canary", is_flag=True, help="Roll out in stages: 1% → 5% → 25% → 100%.")
 @operator_option
 @json_option
 @pass_state
 def deploy(
-    state: CliState, name: str, version: str, reason: str, force: bool, operator: str, as_json: bool
+    state: CliState,
+    name: str,
+    version: str,
+    reason: str,
+    force: bool,
+    canary: bool,
+    operator: str,
+    as_json: bool,
 ) -> None:
-    """Make VERSION serve all of NAME's traffic."""
+    """Make VERSION serve all of NAME's traffic (or start a canary of it)."""
+    if canary:
+        _start_rollout(state, RolloutKind.CANARY, name, version, operator, reason, as_json)
+        return
     body = DeployRequest(version=version, reason=reason, force=force)
     with write_session(state.engine()) as session:
         result = registry.deploy(
@@ -300,6 +316,7 @@ def history(state: CliState, name: str, limit: int, as_json: bool) -> None:
 @click.option("--reason", default="", help="Why; kept in the audit log.")
 @click.option("--force", is_flag=True, help="Roll back even to a version marked bad.")
 @click.option("--expected", default=None, help="Refuse unless this version is the one serving.")
+@click.option("--gradual", is_flag=True, help="In stages: the bad version 75% → 50% → 25% → 0%.")
 @operator_option
 @json_option
 @pass_state
@@ -310,10 +327,16 @@ def rollback(
     reason: str,
     force: bool,
     expected: str | None,
+    gradual: bool,
     operator: str,
     as_json: bool,
 ) -> None:
     """Roll PROMPT back to VERSION, or to its previous known-good version."""
+    if gradual:
+        _start_rollout(
+            state, RolloutKind.GRADUAL_ROLLBACK, prompt, version, operator, reason, as_json
+        )
+        return
     body = RollbackRequest(
         prompt=prompt, target_version=version, reason=reason, force=force, expected_version=expected
     )
@@ -331,3 +354,36 @@ def rollback(
         )
     _emit_change(result, as_json)
     sys.stdout.flush()
+
+
+def _start_rollout(
+    state: CliState,
+    kind: RolloutKind,
+    prompt: str,
+    version: str | None,
+    operator: str,
+    reason: str,
+    as_json: bool,
+) -> None:
+    """Start a staged move; a running server's scheduler drives its stages."""
+    stage = load_policies(state.settings.rollback_policy_dir).for_prompt(prompt).settings
+    seconds = stage.rollout_stage(kind.value).total_seconds()
+    with write_session(state.engine()) as session:
+        rollout, _ = rollouts.start(
+            session=session,
+            prompt=prompt,
+            kind=kind,
+            version=version,
+            actor=_actor(operator),
+            stage_seconds=seconds,
+            now=utcnow(),
+            reason=reason,
+        )
+        public = RolloutPublic.model_validate(rollout, from_attributes=True)
+    if as_json:
+        emit_json(public)
+    else:
+        click.echo(
+            f"started rollout #{public.id}: {rollouts.describe(rollout)}; "
+            f"{int(seconds // 60)} min a stage (the server's scheduler moves it on)"
+        )

@@ -71,10 +71,11 @@ def start(
     detail = registry.prompt_detail(session=session, name=prompt)
     if detail.active_version is None:
         raise InvalidRequest(f"{prompt} has no active version yet; deploy one first")
-    if detail.split:
-        raise Conflict(f"{prompt} already splits its traffic ({detail.split}); finish that first")
     if active_rollout(session, row.id or 0) is not None:
         raise Conflict(f"a rollout of {prompt} is already running; finish or abort it first")
+    if detail.split:
+        shares = ", ".join(f"{label} {pct}%" for label, pct in detail.split.items())
+        raise Conflict(f"{prompt} already splits its traffic ({shares}); set one version first")
     current = detail.active_version
     if kind == RolloutKind.GRADUAL_ROLLBACK:
         target = version or preview_target(session=session, prompt=prompt)

@@ -306,3 +306,33 @@ class Rollout(SQLModel, table=True):
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class RolloutRequest(BaseModel):
+    """Start a gradual rollback (version: the target, default the previous known-good) or a
+    canary (version: the new one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: RolloutKind
+    version: Annotated[str, PydanticField(min_length=1, max_length=VERSION_LABEL_MAX)] | None = None
+    stage_seconds: Annotated[float, PydanticField(ge=1, le=86_400)] | None = None
+    reason: Annotated[str, PydanticField(max_length=1_000)] = ""
+
+
+class RolloutPublic(BaseModel):
+    """A rollout as the API shows it."""
+
+    id: int
+    prompt: str
+    kind: RolloutKind
+    from_version: str
+    to_version: str
+    stages: list[int]
+    stage: int
+    stage_seconds: float
+    status: RolloutStatus
+    note: str | None
+    stage_started_at: datetime
+    created_at: datetime
+    finished_at: datetime | None

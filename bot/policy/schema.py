@@ -144,6 +144,10 @@ class Settings(_Strict):
     slack_channel: str | None = None
     oncall_usergroup: Annotated[str, Field(pattern=r"^S[A-Z0-9]+$")] | None = None
 
+    def rollout_stage(self, kind: str) -> timedelta:
+        """How long each stage of a gradual rollback or a canary lasts."""
+        return self.gradual_stage if kind == "gradual_rollback" else self.canary_stage
+
     @model_validator(mode="after")
     def _persist_action(self) -> Settings:
         if self.on_persist not in (Action.ALERT, Action.PAGE, Action.ROLLBACK):

@@ -8,12 +8,20 @@ from typing import Any
 from slack_bolt import App, Respond
 
 from bot.db import read_session, write_session
+from bot.detection import rollouts
 from bot.detection.actions import get_incident, investigate, rollback_incident
 from bot.errors import InvalidRequest
-from bot.models import Trigger, utcnow
+from bot.models import RolloutKind, Trigger, utcnow
 from bot.registry.changes import Actor
 from bot.slack import cards
-from bot.slack.blocks import INVESTIGATE_ACTION, ROLLBACK_ACTION
+from bot.slack.blocks import (
+    ABORT_ROLLOUT_ACTION,
+    FINISH_ROLLOUT_ACTION,
+    GRADUAL_ACTION,
+    INVESTIGATE_ACTION,
+    ROLLBACK_ACTION,
+)
+from bot.slack.commands import _start_rollout
 from bot.slack.deps import SlackDeps
 from bot.slack.listener import ack_now, guarded
 
@@ -85,5 +93,66 @@ def register(app: App, deps: SlackDeps) -> None:
             )
         deps.worker.wake()
 
+    @guarded
+    def on_gradual(body: dict[str, Any], respond: Respond) -> None:
+        user, incident_id, target = _authorized(deps, body)
+        with read_session(deps.engine) as session:
+            prompt = get_incident(session, incident_id).prompt
+        text = _start_rollout(
+            deps,
+            RolloutKind.GRADUAL_ROLLBACK,
+            prompt,
+            target,
+            user,
+            f"from incident #{incident_id}",
+        )
+        respond(text=text, response_type="ephemeral", replace_original=False)
+
+    @guarded
+    def on_rollout(body: dict[str, Any], respond: Respond) -> None:
+        user = body["user"]["id"]
+        try:
+            rollout_id = int(json.loads(body["actions"][0]["value"])["rollout"])
+            finishing = body["actions"][0]["action_id"] == FINISH_ROLLOUT_ACTION
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise InvalidRequest("this button is malformed") from None
+        with read_session(deps.engine) as session:
+            prompt = rollouts.get_rollout(session, rollout_id).prompt
+        if not deps.oncall.allowed(user, deps.group(prompt)):
+            raise InvalidRequest(deps.refusal())
+        actor = Actor(operator=user, trigger=Trigger.SLACK)
+        with write_session(deps.engine) as session:
+            rollout = rollouts.get_rollout(session, rollout_id)
+            if finishing:
+                rollouts.finish(
+                    session=session,
+                    rollout=rollout,
+                    actor=actor,
+                    now=utcnow(),
+                    note=f"finished now by {user}",
+                )
+            else:
+                rollouts.abort(
+                    session=session,
+                    rollout=rollout,
+                    actor=actor,
+                    now=utcnow(),
+                    note=f"aborted by {user}",
+                )
+            key = cards.post_or_update_rollout(
+                session, rollout, deps.channel(prompt), rollout.status.value
+            )
+            verb = "finished" if finishing else "aborted"
+            cards.reply_under(
+                session,
+                key,
+                f"<@{user}> {verb} it: {rollouts.describe(rollout)}.",
+                f"{verb}:{user}",
+            )
+        deps.worker.wake()
+
     app.action(ROLLBACK_ACTION)(ack=ack_now, lazy=[on_rollback])
+    app.action(GRADUAL_ACTION)(ack=ack_now, lazy=[on_gradual])
+    app.action(FINISH_ROLLOUT_ACTION)(ack=ack_now, lazy=[on_rollout])
+    app.action(ABORT_ROLLOUT_ACTION)(ack=ack_now, lazy=[on_rollout])
     app.action(INVESTIGATE_ACTION)(ack=ack_now, lazy=[on_investigate])

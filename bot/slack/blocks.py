@@ -23,6 +23,9 @@ from bot.models import AuditPublic, PromptDetail
 
 ROLLBACK_ACTION = "incident_rollback"
 INVESTIGATE_ACTION = "incident_investigate"
+GRADUAL_ACTION = "incident_gradual_rollback"
+FINISH_ROLLOUT_ACTION = "rollout_finish"
+ABORT_ROLLOUT_ACTION = "rollout_abort"
 SEVERITY_ICON = {
     "critical": ":red_circle:",
     "high": ":large_orange_circle:",
@@ -166,8 +169,54 @@ def _buttons(card: IncidentCard) -> ActionsBlock:
                 ),
             ),
             ButtonElement(text="Investigate", action_id=INVESTIGATE_ACTION, value=value),
+            # Minor regressions (medium) may rather go back in stages.
+            *(
+                [ButtonElement(text="Gradual rollback", action_id=GRADUAL_ACTION, value=value)]
+                if card.severity == "medium"
+                else []
+            ),
         ],
     )
+
+
+@dataclass(frozen=True)
+class RolloutCard:
+    """A staged rollout as its announcement shows it."""
+
+    rollout_id: int
+    title: str  # "Gradual rollback of customer-support v2.0.0 → v1.9.0"
+    progress: str  # "stage 2/4 (50% on v1.9.0)"
+    status: str
+    note: str | None = None
+
+
+def rollout_card(card: RolloutCard) -> list[Block]:
+    """The announcement of a gradual rollback or canary, with Finish now / Abort while active."""
+    blocks: list[Block] = [
+        _section(
+            f"*{card.title}*\n{card.progress} · status: {card.status}"
+            + (f"\n_{card.note}_" if card.note else "")
+        ),
+    ]
+    if card.status in ("running", "paused"):
+        value = json.dumps({"rollout": card.rollout_id})
+        blocks.append(
+            ActionsBlock(
+                block_id=f"rollout-{card.rollout_id}",
+                elements=[
+                    ButtonElement(
+                        text="Finish now",
+                        action_id=FINISH_ROLLOUT_ACTION,
+                        value=value,
+                        style="primary",
+                    ),
+                    ButtonElement(
+                        text="Abort", action_id=ABORT_ROLLOUT_ACTION, value=value, style="danger"
+                    ),
+                ],
+            )
+        )
+    return blocks
 
 
 def text_blocks(text: str) -> list[Block]:
@@ -180,6 +229,8 @@ HELP = (
     "• `/rollback PROMPT` — to the previous known-good version\n"
     "• `/rollback PROMPT VERSION` — to that version (`--force` if it is marked bad)\n"
     "• `/rollback PROMPT [VERSION] reason words…` — the rest of the line is the reason\n"
+    "• `/rollback PROMPT [VERSION] --gradual` — in stages: 75% → 50% → 25% → 0% on the bad one\n"
+    "• `/deploy PROMPT VERSION --canary` — roll a new version out 1% → 5% → 25% → 100%\n"
     "• `/rollback status PROMPT` — active version, split, health, open incident\n"
     "• `/rollback history PROMPT` — the last changes\n"
     "• `/rollback help` — this help"

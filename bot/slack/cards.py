@@ -5,10 +5,27 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from bot.detection.actions import rollback_target
+from bot.detection.rollouts import describe
 from bot.errors import BotError
-from bot.models import ACTIVE_INCIDENT, AuditEntry, Incident, IncidentStatus, Trigger
+from bot.models import (
+    ACTIVE_INCIDENT,
+    AuditEntry,
+    Incident,
+    IncidentStatus,
+    Rollout,
+    RolloutKind,
+    Trigger,
+)
 from bot.slack import outbox
-from bot.slack.blocks import IncidentCard, card_text, incident_card, text_blocks, to_dicts
+from bot.slack.blocks import (
+    IncidentCard,
+    RolloutCard,
+    card_text,
+    incident_card,
+    rollout_card,
+    text_blocks,
+    to_dicts,
+)
 
 
 def card_key(incident_id: int) -> str:
@@ -126,3 +143,38 @@ def reply_under(session: Session, parent_key: str, text: str, reason: str) -> No
         payload={"text": text, "blocks": to_dicts(text_blocks(text))},
         parent_key=parent_key,
     )
+
+
+def rollout_key(rollout_id: int) -> str:
+    """The outbox key of a rollout's announcement (its stages thread under it)."""
+    return f"rollout:{rollout_id}"
+
+
+def post_or_update_rollout(session: Session, rollout: Rollout, channel: str, reason: str) -> str:
+    """Queue the rollout's announcement, or an update of it; returns its key."""
+    kind = "Gradual rollback" if rollout.kind == RolloutKind.GRADUAL_ROLLBACK else "Canary"
+    title = (
+        f"{kind} of {rollout.prompt} {rollout.from_version} → {rollout.to_version} "
+        f"(started by {rollout.operator})"
+    )
+    card = RolloutCard(
+        rollout_id=rollout.id or 0,
+        title=title,
+        progress=describe(rollout).split(", ", 1)[-1],
+        status=rollout.status.value,
+        note=rollout.note,
+    )
+    message = {"text": f"{title}: {card.progress}", "blocks": to_dicts(rollout_card(card))}
+    key = rollout_key(rollout.id or 0)
+    first = outbox.enqueue(
+        session, key=key, method="chat.postMessage", payload={"channel": channel, **message}
+    )
+    if not first:
+        outbox.enqueue(
+            session,
+            key=f"{key}:update:{reason}",
+            method="chat.update",
+            payload=message,
+            parent_key=key,
+        )
+    return key

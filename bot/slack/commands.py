@@ -9,14 +9,23 @@ from sqlmodel import col, select
 
 from bot import registry
 from bot.db import read_session, write_session
+from bot.detection import rollouts
 from bot.errors import InvalidRequest
-from bot.models import ACTIVE_INCIDENT, AuditEntry, ChangeResult, Incident, Trigger
+from bot.models import (
+    ACTIVE_INCIDENT,
+    AuditEntry,
+    ChangeResult,
+    Incident,
+    RolloutKind,
+    Trigger,
+    utcnow,
+)
 from bot.registry.changes import Actor
 from bot.slack import cards
 from bot.slack.blocks import HELP, history_blocks, status_blocks, to_dicts
 from bot.slack.deps import SlackDeps
 from bot.slack.listener import ack_now, guarded
-from bot.slack.parse import parse
+from bot.slack.parse import parse, parse_deploy
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -41,6 +50,19 @@ def register(app: App, deps: SlackDeps) -> None:
         user = command["user_id"]
         if not deps.oncall.allowed(user, deps.group(request.prompt)):
             raise InvalidRequest(deps.refusal())
+        if request.gradual:
+            respond(
+                text=_start_rollout(
+                    deps,
+                    RolloutKind.GRADUAL_ROLLBACK,
+                    request.prompt,
+                    request.version,
+                    user,
+                    request.reason,
+                ),
+                response_type="ephemeral",
+            )
+            return
         with write_session(deps.engine) as session:
             result = registry.rollback(
                 session=session,
@@ -59,7 +81,57 @@ def register(app: App, deps: SlackDeps) -> None:
             response_type="ephemeral",
         )
 
+    @guarded
+    def deploy_command(command: dict[str, Any], respond: Respond) -> None:
+        request = parse_deploy(command.get("text", ""))
+        assert request.prompt is not None
+        user = command["user_id"]
+        if not deps.oncall.allowed(user, deps.group(request.prompt)):
+            raise InvalidRequest(deps.refusal())
+        if request.canary:
+            text = _start_rollout(
+                deps, RolloutKind.CANARY, request.prompt, request.version, user, request.reason
+            )
+        else:
+            with write_session(deps.engine) as session:
+                result = registry.deploy(
+                    session=session,
+                    prompt=request.prompt,
+                    version=request.version or "",
+                    actor=Actor(operator=user, trigger=Trigger.SLACK),
+                    reason=request.reason or "via /deploy",
+                    force=request.force,
+                )
+            text = f"Deployed {result.prompt} {result.from_version} → {result.to_version}."
+        respond(text=text, response_type="ephemeral")
+
     app.command("/rollback")(ack=ack_now, lazy=[rollback_command])
+    app.command("/deploy")(ack=ack_now, lazy=[deploy_command])
+
+
+def _start_rollout(
+    deps: SlackDeps, kind: RolloutKind, prompt: str, version: str | None, user: str, reason: str
+) -> str:
+    """Start a staged move, announce it with its buttons, and say what will happen."""
+    stage = deps.policies.for_prompt(prompt).settings.rollout_stage(kind.value)
+    with write_session(deps.engine) as session:
+        rollout, _ = rollouts.start(
+            session=session,
+            prompt=prompt,
+            kind=kind,
+            version=version,
+            actor=Actor(operator=user, trigger=Trigger.SLACK),
+            stage_seconds=stage.total_seconds(),
+            now=utcnow(),
+            reason=reason,
+        )
+        cards.post_or_update_rollout(session, rollout, deps.channel(prompt), "started")
+    deps.worker.wake()
+    minutes = int(stage.total_seconds() // 60)
+    return (
+        f"Started the {rollouts.describe(rollout)}; {minutes} min a stage. "
+        f"Follow it (Finish now / Abort) in {deps.channel(prompt)}."
+    )
 
 
 def _status(deps: SlackDeps, prompt: str) -> dict[str, Any]:

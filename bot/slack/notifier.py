@@ -7,7 +7,7 @@ from sqlmodel import Session
 from bot.db import write_session
 from bot.detection.notify import Notice, NoticeKind
 from bot.detection.postmortem import postmortem
-from bot.models import AuditEntry, Incident, IncidentStatus, utcnow
+from bot.models import AuditEntry, Incident, IncidentStatus, Rollout, utcnow
 from bot.slack import cards, outbox
 from bot.slack.blocks import text_blocks, to_dicts
 from bot.slack.deps import SlackDeps
@@ -22,6 +22,13 @@ CLOSING = (
     NoticeKind.VERIFICATION_RECOVERED,
     NoticeKind.INCIDENT_RESOLVED,
     NoticeKind.OBSERVATION_ENDED,
+)
+ROLLOUT = (
+    NoticeKind.ROLLOUT_STARTED,
+    NoticeKind.ROLLOUT_STAGE,
+    NoticeKind.ROLLOUT_PAUSED,
+    NoticeKind.ROLLOUT_COMPLETED,
+    NoticeKind.ROLLOUT_ABORTED,
 )
 THREAD_TEXT = {
     NoticeKind.ROLLED_BACK: "{text} Verification of the restored version reports in this thread.",
@@ -44,6 +51,8 @@ class SlackNotifier:
         with write_session(self.engine) as session:
             if notice.kind in VERIFICATION:
                 self._verification(session, notice)
+            elif notice.kind in ROLLOUT:
+                self._rollout(session, notice)
             elif notice.incident_id is None:
                 text = f"*{notice.title}*\n{notice.text}"
                 outbox.enqueue(
@@ -84,6 +93,26 @@ class SlackNotifier:
         if incident is not None and incident.status == IncidentStatus.RESOLVED:
             draft = postmortem(session=session, incident_id=incident_id)
             cards.reply_under(session, cards.card_key(incident_id), draft[:3000], "postmortem")
+
+    def _rollout(self, session: Session, notice: Notice) -> None:
+        """Update the rollout's announcement and thread the stage; page when it pauses."""
+        rollout = session.get(Rollout, notice.details["rollout_id"])
+        if rollout is None:
+            return
+        reason = f"{notice.kind.value}:{rollout.stage}:{rollout.status.value}"
+        key = cards.post_or_update_rollout(
+            session, rollout, self.deps.channel(rollout.prompt), reason
+        )
+        cards.reply_under(session, key, notice.text, reason)
+        if notice.action == "page":
+            summary = f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}"
+            for user in sorted(self.deps.oncall.members(self.deps.group(rollout.prompt))):
+                outbox.enqueue(
+                    session,
+                    key=f"{key}:dm:{user}:{reason}",
+                    method="dm",
+                    payload={"user": user, "text": summary},
+                )
 
     def _verification(self, session: Session, notice: Notice) -> None:
         """Thread each check under the incident card, or under the rollback's announcement."""

@@ -15,6 +15,8 @@ class SlashCommand:
     prompt: str | None = None
     version: str | None = None
     force: bool = False
+    gradual: bool = False
+    canary: bool = False
     reason: str = ""
 
 
@@ -28,8 +30,8 @@ def parse(text: str) -> SlashCommand:
         if len(words) != 2:
             raise InvalidRequest(f"usage: /rollback {verb} PROMPT")
         return SlashCommand(verb, prompt=words[1])
-    force = "--force" in words
-    words = [w for w in words if w != "--force"]
+    flags = {w for w in words if w in ("--force", "--gradual", "--canary")}
+    words = [w for w in words if w not in flags]
     unknown = [w for w in words if w.startswith("--") and w != "--reason"]
     if unknown:
         raise InvalidRequest(f"unknown option {unknown[0]}; see /rollback help")
@@ -40,5 +42,26 @@ def parse(text: str) -> SlashCommand:
     if rest and rest[0] == "--reason":
         rest = rest[1:]
     return SlashCommand(
-        "rollback", prompt=prompt, version=version, force=force, reason=" ".join(rest)[:1000]
+        "rollback",
+        prompt=prompt,
+        version=version,
+        force="--force" in flags,
+        gradual="--gradual" in flags,
+        canary="--canary" in flags,
+        reason=" ".join(rest)[:1000],
+    )
+
+
+def parse_deploy(text: str) -> SlashCommand:
+    """`/deploy PROMPT VERSION [--canary] [reason...]`."""
+    command = parse(text)
+    if command.verb != "rollback" or command.version is None:
+        raise InvalidRequest("usage: /deploy PROMPT VERSION [--canary] [reason]")
+    return SlashCommand(
+        "deploy",
+        prompt=command.prompt,
+        version=command.version,
+        force=command.force,
+        canary=command.canary,
+        reason=command.reason,
     )
