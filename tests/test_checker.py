@@ -300,3 +300,21 @@ def test_no_repage_once_someone_investigates(engine: Engine) -> None:
         traffic(engine, version="v2.0.0", n=300, errors=9, at=clock.now)
         checker.tick()
     assert [n.kind for n in notifier.sent] == [NoticeKind.INCIDENT_OPENED]
+
+
+def test_a_failed_automatic_rollback_is_a_critical_incident_of_its_own(engine: Engine) -> None:
+    make_prompt(engine, versions=("v2.0.0",))  # nothing to roll back to
+    clock = Clock(activated_at(engine) + timedelta(minutes=2))
+    traffic(engine, version="v2.0.0", n=1000, errors=80, at=clock.now)
+    checker, notifier = make_checker(engine, clock)
+    assert checker.tick().rollbacks == []
+    [notice] = notifier.sent
+    assert (notice.kind, notice.severity, notice.action) == (
+        NoticeKind.ROLLBACK_FAILED,
+        Severity.CRITICAL,
+        "page",
+    )
+    assert "Automatic rollback FAILED" in notice.text
+    [incident] = _incidents(engine)
+    assert (incident.status, incident.severity) == (IncidentStatus.OPEN, Severity.CRITICAL)
+    assert incident.summary.startswith("automatic rollback failed")
