@@ -19,7 +19,7 @@ from bot.detection.notify import Notice, NoticeKind, Notifier
 from bot.detection.targets import LiveVersion, load_live_versions
 from bot.detection.verdict import Decision, decide
 from bot.errors import BotError, ConcurrentChange, Conflict
-from bot.metrics import MetricsSource, MetricsUnavailable, VersionMetrics
+from bot.metrics import MetricsSource, MetricsUnavailable, VersionMetrics, collect_safely
 from bot.models import (
     Action,
     ChangeResult,
@@ -130,31 +130,14 @@ class Checker:
         result: dict[int, VersionMetrics | MetricsUnavailable] = {}
         for name, group in by_source.items():
             targets = [lv.target for lv in group]
-            source = self.sources.get(name)
-            try:
-                if source is None:
-                    raise MetricsUnavailable(f"metrics source {name!r} is not configured")
-                found = source.collect(targets, now)
-            except Exception as exc:  # a broken source must never stop the checker
-                log.exception("metrics source %s failed", name)
-                failure = (
-                    exc
-                    if isinstance(exc, MetricsUnavailable)
-                    else MetricsUnavailable(
-                        f"metrics source {name!r} failed: {exc.__class__.__name__}: {exc}"
-                    )
-                )
-                found = dict.fromkeys([t.version_id for t in targets], failure)
+            found = collect_safely(self.sources, name, targets, now)
             failed = [m for m in found.values() if isinstance(m, MetricsUnavailable)]
             self._failures[name] = (
                 self._failures[name] + 1 if failed and len(failed) == len(targets) else 0
             )
             if failed:
                 self._last_error[name] = failed[0].message
-            for target in targets:
-                result[target.version_id] = found.get(
-                    target.version_id, MetricsUnavailable(f"{name} returned nothing for it")
-                )
+            result.update(found)
         return result
 
     def _source_notices(self) -> list[Notice]:

@@ -14,7 +14,7 @@ from bot.detection import rollouts
 from bot.detection.notify import Notice, NoticeKind, Notifier
 from bot.detection.verdict import decide
 from bot.errors import BotError
-from bot.metrics import MetricsSource, MetricsUnavailable, Target, VersionMetrics
+from bot.metrics import MetricsSource, Target, VersionMetrics, collect_safely
 from bot.models import (
     Action,
     PromptVersion,
@@ -111,7 +111,7 @@ class RolloutDriver:
             baseline_version_id=ids[rollout.from_version],
             baseline_until=None,
         )
-        metrics = self._collect(target, settings.source, now)
+        metrics = collect_safely(self.sources, settings.source, [target], now)[target.version_id]
         actor = Actor(operator="system", trigger=Trigger.AUTOMATIC, rule=rollout.kind.value)
         elapsed = now - rollout.stage_started_at >= timedelta(seconds=rollout.stage_seconds)
         with write_session(self.engine) as session:
@@ -195,19 +195,6 @@ class RolloutDriver:
             f"Stage {rollout.stage + 1}/{len(rollout.stages)}: "
             f"{rollout.stages[rollout.stage]}% on {rollout.to_version} ({figures}).",
         )
-
-    def _collect(
-        self, target: Target, source_name: str, now: datetime
-    ) -> VersionMetrics | MetricsUnavailable:
-        source = self.sources.get(source_name)
-        if source is None:
-            return MetricsUnavailable(f"metrics source {source_name!r} is not configured")
-        try:
-            return source.collect([target], now).get(
-                target.version_id, MetricsUnavailable("no figures")
-            )
-        except Exception as exc:  # a broken source must not move traffic
-            return MetricsUnavailable(str(exc))
 
 
 def _claim(session: Session, rollout_id: int, now: datetime) -> bool:

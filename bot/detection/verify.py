@@ -18,7 +18,7 @@ from bot.db import write_session
 from bot.detection.notify import Notice, NoticeKind, Notifier
 from bot.detection.pagerduty import PagerDuty
 from bot.detection.verdict import decide
-from bot.metrics import MetricsSource, MetricsUnavailable, Target, VersionMetrics
+from bot.metrics import MetricsSource, MetricsUnavailable, Target, collect_safely
 from bot.models import (
     Action,
     Incident,
@@ -150,16 +150,9 @@ class Verifier:
             baseline_window=settings.baseline_window,
             min_requests=settings.min_requests,
         )
-        source = self.sources.get(settings.source)
-        try:
-            if source is None:
-                raise MetricsUnavailable(f"metrics source {settings.source!r} is not configured")
-            metrics = source.collect([target], now).get(target.version_id)
-        except Exception as exc:  # a broken source must not stop verification
-            metrics = exc if isinstance(exc, MetricsUnavailable) else MetricsUnavailable(str(exc))
-        if not isinstance(metrics, VersionMetrics):
-            reason = metrics.message if isinstance(metrics, MetricsUnavailable) else "no figures"
-            return f"metrics unavailable ({reason})", False, {}
+        metrics = collect_safely(self.sources, settings.source, [target], now)[target.version_id]
+        if isinstance(metrics, MetricsUnavailable):
+            return f"metrics unavailable ({metrics.message})", False, {}
         current = metrics.current
         figures = {
             "requests": current.requests,

@@ -7,6 +7,7 @@ from bot.metrics.base import (
     Target,
     VersionMetrics,
     WindowStats,
+    collect_safely,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "Target",
     "VersionMetrics",
     "WindowStats",
+    "collect_safely",
 ]

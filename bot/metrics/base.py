@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from bot.errors import BotError
+
+log = logging.getLogger(__name__)
 
 
 class MetricsUnavailable(BotError):
@@ -119,3 +122,29 @@ class MetricsSource(Protocol):
     ) -> Mapping[int, VersionMetrics | MetricsUnavailable]:
         """Figures per target `version_id`; a failure for one target is returned, not raised."""
         ...
+
+
+def collect_safely(
+    sources: Mapping[str, MetricsSource], name: str, targets: Sequence[Target], now: datetime
+) -> dict[int, VersionMetrics | MetricsUnavailable]:
+    """Ask source `name` for every target; a missing, failing or silent source yields
+    MetricsUnavailable for each target instead of an exception (it must never act on us)."""
+    source = sources.get(name)
+    try:
+        if source is None:
+            raise MetricsUnavailable(f"metrics source {name!r} is not configured")
+        found = source.collect(targets, now)
+    except Exception as exc:  # the one place a source's failure is contained
+        log.warning("metrics source %s failed: %s", name, exc)
+        failure = (
+            exc
+            if isinstance(exc, MetricsUnavailable)
+            else MetricsUnavailable(
+                f"metrics source {name!r} failed: {exc.__class__.__name__}: {exc}"
+            )
+        )
+        return dict.fromkeys([t.version_id for t in targets], failure)
+    return {
+        t.version_id: found.get(t.version_id, MetricsUnavailable(f"{name} returned nothing"))
+        for t in targets
+    }
