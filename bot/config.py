@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
     verify_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # How often the server looks for routing changes to push to connected clients.
+    stream_poll_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
 
     @field_validator("database_url")
     @classmethod

@@ -10,8 +10,9 @@ from sqlalchemy import Engine
 
 import bot
 from bot.api import errors
+from bot.api.feed import ChangeFeed
 from bot.api.limits import BodySizeLimit
-from bot.api.routes import events, health, prompts, rollback, rollouts
+from bot.api.routes import events, health, prompts, rollback, rollouts, stream
 from bot.api.routes import slack as slack_routes
 from bot.config import Settings
 from bot.detection.scheduler import CheckerService
@@ -29,8 +30,11 @@ def create_app(
 ) -> FastAPI:
     """The HTTP API over the given settings and engine, with the checker and Slack if given."""
 
+    feed = ChangeFeed(engine, settings.stream_poll_seconds)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        feed.start()
         if slack is not None:
             slack.start()
         if checker is not None:
@@ -42,6 +46,7 @@ def create_app(
                 checker.stop()
             if slack is not None:
                 slack.stop()
+            await feed.stop()
 
     app = FastAPI(
         title="Prompt rollback bot",
@@ -54,6 +59,7 @@ def create_app(
     app.state.checker = checker
     app.state.slack = slack
     app.state.policies = policies
+    app.state.feed = feed
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     app.include_router(health.router)
@@ -61,5 +67,6 @@ def create_app(
     app.include_router(rollback.router)
     app.include_router(events.router)
     app.include_router(rollouts.router)
+    app.include_router(stream.router)
     app.include_router(slack_routes.router)
     return app

@@ -54,6 +54,8 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        # Open /api/stream connections would otherwise hold a shutdown until they end.
+        timeout_graceful_shutdown=3,
         proxy_headers=True,
     )
 

@@ -306,3 +306,14 @@ class Resolved(BaseModel):
     version: str
     template: str = Field(sa_type=Text)
     revision: int
+
+
+class RoutingState(BaseModel):
+    """Everything a serving app needs to choose a version for a prompt on its own."""
+
+    prompt: str
+    revision: int
+    active_version: str | None
+    split: dict[str, int] | None
+    order: list[str]  # serving versions, oldest first (the order sticky splits use)
+    templates: dict[str, str]  # the serving versions' templates

@@ -5,7 +5,7 @@ Every function takes the session it works in; write functions expect a session f
 """
 
 from bot.registry.changes import create_version, deploy, mark_health, rollback, set_split
-from bot.registry.queries import history, list_prompts, prompt_detail
+from bot.registry.queries import history, list_prompts, prompt_detail, revisions, routing_states
 from bot.registry.resolve import bucket_for, resolve
 
 __all__ = [
@@ -17,6 +17,8 @@ __all__ = [
     "mark_health",
     "prompt_detail",
     "resolve",
+    "revisions",
     "rollback",
+    "routing_states",
     "set_split",
 ]

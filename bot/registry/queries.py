@@ -14,6 +14,7 @@ from bot.models import (
     PromptSummary,
     PromptVersion,
     Routing,
+    RoutingState,
 )
 from bot.registry.changes import to_public
 from bot.registry.lookup import get_prompt
@@ -96,3 +97,46 @@ def history(
         )
         for e in entries
     ]
+
+
+def routing_states(*, session: Session, names: list[str] | None = None) -> list[RoutingState]:
+    """The routing of the named prompts (all when None) with the serving versions' templates."""
+    query = select(Prompt, Routing).join(Routing, col(Routing.prompt_id) == Prompt.id)
+    if names is not None:
+        query = query.where(col(Prompt.name).in_(names))
+    rows = session.exec(query).all()
+    routing_of = {prompt.id: routing for prompt, routing in rows}
+    versions: dict[int, list[PromptVersion]] = {}
+    if rows:
+        candidates = session.exec(
+            select(PromptVersion).where(col(PromptVersion.prompt_id).in_(list(routing_of)))
+        )
+        for version in candidates:
+            routing = routing_of[version.prompt_id]
+            if version.id == routing.active_version_id or version.label in (routing.split or {}):
+                versions.setdefault(version.prompt_id, []).append(version)
+    states = []
+    for prompt, routing in rows:
+        serving = sorted(versions.get(prompt.id or 0, []), key=lambda v: v.id or 0)
+        active = next((v.label for v in serving if v.id == routing.active_version_id), None)
+        states.append(
+            RoutingState(
+                prompt=prompt.name,
+                revision=routing.revision,
+                active_version=active,
+                split=routing.split,
+                order=[v.label for v in serving],
+                templates={v.label: v.template for v in serving},
+            )
+        )
+    return states
+
+
+def revisions(*, session: Session) -> dict[str, int]:
+    """Every prompt's routing revision: a cheap query to notice changes."""
+    rows = session.execute(
+        sa_select(col(Prompt.name), col(Routing.revision)).join(
+            Routing, col(Routing.prompt_id) == Prompt.id
+        )
+    ).all()
+    return {name: int(revision) for name, revision in rows}

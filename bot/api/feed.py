@@ -1,0 +1,95 @@
+"""The routing change feed behind GET /api/stream.
+
+One poller per process notices routing changes by their revision (a cheap query every
+STREAM_POLL_SECONDS) — so a change made by any replica, the CLI or the checker is seen — and
+fans each new state out to the connected streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+
+from anyio import to_thread
+from sqlalchemy import Engine
+
+from bot import registry
+from bot.db import read_session
+from bot.errors import BotError
+from bot.models import RoutingState
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 1_000  # a subscriber this far behind is dropped; its client reconnects
+
+
+class ChangeFeed:
+    """Publishes every routing change to subscribers (asyncio queues)."""
+
+    def __init__(self, engine: Engine, poll_seconds: float) -> None:
+        self.engine, self.poll_seconds = engine, poll_seconds
+        self._subscribers: set[asyncio.Queue[RoutingState | None]] = set()
+        self._seen: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self) -> asyncio.Queue[RoutingState | None]:
+        """A queue that receives every change from now on."""
+        queue: asyncio.Queue[RoutingState | None] = asyncio.Queue(QUEUE_SIZE)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[RoutingState | None]) -> None:
+        """Stop delivering to `queue`."""
+        self._subscribers.discard(queue)
+
+    def start(self) -> None:
+        """Start polling (inside the running event loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop polling and end every stream."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        for queue in list(self._subscribers):
+            with suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    async def _run(self) -> None:
+        with suppress(BotError):
+            self._seen = await to_thread.run_sync(self._revisions)
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                changed = await to_thread.run_sync(self._changes)
+            except BotError as exc:  # the database is unreachable: keep the streams open
+                log.warning("change feed: %s", exc.message)
+                continue
+            for state in changed:
+                for queue in list(self._subscribers):
+                    try:
+                        queue.put_nowait(state)
+                    except asyncio.QueueFull:
+                        self._drop(queue)
+
+    def _drop(self, queue: asyncio.Queue[RoutingState | None]) -> None:
+        """End a stream that fell too far behind: its client reconnects and gets a snapshot."""
+        self._subscribers.discard(queue)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
+
+    def _revisions(self) -> dict[str, int]:
+        with read_session(self.engine) as session:
+            return registry.revisions(session=session)
+
+    def _changes(self) -> list[RoutingState]:
+        current = self._revisions()
+        names = [name for name, rev in current.items() if self._seen.get(name) != rev]
+        self._seen = current
+        if not names:
+            return []
+        with read_session(self.engine) as session:
+            return registry.routing_states(session=session, names=names)

@@ -1,0 +1,82 @@
+"""Routing for serving apps: a snapshot, and a Server-Sent Events stream of every change.
+
+SSE rather than long-polling: one long-lived GET that proxies and load balancers pass through,
+that browsers and httpx read natively, with `id:` (the routing revision) on every event; the
+server only ever pushes, so a bidirectional protocol would add nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from bot import registry
+from bot.api.deps import ActorDep, EngineDep
+from bot.db import read_session
+from bot.models import RoutingState
+
+router = APIRouter(prefix="/api", tags=["serving"])
+
+HEARTBEAT_SECONDS = 15.0
+PromptsQuery = Annotated[
+    str | None, Query(description="comma-separated prompt names; all if unset")
+]
+
+
+def _names(prompts: str | None) -> list[str] | None:
+    return [p.strip() for p in prompts.split(",") if p.strip()] if prompts else None
+
+
+def _event(state: RoutingState) -> str:
+    return f"event: routing\nid: {state.revision}\ndata: {state.model_dump_json()}\n\n"
+
+
+@router.get("/routing", summary="Routing and templates of serving versions, for clients")
+def routing(
+    engine: EngineDep, _actor: ActorDep, prompts: PromptsQuery = None
+) -> list[RoutingState]:
+    """What a client needs to choose versions by itself (the same sticky splits as /resolve)."""
+    with read_session(engine) as session:
+        return registry.routing_states(session=session, names=_names(prompts))
+
+
+@router.get("/stream", summary="Server-Sent Events: every routing change, as it happens")
+async def stream(
+    request: Request, engine: EngineDep, _actor: ActorDep, prompts: PromptsQuery = None
+) -> StreamingResponse:
+    """A snapshot first, then one `routing` event per change; a comment every 15 s."""
+    feed = request.app.state.feed
+    names = _names(prompts)
+    queue = feed.subscribe()
+
+    def snapshot() -> list[RoutingState]:
+        with read_session(engine) as session:
+            return registry.routing_states(session=session, names=names)
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            for state in await to_thread.run_sync(snapshot):
+                yield _event(state)
+            while True:
+                try:
+                    state = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if state is None:
+                    return
+                if names is None or state.prompt in names:
+                    yield _event(state)
+        finally:
+            feed.unsubscribe(queue)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,300 @@
+"""PromptClient: cached routing kept fresh by Server-Sent Events, polling as the fallback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bot.splits import choose
+
+log = logging.getLogger(__name__)
+
+
+class PromptUnavailable(LookupError):
+    """The client never received this prompt and has no fallback template for it."""
+
+
+@dataclass(frozen=True)
+class PromptChoice:
+    """The version and template to use for one request."""
+
+    prompt: str
+    version: str
+    template: str
+    revision: int  # -1 for a configured fallback
+
+
+@dataclass(frozen=True)
+class _Entry:
+    revision: int
+    split: dict[str, int] | None
+    order: list[str]
+    choices: dict[str, PromptChoice]
+    active: PromptChoice | None
+
+
+@dataclass
+class ClientStats:
+    """What the client has done, for the app's own metrics."""
+
+    updates: int = 0
+    stale_updates_ignored: int = 0
+    stream_connects: int = 0
+    polls: int = 0
+    events_sent: int = 0
+    events_dropped: int = 0
+    events_rejected: int = 0
+    last_update_at: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class PromptClient:
+    """Serve prompt versions from memory; a rollback reaches it in well under a second.
+
+    Args:
+        base_url: the bot's URL, e.g. ``http://rollback-bot:8000``.
+        token: an API token of the bot (``ROLLBACK_API_TOKEN`` or a named one).
+        prompts: the prompts this app serves (all if None).
+        fallbacks: template per prompt to use if the bot was never reachable.
+        poll_interval: the longest wait between polls while the stream is down.
+        flush_interval: how often recorded outcomes are sent.
+        max_buffer: outcomes kept while the bot is unreachable; older ones are dropped.
+        start: connect at once (otherwise call ``start()``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        prompts: list[str] | None = None,
+        fallbacks: Mapping[str, str] | None = None,
+        poll_interval: float = 30.0,
+        flush_interval: float = 1.0,
+        max_buffer: int = 10_000,
+        batch_size: int = 500,
+        timeout: float = 5.0,
+        start: bool = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.prompts = prompts
+        self.fallbacks = dict(fallbacks or {})
+        self.poll_interval, self.flush_interval = poll_interval, flush_interval
+        self.batch_size = batch_size
+        self.stats = ClientStats()
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, read=60.0),
+            transport=transport,
+        )
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        self._outbox: deque[dict[str, Any]] = deque(maxlen=max_buffer)
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._response: httpx.Response | None = None
+        if start:
+            self.start()
+
+    # --- the request path ------------------------------------------------------------------
+
+    def get(self, prompt: str, key: str | None = None) -> PromptChoice:
+        """The version and template to use now; sticky per `key` under a traffic split."""
+        entry = self._entries.get(prompt)
+        if entry is not None:
+            if entry.split is None and entry.active is not None:
+                return entry.active
+            if entry.split:
+                return entry.choices[choose(prompt, entry.split, entry.order, key)]
+        if prompt in self.fallbacks:
+            return PromptChoice(prompt, "fallback", self.fallbacks[prompt], -1)
+        raise PromptUnavailable(f"no routing received for {prompt!r} and no fallback configured")
+
+    def record(
+        self,
+        prompt: str,
+        version: str,
+        *,
+        error: bool,
+        latency_ms: float,
+        quality: float | None = None,
+    ) -> None:
+        """Queue one outcome for the bot's metrics; never blocks, drops the oldest when full."""
+        if len(self._outbox) == self._outbox.maxlen:
+            self.stats.events_dropped += 1
+        event: dict[str, Any] = {
+            "prompt": prompt,
+            "version": version,
+            "error": bool(error),
+            "latency_ms": float(latency_ms),
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+        }
+        if quality is not None:
+            event["quality"] = float(quality)
+        self._outbox.append(event)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the routing once (best effort), then keep it fresh in the background."""
+        try:
+            self._poll()
+        except (httpx.HTTPError, ValueError) as exc:
+            self._note(f"initial load failed: {exc}")
+        for target, name in (
+            (self._follow, "prompt-client-stream"),
+            (self._flush_loop, "prompt-client-flush"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        """Send what is queued, stop the background threads, close connections."""
+        self._stop.set()
+        self._flush()
+        if self._response is not None:
+            self._response.close()  # unblocks the stream thread's read
+        self._http.close()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def __enter__(self) -> PromptClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def wait_for(self, prompt: str, version: str, timeout: float = 5.0) -> bool:
+        """Block until `prompt` serves `version` to everyone (for tests and scripts)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                if self._serves_only(prompt, version):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+
+    def _serves_only(self, prompt: str, version: str) -> bool:
+        entry = self._entries.get(prompt)
+        active = entry.active if entry is not None and entry.split is None else None
+        return active is not None and active.version == version
+
+    # --- keeping the cache fresh -----------------------------------------------------------
+
+    def _apply(self, state: dict[str, Any]) -> None:
+        prompt, revision = state["prompt"], int(state["revision"])
+        choices = {
+            label: PromptChoice(prompt, label, template, revision)
+            for label, template in state["templates"].items()
+        }
+        entry = _Entry(
+            revision,
+            state.get("split"),
+            list(state["order"]),
+            choices,
+            choices.get(state.get("active_version") or ""),
+        )
+        with self._lock:
+            current = self._entries.get(prompt)
+            if current is not None and current.revision >= revision:
+                self.stats.stale_updates_ignored += 1  # an older update arriving late never wins
+                return
+            self._entries[prompt] = entry
+        self.stats.updates += 1
+        self.stats.last_update_at = time.monotonic()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _params(self) -> dict[str, str]:
+        return {"prompts": ",".join(self.prompts)} if self.prompts else {}
+
+    def _poll(self) -> None:
+        answer = self._http.get("/api/routing", params=self._params())
+        answer.raise_for_status()
+        self.stats.polls += 1
+        for state in answer.json():
+            self._apply(state)
+
+    def _follow(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self._stream()
+                backoff = 0.5
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                self._note(f"stream: {exc}")
+            if self._stop.is_set():
+                return
+            # The stream is down: poll so the app still catches up, then try the stream again.
+            try:
+                self._poll()
+            except (httpx.HTTPError, ValueError) as exc:
+                self._note(f"poll: {exc}")
+            self._stop.wait(backoff * (1 + random.random() / 2))
+            backoff = min(backoff * 2, self.poll_interval)
+
+    def _stream(self) -> None:
+        with self._http.stream("GET", "/api/stream", params=self._params()) as answer:
+            self._response = answer
+            answer.raise_for_status()
+            self.stats.stream_connects += 1
+            for data in _sse_data(answer.iter_lines()):
+                if self._stop.is_set():
+                    return
+                self._apply(json.loads(data))
+
+    # --- reporting outcomes ----------------------------------------------------------------
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._outbox:
+            batch: list[dict[str, Any]] = []
+            while self._outbox and len(batch) < self.batch_size:
+                batch.append(self._outbox.popleft())
+            try:
+                answer = self._http.post("/api/events", json={"events": batch})
+            except httpx.HTTPError as exc:
+                self._note(f"events: {exc}")
+                self._outbox.extendleft(reversed(batch))  # keep them for the next try
+                return
+            if answer.status_code == 200:
+                self.stats.events_sent += len(batch)
+            elif answer.status_code in (401, 403, 413, 422):
+                self.stats.events_rejected += len(batch)  # retrying would not help
+                self._note(f"events refused: {answer.status_code} {answer.text[:200]}")
+            else:
+                self._outbox.extendleft(reversed(batch))
+                return
+
+    def _note(self, error: str) -> None:
+        log.debug("prompt client: %s", error)
+        self.stats.errors = [*self.stats.errors[-19:], error]
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """The `data:` payload of each Server-Sent Event (comments and other fields skipped)."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
