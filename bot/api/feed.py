@@ -31,7 +31,17 @@ class ChangeFeed:
         self.engine, self.poll_seconds = engine, poll_seconds
         self._subscribers: set[asyncio.Queue[RoutingState | None]] = set()
         self._seen: dict[str, int] = {}
+        self._states: dict[str, RoutingState] = {}
+        self._dirty: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+
+    def current(self, prompt: str) -> RoutingState | None:
+        """The prompt's routing as last seen (None if unknown, or changed here since)."""
+        return None if prompt in self._dirty else self._states.get(prompt)
+
+    def mark_dirty(self, prompt: str) -> None:
+        """This process just changed the prompt: read it from the database until the next poll."""
+        self._dirty.add(prompt)
 
     def subscribe(self) -> asyncio.Queue[RoutingState | None]:
         """A queue that receives every change from now on."""
@@ -59,15 +69,21 @@ class ChangeFeed:
 
     async def _run(self) -> None:
         with suppress(BotError):
-            self._seen = await to_thread.run_sync(self._revisions)
+            for state in await to_thread.run_sync(self._everything):
+                self._states[state.prompt] = state
+                self._seen[state.prompt] = state.revision
         while True:
             await asyncio.sleep(self.poll_seconds)
+            # Marked before this poll began: it reads after their commits, so it settles them.
+            settled = set(self._dirty)
             try:
                 changed = await to_thread.run_sync(self._changes)
             except BotError as exc:  # the database is unreachable: keep the streams open
                 log.warning("change feed: %s", exc.message)
                 continue
+            self._dirty -= settled
             for state in changed:
+                self._states[state.prompt] = state
                 for queue in list(self._subscribers):
                     try:
                         queue.put_nowait(state)
@@ -84,6 +100,10 @@ class ChangeFeed:
     def _revisions(self) -> dict[str, int]:
         with read_session(self.engine) as session:
             return registry.revisions(session=session)
+
+    def _everything(self) -> list[RoutingState]:
+        with read_session(self.engine) as session:
+            return registry.routing_states(session=session)
 
     def _changes(self) -> list[RoutingState]:
         current = self._revisions()

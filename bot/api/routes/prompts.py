@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from anyio import to_thread
+from fastapi import APIRouter, Path, Query, Request, Response
+from sqlalchemy import Engine
 
 from bot import registry
 from bot.api.deps import ActorDep, EngineDep
@@ -26,6 +28,7 @@ from bot.models import (
     VersionPublic,
 )
 from bot.registry.queries import HISTORY_MAX
+from bot.splits import choose
 
 router = APIRouter(prefix="/api/prompts", tags=["prompts"])
 
@@ -68,10 +71,12 @@ def create_version(
 
 
 @router.post("/{name}/deploy", summary="Make a version serve 100%")
-def deploy(name: NamePath, body: DeployRequest, engine: EngineDep, actor: ActorDep) -> ChangeResult:
+def deploy(
+    name: NamePath, body: DeployRequest, request: Request, engine: EngineDep, actor: ActorDep
+) -> ChangeResult:
     """Route all of the prompt's traffic to the version."""
     with write_session(engine) as session:
-        return registry.deploy(
+        result = registry.deploy(
             session=session,
             prompt=name,
             version=body.version,
@@ -79,15 +84,17 @@ def deploy(name: NamePath, body: DeployRequest, engine: EngineDep, actor: ActorD
             reason=body.reason,
             force=body.force,
         )
+    changed(request, name)
+    return result
 
 
 @router.put("/{name}/split", summary="Share traffic across versions")
 def set_split(
-    name: NamePath, body: SplitRequest, engine: EngineDep, actor: ActorDep
+    name: NamePath, body: SplitRequest, request: Request, engine: EngineDep, actor: ActorDep
 ) -> ChangeResult:
     """Set the traffic split; percentages must sum to 100."""
     with write_session(engine) as session:
-        return registry.set_split(
+        result = registry.set_split(
             session=session,
             prompt=name,
             split=body.split,
@@ -95,6 +102,8 @@ def set_split(
             reason=body.reason,
             force=body.force,
         )
+    changed(request, name)
+    return result
 
 
 @router.put("/{name}/versions/{version}/health", summary="Mark a version good or bad")
@@ -129,8 +138,9 @@ def history(
 
 
 @router.get("/{name}/resolve", summary="The version and template to serve now")
-def resolve(
+async def resolve(
     name: NamePath,
+    request: Request,
     engine: EngineDep,
     _actor: ActorDep,
     response: Response,
@@ -138,9 +148,29 @@ def resolve(
         str | None, Query(max_length=512, description="sticky key, e.g. user id")
     ] = None,
 ) -> Resolved:
-    """With a split, the same key always gets the same version while the split stands."""
-    with read_session(engine) as session:
-        resolved = registry.resolve(session=session, name=name, key=key)
+    """With a split, the same key always gets the same version while the split stands.
+
+    Answered from the server's routing cache (kept by the change feed); a prompt this process
+    just changed, or does not know yet, is read from the database.
+    """
+    state = request.app.state.feed.current(name)
+    if state is not None and state.active_version is not None:
+        label = choose(name, state.split, state.order, key) if state.split else state.active_version
+        resolved = Resolved(
+            prompt=name, version=label, template=state.templates[label], revision=state.revision
+        )
+    else:
+        resolved = await to_thread.run_sync(_resolve_from_db, engine, name, key)
     response.headers["ETag"] = f'"{resolved.revision}"'
     response.headers["Cache-Control"] = "no-store"
     return resolved
+
+
+def _resolve_from_db(engine: Engine, name: str, key: str | None) -> Resolved:
+    with read_session(engine) as session:
+        return registry.resolve(session=session, name=name, key=key)
+
+
+def changed(request: Request, name: str) -> None:
+    """Tell this process's routing cache that `name` just changed here."""
+    request.app.state.feed.mark_dirty(name)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from bot import registry
 from bot.api.deps import ActorDep, EngineDep, SettingsDep
+from bot.api.routes.prompts import changed
 from bot.db import write_session
 from bot.models import ChangeResult, RollbackRequest
 
@@ -16,11 +17,15 @@ router = APIRouter(prefix="/api", tags=["rollback"])
 
 @router.post("/rollback", summary="Roll a prompt back to a known-good version")
 def rollback(
-    body: RollbackRequest, engine: EngineDep, settings: SettingsDep, actor: ActorDep
+    body: RollbackRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    actor: ActorDep,
 ) -> ChangeResult:
     """Switch to `target_version`, or to the previous known-good version when it is omitted."""
     with write_session(engine) as session:
-        return registry.rollback(
+        result = registry.rollback(
             session=session,
             prompt=body.prompt,
             target=body.target_version,
@@ -30,3 +35,5 @@ def rollback(
             expected_version=body.expected_version,
             dedup_window=timedelta(seconds=settings.rollback_dedup_seconds),
         )
+    changed(request, body.prompt)
+    return result

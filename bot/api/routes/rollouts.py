@@ -7,7 +7,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Request
 
 from bot.api.deps import ActorDep, EngineDep
-from bot.api.routes.prompts import NamePath
+from bot.api.routes.prompts import NamePath, changed
 from bot.db import read_session, write_session
 from bot.detection import rollouts
 from bot.models import Rollout, RolloutPublic, RolloutRequest, utcnow
@@ -50,7 +50,9 @@ def start_rollout(
             now=utcnow(),
             reason=body.reason,
         )
-        return _public(rollout)
+        public = _public(rollout)
+    changed(request, name)
+    return public
 
 
 @router.get("/rollouts/{rollout_id}", summary="One rollout")
@@ -61,7 +63,9 @@ def get_rollout(rollout_id: int, engine: EngineDep, _actor: ActorDep) -> Rollout
 
 
 @router.post("/rollouts/{rollout_id}/finish", summary="Move all traffic to the target now")
-def finish_rollout(rollout_id: int, engine: EngineDep, actor: ActorDep) -> RolloutPublic:
+def finish_rollout(
+    rollout_id: int, request: Request, engine: EngineDep, actor: ActorDep
+) -> RolloutPublic:
     """A gradual rollback ends as a rollback (verified); a canary is promoted."""
     with write_session(engine) as session:
         rollout = rollouts.get_rollout(session, rollout_id)
@@ -72,11 +76,15 @@ def finish_rollout(rollout_id: int, engine: EngineDep, actor: ActorDep) -> Rollo
             now=utcnow(),
             note=f"finished by {actor.operator}",
         )
-        return _public(rollout)
+        public = _public(rollout)
+    changed(request, public.prompt)
+    return public
 
 
 @router.post("/rollouts/{rollout_id}/abort", summary="Stop the rollout")
-def abort_rollout(rollout_id: int, engine: EngineDep, actor: ActorDep) -> RolloutPublic:
+def abort_rollout(
+    rollout_id: int, request: Request, engine: EngineDep, actor: ActorDep
+) -> RolloutPublic:
     """A canary goes back to the stable version; a gradual rollback stops where it is."""
     with write_session(engine) as session:
         rollout = rollouts.get_rollout(session, rollout_id)
@@ -87,4 +95,6 @@ def abort_rollout(rollout_id: int, engine: EngineDep, actor: ActorDep) -> Rollou
             now=utcnow(),
             note=f"aborted by {actor.operator}",
         )
-        return _public(rollout)
+        public = _public(rollout)
+    changed(request, public.prompt)
+    return public
