@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
     verify_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Signs webhook deliveries (HMAC-SHA256); required when a policy lists webhooks.
+    rollback_webhook_secret: SecretStr | None = None
     # How often the server looks for routing changes to push to connected clients.
     stream_poll_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
 
@@ -118,6 +120,11 @@ class Settings(BaseSettings):
         if prefix and not raw.startswith(prefix):
             raise ValueError(f"must start with {prefix} (copy it from the Slack app's settings)")
         return _check_secret(SecretStr(raw), ADVICE_FROM_SLACK)
+
+    @field_validator("rollback_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_secret(value)
 
     @field_validator("pagerduty_routing_key")
     @classmethod

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -114,3 +115,9 @@ def ping(engine: Engine) -> None:
     """Run a trivial query, raising DatabaseUnavailable when the database does not answer."""
     with translate_db_errors(), engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def upsert_insert(bind: Engine | Connection | Session) -> Any:
+    """The dialect's INSERT construct, which has ON CONFLICT (DO NOTHING / DO UPDATE)."""
+    engine_or_conn = bind.get_bind() if isinstance(bind, Session) else bind
+    return postgresql.insert if engine_or_conn.dialect.name == "postgresql" else sqlite.insert

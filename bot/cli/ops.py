@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from bot.cli.context import CliState, pass_state
+from bot.errors import ConfigError
 from bot.migrate import current_revision, head_revision, upgrade
 
 log = logging.getLogger("bot")
@@ -41,6 +42,11 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
             "(generate one with `rollback-bot token new`)"
         )
     policies = load_policies(settings.rollback_policy_dir)  # an invalid policy stops start-up
+    if policies.lists_webhooks() and settings.rollback_webhook_secret is None:
+        raise ConfigError(
+            "ROLLBACK_WEBHOOK_SECRET: required because a policy lists webhooks "
+            "(generate one with `rollback-bot token new`)"
+        )
     slack = start_slack(settings, engine, policies)
     notifier = slack.notifier if slack is not None else LogNotifier()
     checker = None

@@ -5,17 +5,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 
-from bot.db import write_session
+from bot.db import upsert_insert, write_session
 from bot.models import Lease
 
 
 def hold(*, engine: Engine, name: str, holder: str, ttl: timedelta, now: datetime) -> bool:
     """Take or renew the lease; True while `holder` has it. A dead holder's lease expires."""
     with write_session(engine) as session:
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        insert = upsert_insert(engine)
         session.execute(
             insert(Lease)
             .values(name=name, holder=holder, acquired_at=now, expires_at=now + ttl)

@@ -19,6 +19,7 @@ from bot.detection.notify import Notifier
 from bot.detection.pagerduty import PagerDuty
 from bot.detection.rollout_driver import RolloutDriver
 from bot.detection.verify import Verifier
+from bot.detection.webhooks import WebhookDispatcher
 from bot.errors import BotError
 from bot.metrics import MetricsSource
 from bot.metrics.builtin import BuiltinSource
@@ -74,6 +75,12 @@ class CheckerService:
         self.rollouts = RolloutDriver(
             engine=engine, policies=policies, sources=self.checker.sources, notifier=notifier
         )
+        secret = settings.rollback_webhook_secret
+        self.webhooks = WebhookDispatcher(
+            engine=engine,
+            policies=policies,
+            secret=secret.get_secret_value() if secret is not None else None,
+        )
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.leader = False
         self._last_prune = utcnow() - PRUNE_EVERY
@@ -102,12 +109,13 @@ class CheckerService:
             log.warning("checker pass skipped: %s", exc.message)
 
     def run_verifications(self) -> None:
-        """Due post-rollback checks and rollout stages, on the replica that holds the lease."""
+        """Due verification checks, rollout stages and webhook deliveries (lease holder only)."""
         if not self.leader:
             return
         try:
             self.verifier.run_due()
             self.rollouts.run_due()
+            self.webhooks.run_due()
         except BotError as exc:
             log.warning("verification/rollout round skipped: %s", exc.message)
 

@@ -6,9 +6,9 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from bot.db import upsert_insert
 from bot.errors import InvalidEvents
 from bot.metrics.histogram import bucket_index
 from bot.models import (
@@ -105,8 +105,7 @@ def _version_ids(
 def _upsert(session: Session, rows: list[dict[str, object]]) -> None:
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = upsert_insert(session)
     statement = insert(metric_bucket).values(rows)
     statement = statement.on_conflict_do_update(
         index_elements=["version_id", "minute"],

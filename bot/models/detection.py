@@ -8,7 +8,17 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
-from sqlalchemy import JSON, Column, Float, ForeignKey, Index, Integer, Table, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Table,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from bot.models.registry import (
@@ -336,3 +346,31 @@ class RolloutPublic(BaseModel):
     stage_started_at: datetime
     created_at: datetime
     finished_at: datetime | None
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """A routing change sent to one webhook URL; retried from here until delivered or given up."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        UniqueConstraint("audit_id", "url", name="uq_webhook_delivery_audit_url"),
+        Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    audit_id: int = Field(foreign_key="audit_entry.id", index=True)
+    url: str = Field(max_length=2000)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: OutboxStatus = Field(default=OutboxStatus.PENDING, sa_column=enum_column(OutboxStatus))
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_result: str | None = Field(default=None, max_length=500)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Cursor(SQLModel, table=True):
+    """How far a background job has read an append-only table (e.g. the audit log)."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    position: int = Field(default=0)

@@ -269,6 +269,15 @@ class PromptDetail(BaseModel):
     versions: list[VersionPublic]
 
 
+class WebhookOutcome(BaseModel):
+    """How the change's delivery to one webhook went."""
+
+    url: str
+    status: str  # pending, sent, failed
+    attempts: int
+    last_result: str | None
+
+
 class AuditPublic(BaseModel):
     """An audit entry as the API shows it."""
 
@@ -283,6 +292,7 @@ class AuditPublic(BaseModel):
     rule: str | None
     revision: int
     timestamp: datetime
+    webhooks: list[WebhookOutcome] = []
 
 
 class ChangeResult(BaseModel):

@@ -139,6 +139,8 @@ class Settings(_Strict):
     gradual_stage: Duration = timedelta(minutes=10)
     gradual_pause_error_rate_pct: Annotated[float, Field(ge=0, le=100)] = 2.0
     canary_stage: Duration = timedelta(minutes=10)
+    # URLs that receive every routing change of the prompt (signed with ROLLBACK_WEBHOOK_SECRET).
+    webhooks: list[AnyHttpUrl] = []
     runbook: AnyHttpUrl | None = None
     # Slack routing: another channel for this prompt's incidents, and its own on-call group.
     slack_channel: str | None = None
@@ -177,6 +179,7 @@ class SettingsPatch(_Strict):
     gradual_stage: Duration | None = None
     gradual_pause_error_rate_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     canary_stage: Duration | None = None
+    webhooks: list[AnyHttpUrl] | None = None
     runbook: AnyHttpUrl | None = None
     slack_channel: str | None = None
     oncall_usergroup: Annotated[str, Field(pattern=r"^S[A-Z0-9]+$")] | None = None
@@ -235,6 +238,10 @@ class PolicySet(_Strict):
     prometheus: PrometheusConfig | None
     prompts: dict[str, SettingsPatch]
     files: tuple[str, ...] = ()
+
+    def lists_webhooks(self) -> bool:
+        """Whether any prompt's changes go to webhooks."""
+        return bool(self.defaults.webhooks) or any(p.webhooks for p in self.prompts.values())
 
     def for_prompt(self, prompt: str) -> EffectivePolicy:
         """The effective policy for `prompt`."""

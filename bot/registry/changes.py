@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from bot.db import upsert_insert
 from bot.errors import (
     AlreadyActive,
     AlreadyRolledBack,
@@ -70,8 +70,7 @@ def create_version(
     """Register a version of `prompt`, creating the prompt (and its empty routing) if new."""
     _check_name(prompt, PROMPT_NAME_PATTERN, PROMPT_NAME_MAX, "prompt name")
     _check_name(version, VERSION_LABEL_PATTERN, VERSION_LABEL_MAX, "version label")
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = upsert_insert(session)
     session.execute(
         insert(Prompt).values(name=prompt, created_at=utcnow()).on_conflict_do_nothing()
     )

@@ -15,6 +15,8 @@ from bot.models import (
     PromptVersion,
     Routing,
     RoutingState,
+    WebhookDelivery,
+    WebhookOutcome,
 )
 from bot.registry.changes import to_public
 from bot.registry.lookup import get_prompt
@@ -81,6 +83,17 @@ def history(
     entries = session.exec(
         query.order_by(col(AuditEntry.id).desc()).limit(min(max(limit, 1), HISTORY_MAX))
     ).all()
+    deliveries: dict[int, list[WebhookOutcome]] = {}
+    ids = [e.id for e in entries if e.id is not None]
+    if ids:
+        for d in session.exec(
+            select(WebhookDelivery).where(col(WebhookDelivery.audit_id).in_(ids))
+        ):
+            deliveries.setdefault(d.audit_id, []).append(
+                WebhookOutcome(
+                    url=d.url, status=d.status.value, attempts=d.attempts, last_result=d.last_result
+                )
+            )
     return [
         AuditPublic(
             id=e.id or 0,
@@ -94,6 +107,7 @@ def history(
             rule=e.rule,
             revision=e.revision,
             timestamp=e.created_at,
+            webhooks=deliveries.get(e.id or 0, []),
         )
         for e in entries
     ]

@@ -17,10 +17,9 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from sqlalchemy import Engine, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from bot.db import write_session
+from bot.db import upsert_insert, write_session
 from bot.errors import BotError
 from bot.models import OutboxStatus, SlackOutbox, utcnow
 
@@ -60,7 +59,7 @@ def enqueue(
     incident_id: int | None = None,
 ) -> bool:
     """Queue a Slack call once per `key`; returns False when it was already queued."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = upsert_insert(session)
     result = session.execute(
         insert(SlackOutbox)
         .values(
