@@ -48,8 +48,8 @@ def _checker_pass(engine: Engine, harness: Harness, errors: int, n: int = 1000) 
     """Deployed v2.0.0 two minutes ago with `errors` in `n`; one checker pass to Slack."""
     make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
     clock = Clock(activated_at(engine))
+    traffic(engine, version="v2.0.0", n=n, errors=errors, at=clock.now)  # before any rollback
     clock.advance(minutes=2)
-    traffic(engine, version="v2.0.0", n=n, errors=errors, at=clock.now)
     Checker(
         engine=engine,
         policies=load_policies(POLICY_DIR),
@@ -408,6 +408,7 @@ def test_verification_reports_in_the_card_thread_and_resolves_the_card(
             else None
         )
     )
+    replies = [r for r in replies if not r.startswith("All reporting traffic")]
     assert replies[1] == "Check 1/12: error rate 0.5% (n=200)"
     assert replies[2].startswith("Recovered: v1.9.0 is healthy (0.5% errors, n=200)")
     _wait_card(slack, lambda m: "Resolved" in json.dumps(m["blocks"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine
@@ -35,8 +36,10 @@ def _rolled_back(engine: Engine) -> tuple[Clock, LogNotifier]:
     """v2.0.0 at 8% errors, rolled back by the checker; the clock is at the rollback."""
     make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
     clock = Clock(activated_at(engine))
-    clock.advance(minutes=2)
+    # v2.0.0's traffic is stamped at the deploy, before the (real-time) rollback; the checker's
+    # simulated clock runs two minutes ahead.
     traffic(engine, version="v2.0.0", n=1000, errors=80, at=clock.now)
+    clock.advance(minutes=2)
     checker, notifier = make_checker(engine, clock)
     assert len(checker.tick().rollbacks) == 1
     return clock, notifier
@@ -83,11 +86,13 @@ def test_recovered_closes_the_incident_with_time_to_recovery(engine: Engine) -> 
     verifier, notifier = _verifier(engine, clock)
     assert verifier.run_due() == 1
     assert [n.kind for n in notifier.sent] == [
+        NoticeKind.SWITCH_CONFIRMED,
         NoticeKind.VERIFICATION_CHECK,
         NoticeKind.VERIFICATION_RECOVERED,
     ]
-    assert notifier.sent[0].text == "Check 1/12: error rate 0.5% (n=200)"
-    assert "s from detection to recovery" in notifier.sent[1].text
+    assert notifier.sent[0].text == "All reporting traffic on v1.9.0 0.0 s after the rollback."
+    assert notifier.sent[1].text == "Check 1/12: error rate 0.5% (n=200)"
+    assert "s from detection to recovery" in notifier.sent[2].text
     v = _verification(engine)
     assert (v.status, v.checks_done, v.checks_total) == (VerificationStatus.RECOVERED, 1, 12)
     with read_session(engine) as session:
@@ -180,3 +185,23 @@ def test_postmortem_draft_from_the_record(
     monkeypatch.setenv("DATABASE_URL", db_url)
     main(["incidents", "show", str(incident.id), "--markdown"])
     assert capsys.readouterr().out.strip() == draft
+
+
+def test_apps_still_serving_the_bad_version_after_the_deadline_are_reported(
+    engine: Engine,
+) -> None:
+    clock, _ = _rolled_back(engine)
+    with read_session(engine) as session:
+        started = session.exec(select(Verification)).one().started_at
+    traffic(engine, version="v1.9.0", n=50, at=started + timedelta(seconds=1))
+    traffic(engine, version="v2.0.0", n=5, at=started + timedelta(seconds=40))  # a stale app
+    verifier, notifier = _verifier(engine, clock)
+    verifier.run_due()
+    lagging = notifier.sent[0]
+    assert (lagging.kind, lagging.action) == (NoticeKind.SWITCH_LAGGING, "page")
+    assert lagging.text.startswith(
+        "Apps still serve v2.0.0: it got traffic 40 s after the rollback"
+    )
+    clock.advance(seconds=5)
+    verifier.run_due()
+    assert [n.kind for n in notifier.sent].count(NoticeKind.SWITCH_LAGGING) == 1  # said once

@@ -25,6 +25,8 @@ class NoticeKind(enum.StrEnum):
     VERIFICATION_CHECK = "verification_check"
     VERIFICATION_RECOVERED = "verification_recovered"
     VERIFICATION_FAILED = "verification_failed"
+    SWITCH_CONFIRMED = "switch_confirmed"  # every reporting app serves the restored version
+    SWITCH_LAGGING = "switch_lagging"  # apps still serve the rolled-back version past the deadline
     ROLLOUT_STARTED = "rollout_started"
     ROLLOUT_STAGE = "rollout_stage"
     ROLLOUT_PAUSED = "rollout_paused"

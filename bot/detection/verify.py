@@ -27,6 +27,7 @@ from bot.models import (
     Severity,
     Verification,
     VerificationStatus,
+    VersionSeen,
     utcnow,
 )
 from bot.policy import PolicySet
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_FOR = timedelta(seconds=30)
 MIN_REQUESTS = 20  # fewer requests in the window: "waiting for traffic", never "recovered"
+SWITCH_QUIET = timedelta(seconds=2)  # rolled-back version unseen this long: apps switched
 
 
 class Verifier:
@@ -94,6 +96,7 @@ class Verifier:
         settings = self.policies.for_prompt(v.prompt).settings
         total = v.checks_total or max(1, round(settings.verify_for / settings.verify_every))
         number = v.checks_done + 1
+        switch = None if v.switch_reported else self._switch(v, now)
         line, recovered, figures = self._measure(v, now)
         text = f"Check {number}/{total}: {line}"
         finished = recovered or number >= total
@@ -109,6 +112,7 @@ class Verifier:
                 update(Verification)
                 .where(col(Verification.id) == v.id)
                 .values(
+                    switch_reported=v.switch_reported or switch is not None,
                     checks_done=number,
                     checks_total=total,
                     last_figures=figures,
@@ -121,6 +125,22 @@ class Verifier:
             )
             incident = _incident_of(session, v)
             notices = [self._notice(NoticeKind.VERIFICATION_CHECK, v, incident, text, figures)]
+            if switch is not None:
+                kind, switch_text = switch
+                notices.insert(
+                    0,
+                    self._notice(
+                        kind,
+                        v,
+                        incident,
+                        switch_text,
+                        figures,
+                        severity=Severity.HIGH
+                        if kind == NoticeKind.SWITCH_LAGGING
+                        else Severity.NONE,
+                        action=Action.PAGE.value if kind == NoticeKind.SWITCH_LAGGING else None,
+                    ),
+                )
             if status == VerificationStatus.RECOVERED:
                 notices.append(self._recovered(v, incident, now, figures))
             elif status == VerificationStatus.ESCALATED:
@@ -129,6 +149,38 @@ class Verifier:
             self._send(notice)
         if status == VerificationStatus.ESCALATED:
             self._page(v, notices[-1])
+
+    def _switch(self, v: Verification, now: datetime) -> tuple[NoticeKind, str] | None:
+        """Have the reporting apps moved off the rolled-back version? None: not known yet."""
+        settings = self.policies.for_prompt(v.prompt).settings
+        with write_session(self.engine) as session:
+            rows = session.exec(
+                select(PromptVersion.label, VersionSeen.last_event_at)
+                .join(VersionSeen, col(VersionSeen.version_id) == PromptVersion.id)
+                .where(
+                    PromptVersion.prompt_id == v.prompt_id,
+                    col(PromptVersion.label).in_([v.version, v.from_version or ""]),
+                )
+            ).all()
+        seen = dict(rows)
+        bad, good = seen.get(v.from_version or ""), seen.get(v.version)
+        bad_after = bad is not None and bad > v.started_at
+        if bad_after and bad is not None and bad - v.started_at > settings.switch_deadline:
+            late = (bad - v.started_at).total_seconds()
+            return (
+                NoticeKind.SWITCH_LAGGING,
+                f"Apps still serve {v.from_version}: it got traffic {late:.0f} s after the "
+                f"rollback (deadline {settings.switch_deadline.total_seconds():.0f} s). "
+                "Check the serving apps' prompt clients.",
+            )
+        quiet = bad is None or now - bad >= SWITCH_QUIET
+        if good is not None and good > v.started_at and quiet:
+            lag = max(0.0, (bad - v.started_at).total_seconds()) if bad_after and bad else 0.0
+            return (
+                NoticeKind.SWITCH_CONFIRMED,
+                f"All reporting traffic on {v.version} {lag:.1f} s after the rollback.",
+            )
+        return None
 
     def _measure(self, v: Verification, now: datetime) -> tuple[str, bool, dict[str, Any]]:
         policy = self.policies.for_prompt(v.prompt)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import case, delete
 from sqlmodel import Session, col, select
 
 from bot.db import upsert_insert
@@ -17,6 +17,7 @@ from bot.models import (
     IngestResult,
     Prompt,
     PromptVersion,
+    VersionSeen,
     metric_bucket,
 )
 
@@ -44,6 +45,7 @@ def ingest(
     prompts = {event.prompt for event in batch.events}
     known, known_prompts = _version_ids(session, prompts)
     problems: list[dict[str, str]] = []
+    latest: dict[int, datetime] = {}  # the newest outcome per version, to see who still serves it
     rows: dict[tuple[int, datetime], dict[str, float]] = defaultdict(
         lambda: dict.fromkeys(SUMMED, 0)
     )
@@ -64,6 +66,8 @@ def ingest(
         if ts < now - retention:
             problems.append(_problem(index, "ts", "is older than the metrics retention"))
             continue
+        if ts > latest.get(version_id, ts - timedelta(seconds=1)):
+            latest[version_id] = ts
         row = rows[(version_id, minute_of(ts))]
         row["requests"] += 1
         row["errors"] += event.error
@@ -75,6 +79,7 @@ def ingest(
     if problems:
         raise InvalidEvents(problems)
     _upsert(session, [{"version_id": v, "minute": m, **r} for (v, m), r in rows.items()])
+    _mark_seen(session, latest)
     return IngestResult(accepted=len(batch.events), buckets=len(rows))
 
 
@@ -110,5 +115,25 @@ def _upsert(session: Session, rows: list[dict[str, object]]) -> None:
     statement = statement.on_conflict_do_update(
         index_elements=["version_id", "minute"],
         set_={name: metric_bucket.c[name] + statement.excluded[name] for name in SUMMED},
+    )
+    session.execute(statement)
+
+
+def _mark_seen(session: Session, latest: dict[int, datetime]) -> None:
+    """Remember the newest outcome reported for each version (never moving it backwards)."""
+    if not latest:
+        return
+    insert = upsert_insert(session)
+    statement = insert(VersionSeen).values(
+        [{"version_id": v, "last_event_at": at} for v, at in latest.items()]
+    )
+    newer = statement.excluded.last_event_at > col(VersionSeen.last_event_at)
+    statement = statement.on_conflict_do_update(
+        index_elements=["version_id"],
+        set_={
+            "last_event_at": case(
+                (newer, statement.excluded.last_event_at), else_=col(VersionSeen.last_event_at)
+            )
+        },
     )
     session.execute(statement)

@@ -262,6 +262,8 @@ class Verification(SQLModel, table=True):
     last_figures: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
     )
+    # Set once the reporting apps have all moved off the rolled-back version (or escalated).
+    switch_reported: bool = Field(default=False)
 
 
 class RolloutKind(enum.StrEnum):
@@ -374,3 +376,12 @@ class Cursor(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     position: int = Field(default=0)
+
+
+class VersionSeen(SQLModel, table=True):
+    """When a serving app last reported an outcome for a version (to see who still serves it)."""
+
+    __tablename__ = "version_seen"
+
+    version_id: int = Field(foreign_key="prompt_version.id", primary_key=True)
+    last_event_at: datetime = Field(sa_type=UTCDateTime)

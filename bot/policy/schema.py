@@ -133,6 +133,8 @@ class Settings(_Strict):
     verify_for: Duration = timedelta(seconds=60)
     verify_window: Duration = timedelta(minutes=1)
     recovered_error_rate_pct: Annotated[float, Field(ge=0, le=100)] = 1.0
+    # Serving apps still reporting the rolled-back version this long after the rollback: page.
+    switch_deadline: Duration = timedelta(seconds=30)
     # Staged moves: a gradual rollback (bad version 75 -> 50 -> 25 -> 0%) pauses when the
     # prompt's error rate passes `gradual_pause_error_rate_pct`; a canary (1 -> 5 -> 25 -> 100%)
     # is judged with the first-hour limits and aborted on any breach.
@@ -176,6 +178,7 @@ class SettingsPatch(_Strict):
     verify_for: Duration | None = None
     verify_window: Duration | None = None
     recovered_error_rate_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    switch_deadline: Duration | None = None
     gradual_stage: Duration | None = None
     gradual_pause_error_rate_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     canary_stage: Duration | None = None

@@ -13,6 +13,8 @@ from bot.slack.blocks import text_blocks, to_dicts
 from bot.slack.deps import SlackDeps
 
 VERIFICATION = (
+    NoticeKind.SWITCH_CONFIRMED,
+    NoticeKind.SWITCH_LAGGING,
     NoticeKind.VERIFICATION_CHECK,
     NoticeKind.VERIFICATION_RECOVERED,
     NoticeKind.VERIFICATION_FAILED,
@@ -128,9 +130,9 @@ class SlackNotifier:
             parent = cards.announce_rollback(session, self.deps.channel(prompt), entry, prompt)
         reason = f"verify:{audit_id}:{notice.kind.value}:{notice.details.get('check')}"
         cards.reply_under(session, parent, notice.text, reason)
-        if incident is not None and notice.kind != NoticeKind.VERIFICATION_CHECK:
+        if incident is not None and notice.kind in (*CLOSING, NoticeKind.VERIFICATION_FAILED):
             cards.post_or_update_card(session, incident, self.deps.channel(prompt), reason)
-        if notice.kind == NoticeKind.VERIFICATION_FAILED:
+        if notice.kind in (NoticeKind.VERIFICATION_FAILED, NoticeKind.SWITCH_LAGGING):
             summary = f"*CRITICAL* {notice.title}: {notice.text}"
             oncall = self.deps.oncall.members(self.deps.group(prompt))
             if incident is not None:
