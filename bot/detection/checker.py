@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from bot import registry
+from bot import registry, telemetry
 from bot.db import read_session, write_session
 from bot.detection import incidents as inc
 from bot.detection.notify import Notice, NoticeKind, Notifier
@@ -117,6 +117,9 @@ class Checker:
             self._send(notice)
         report.notices = plan.notices
         report.duration_s = time.perf_counter() - started
+        telemetry.CHECK_SECONDS.observe(report.duration_s)
+        for decision in report.decisions:
+            telemetry.DECISIONS.labels(decision.severity.value, decision.action.value).inc()
         return report
 
     # --- metrics ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from bot.metrics.builtin import BuiltinSource
 from bot.metrics.ingest import prune
 from bot.models import utcnow
 from bot.policy import PolicySet
+from bot.telemetry import LEADER
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class CheckerService:
             if held != self.leader:
                 log.info("checker lease %s by %s", "taken" if held else "lost", self.holder)
             self.leader = held
+            LEADER.set(1 if held else 0)
             if not held:
                 return
             report = self.checker.tick()

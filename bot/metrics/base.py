@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from bot.errors import BotError
+from bot.telemetry import SOURCE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def collect_safely(
         found = source.collect(targets, now)
     except Exception as exc:  # the one place a source's failure is contained
         log.warning("metrics source %s failed: %s", name, exc)
+        SOURCE_ERRORS.labels(name).inc()
         failure = (
             exc
             if isinstance(exc, MetricsUnavailable)

@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 from bot.db import upsert_insert, write_session
 from bot.errors import BotError
 from bot.models import OutboxStatus, SlackOutbox, utcnow
+from bot.telemetry import SLACK_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ class OutboxWorker:
     def _failed(self, row: SlackOutbox, exc: SlackApiError) -> None:
         response = exc.response
         error = str(response.get("error") if response.data else response.status_code)
+        SLACK_ERRORS.labels(row.method, error).inc()
         if response.status_code == 429 or error == "ratelimited":
             self._retry(row, "ratelimited", _retry_after(response.headers))
         elif response.status_code >= 500 or error not in PERMANENT:

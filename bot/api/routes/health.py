@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from anyio import to_thread
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from bot.api.deps import EngineDep
 from bot.db import ping
 from bot.errors import DatabaseUnavailable
 from bot.migrate import current_revision, head_revision
+from bot.telemetry import exposition
 
 router = APIRouter()
 
@@ -40,3 +43,10 @@ def healthz(engine: EngineDep) -> JSONResponse:
         },
     }
     return JSONResponse(body, status_code=200 if current else 503)
+
+
+@router.get("/metrics", tags=["health"], summary="The bot's own telemetry (Prometheus format)")
+async def metrics(engine: EngineDep) -> Response:
+    """Checks, verdicts, rollbacks, durations, Slack and source errors, outbox depth, leader."""
+    body = await to_thread.run_sync(exposition, engine)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,56 @@
+"""GET /metrics: the bot's own figures in Prometheus' text format."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine
+
+from bot.detection.verify import Verifier
+from bot.metrics.builtin import BuiltinSource
+from bot.policy import load_policies
+from tests.conftest import make_prompt
+from tests.detection_kit import POLICY_DIR, Clock, activated_at, make_checker, traffic
+
+
+def _samples(client: TestClient) -> dict[tuple[str, tuple], float]:
+    r = client.get("/metrics", headers={"Authorization": ""})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def test_metrics_report_checks_verdicts_rollbacks_and_durations(
+    client: TestClient, engine: Engine
+) -> None:
+    before = _samples(client)
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    clock = Clock(activated_at(engine))
+    traffic(engine, version="v2.0.0", n=1000, errors=80, at=clock.now)
+    clock.advance(minutes=2)
+    checker, _ = make_checker(engine, clock)
+    checker.tick()
+    clock.advance(seconds=5)
+    traffic(engine, version="v1.9.0", n=200, at=clock.now)
+    Verifier(
+        engine=engine,
+        policies=load_policies(POLICY_DIR),
+        sources={"builtin": BuiltinSource(engine)},
+        notifier=checker.notifier,
+        clock=lambda: clock.now + timedelta(seconds=0),
+    ).run_due()
+    after = _samples(client)
+    assert after[("rollback_bot_rollbacks", (("trigger", "automatic"),))] == 1
+    critical = ("rollback_bot_decisions_total", (("action", "rollback"), ("severity", "critical")))
+    assert after[critical] - before.get(critical, 0) == 1
+    assert after[("rollback_bot_check_seconds_count", ())] >= 1
+    assert after[("rollback_bot_detection_to_rollback_seconds_count", ())] == 1
+    assert after[("rollback_bot_rollback_to_recovery_seconds_count", ())] == 1
+    assert after[("rollback_bot_slack_outbox_depth", ())] == 0
+    assert ("rollback_bot_checker_leader", ()) in after
