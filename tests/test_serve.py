@@ -140,3 +140,19 @@ def test_postgresql_needs_db_upgrade_before_serve() -> None:
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         admin.dispose()
+
+
+def test_logs_are_json_lines_off_a_terminal(tmp_path: Path) -> None:
+    import json
+
+    port = free_port()
+    proc = start_server(f"sqlite:///{tmp_path}/logs.db", port, LOG_LEVEL="INFO")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert entries, out
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert any(e["logger"].startswith("uvicorn") for e in entries)

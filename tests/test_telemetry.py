@@ -54,3 +54,17 @@ def test_metrics_report_checks_verdicts_rollbacks_and_durations(
     assert after[("rollback_bot_rollback_to_recovery_seconds_count", ())] == 1
     assert after[("rollback_bot_slack_outbox_depth", ())] == 0
     assert ("rollback_bot_checker_leader", ()) in after
+
+
+def test_json_log_lines_carry_the_incident() -> None:
+    import json
+    import logging
+
+    from bot.logs import JsonFormatter
+
+    record = logging.LogRecord(
+        "bot.notify", logging.WARNING, __file__, 1, "rolled back %s", ("cs",), None
+    )
+    record.incident = 7
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["message"], entry["incident"], entry["level"]) == ("rolled back cs", 7, "WARNING")

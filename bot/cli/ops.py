@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
+from bot import logs
 from bot.cli.context import CliState, pass_state
 from bot.errors import ConfigError
 from bot.migrate import current_revision, head_revision, upgrade
 
 log = logging.getLogger("bot")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 @click.command()
@@ -32,9 +32,7 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     from bot.slack.app import start_slack
 
     settings = state.settings
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level)
     engine = state.engine()
     if not settings.api_tokens():
         log.warning(
@@ -60,6 +58,7 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep the bot's own handlers (JSON lines off a terminal)
         # Open /api/stream connections would otherwise hold a shutdown until they end.
         timeout_graceful_shutdown=3,
         proxy_headers=True,
@@ -69,7 +68,7 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
 @click.command()
 def demo() -> None:
     """Run the whole loop locally in under a minute: no Slack workspace, nothing to install."""
-    logging.basicConfig(level=logging.ERROR, format=LOG_FORMAT)
+    logs.configure("ERROR", json_lines=False)
     from bot.demo.run import run_demo
 
     if not run_demo(click.echo):

@@ -81,4 +81,9 @@ class LogNotifier:
             notice.title,
             notice.text,
             json.dumps({"incident": notice.incident_id, "action": notice.action}),
+            extra={
+                "incident": notice.incident_id,
+                "prompt": notice.prompt,
+                "version": notice.version,
+            },
         )

@@ -1,0 +1,43 @@
+"""Logging set-up: JSON lines when not on a terminal (for log shippers), text on a terminal.
+
+Every record about an incident carries its id: pass `extra={"incident": id}` (the checker,
+notifier and Slack listeners do), and it appears as the `incident` field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+CONTEXT_FIELDS = ("incident", "prompt", "version", "rollout")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, context, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in CONTEXT_FIELDS:
+            if hasattr(record, field):
+                entry[field] = getattr(record, field)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(level: str, *, json_lines: bool | None = None) -> None:
+    """Route the bot's and the servers' logs to stderr, as JSON unless stderr is a terminal."""
+    handler = logging.StreamHandler(sys.stderr)
+    use_json = not sys.stderr.isatty() if json_lines is None else json_lines
+    handler.setFormatter(JsonFormatter() if use_json else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
