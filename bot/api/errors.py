@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.errors import (
     BotError,
@@ -69,6 +71,16 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    return JSONResponse(
+        {"error": code, "detail": exc.detail},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     error_id = uuid.uuid4().hex[:12]
     log.error("unexpected error %s", error_id, exc_info=exc)
@@ -83,4 +95,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(BotError, _bot_error)
     app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -16,6 +16,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine
 
 from bot.config import Settings
@@ -62,6 +63,7 @@ class SlackService:
             engine=engine, settings=settings, policies=policies, oncall=oncall, worker=self.worker
         )
         secret = settings.slack_signing_secret
+        self.verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
         self.app = App(
             client=client,  # carries the bot token (Bolt ignores `token=` beside a client)
             signing_secret=secret.get_secret_value() if secret else None,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from slack_bolt import BoltRequest
 
 router = APIRouter(tags=["slack"])
@@ -15,10 +18,20 @@ async def slack_events(request: Request) -> Response:
     service = request.app.state.slack
     if service is None:
         return Response("Slack is not configured on this server", status_code=404)
-    body = (await request.body()).decode("utf-8")
-    bolt_request = BoltRequest(
-        body=body, query=dict(request.query_params), headers=dict(request.headers)
-    )
+    headers: dict[str, str | Sequence[str]] = dict(request.headers)
+    refused = JSONResponse({"error": "invalid request"}, status_code=401)
+    try:
+        body = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError:  # Slack only sends UTF-8: not Slack's
+        return refused
+    # Checked before anything parses the body: a forged, stale or mangled request is refused
+    # here whatever it holds (Bolt checks again in its own middleware).
+    if service.verifier is not None and not service.verifier.is_valid_request(body, headers):
+        return refused
+    try:
+        bolt_request = BoltRequest(body=body, query=dict(request.query_params), headers=headers)
+    except ValueError:  # signed, yet not a form or JSON body Slack would send
+        return JSONResponse({"error": "malformed request body"}, status_code=400)
     # Bolt's dispatch blocks until ack(); run it in a worker thread, never on the loop.
     answer = await to_thread.run_sync(service.app.dispatch, bolt_request)
     return Response(
