@@ -34,8 +34,8 @@ def _incident_of(body: dict[str, Any]) -> tuple[int, str | None]:
         raise InvalidRequest("this button is malformed; use /rollback instead") from None
 
 
-def _authorized(deps: SlackDeps, body: dict[str, Any]) -> tuple[str, int, str | None]:
-    """The clicking user, the incident and target; refuses users not on call for its prompt."""
+def _authorized(deps: SlackDeps, body: dict[str, Any]) -> tuple[str, int, str | None, str]:
+    """The clicking user, incident, target and prompt; refuses users not on call for it."""
     user = body["user"]["id"]
     incident_id, target = _incident_of(body)
     with read_session(deps.engine) as session:
@@ -43,7 +43,7 @@ def _authorized(deps: SlackDeps, body: dict[str, Any]) -> tuple[str, int, str | 
     # Checked outside any write transaction: it may ask Slack for a user group's members.
     if not deps.oncall.allowed(user, deps.group(prompt)):
         raise InvalidRequest(deps.refusal())
-    return user, incident_id, target
+    return user, incident_id, target, prompt
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -51,7 +51,7 @@ def register(app: App, deps: SlackDeps) -> None:
 
     @guarded
     def on_rollback(body: dict[str, Any], respond: Respond) -> None:
-        user, incident_id, target = _authorized(deps, body)
+        user, incident_id, target, _ = _authorized(deps, body)
         with write_session(deps.engine) as session:
             incident, result = rollback_incident(
                 session=session,
@@ -75,9 +75,9 @@ def register(app: App, deps: SlackDeps) -> None:
 
     @guarded
     def on_investigate(body: dict[str, Any], respond: Respond) -> None:
-        user, incident_id, _ = _authorized(deps, body)
+        user, incident_id, _, prompt = _authorized(deps, body)
+        quiet = deps.quiet_for(prompt)
         with write_session(deps.engine) as session:
-            quiet = deps.quiet_for(get_incident(session, incident_id).prompt)
             incident = investigate(
                 session=session, incident_id=incident_id, user=user, quiet=quiet, now=utcnow()
             )
@@ -95,9 +95,7 @@ def register(app: App, deps: SlackDeps) -> None:
 
     @guarded
     def on_gradual(body: dict[str, Any], respond: Respond) -> None:
-        user, incident_id, target = _authorized(deps, body)
-        with read_session(deps.engine) as session:
-            prompt = get_incident(session, incident_id).prompt
+        user, incident_id, target, prompt = _authorized(deps, body)
         text = _start_rollout(
             deps,
             RolloutKind.GRADUAL_ROLLBACK,
