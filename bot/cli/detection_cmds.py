@@ -11,8 +11,8 @@ from sqlmodel import col, select
 from bot.cli.context import CliState, emit_table, json_option, pass_state
 from bot.db import read_session
 from bot.detection import lease
-from bot.detection.actions import get_incident
 from bot.detection.checker import Checker
+from bot.detection.incidents import get_incident
 from bot.detection.notify import LogNotifier
 from bot.detection.postmortem import postmortem
 from bot.detection.scheduler import LEASE, build_sources

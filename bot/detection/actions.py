@@ -8,7 +8,8 @@ from sqlmodel import Session
 
 from bot import registry
 from bot.detection import incidents as inc
-from bot.errors import AlreadyRolledBack, Conflict, NotFound
+from bot.detection.incidents import get_incident
+from bot.errors import AlreadyRolledBack, Conflict
 from bot.models import (
     ACTIVE_INCIDENT,
     AuditEntry,
@@ -17,20 +18,6 @@ from bot.models import (
     IncidentStatus,
 )
 from bot.registry.changes import Actor, describe_change, preview_target
-
-
-class IncidentNotFound(NotFound):
-    """No incident with that id."""
-
-    code = "incident_not_found"
-
-
-def get_incident(session: Session, incident_id: int) -> Incident:
-    """The incident, or IncidentNotFound."""
-    incident = session.get(Incident, incident_id)
-    if incident is None:
-        raise IncidentNotFound(f"no incident #{incident_id}")
-    return incident
 
 
 def rollback_incident(

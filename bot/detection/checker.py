@@ -384,7 +384,7 @@ class Checker:
         incident_id: int | None,
         now: datetime,
     ) -> Incident:
-        found = inc.get_incident(session, incident_id) if incident_id else None
+        found = session.get(Incident, incident_id) if incident_id else None
         if found is not None:
             inc.record_breach(found, decision, now)
             return found

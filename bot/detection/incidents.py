@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from bot.detection.verdict import ACTION_ORDER, SEVERITY_ORDER, Decision
+from bot.errors import NotFound
 from bot.metrics import Target
 from bot.models import ACTIVE_INCIDENT, Action, Incident, IncidentStatus, Severity
 
@@ -17,9 +18,18 @@ def active_incidents(session: Session) -> dict[int, Incident]:
     return {incident.version_id: incident for incident in rows}
 
 
-def get_incident(session: Session, incident_id: int) -> Incident | None:
-    """One incident by id."""
-    return session.get(Incident, incident_id)
+class IncidentNotFound(NotFound):
+    """No incident with that id."""
+
+    code = "incident_not_found"
+
+
+def get_incident(session: Session, incident_id: int) -> Incident:
+    """The incident, or IncidentNotFound."""
+    incident = session.get(Incident, incident_id)
+    if incident is None:
+        raise IncidentNotFound(f"no incident #{incident_id}")
+    return incident
 
 
 def open_incident(

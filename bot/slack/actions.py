@@ -9,7 +9,8 @@ from slack_bolt import App, Respond
 
 from bot.db import read_session, write_session
 from bot.detection import rollouts
-from bot.detection.actions import get_incident, investigate, rollback_incident
+from bot.detection.actions import investigate, rollback_incident
+from bot.detection.incidents import get_incident
 from bot.errors import InvalidRequest
 from bot.models import RolloutKind, Trigger, utcnow
 from bot.registry.changes import Actor
