@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter, Request
+from sqlalchemy import Engine
 
 from bot.api.deps import ActorDep, EngineDep
 from bot.api.routes.prompts import NamePath, changed
@@ -12,6 +13,7 @@ from bot.db import read_session, write_session
 from bot.detection import rollouts
 from bot.models import Rollout, RolloutPublic, RolloutRequest, utcnow
 from bot.policy import PolicySet, load_policies
+from bot.registry.changes import Actor
 
 router = APIRouter(prefix="/api", tags=["rollouts"])
 
@@ -67,18 +69,7 @@ def finish_rollout(
     rollout_id: int, request: Request, engine: EngineDep, actor: ActorDep
 ) -> RolloutPublic:
     """A gradual rollback ends as a rollback (verified); a canary is promoted."""
-    with write_session(engine) as session:
-        rollout = rollouts.get_rollout(session, rollout_id)
-        rollouts.finish(
-            session=session,
-            rollout=rollout,
-            actor=actor,
-            now=utcnow(),
-            note=f"finished by {actor.operator}",
-        )
-        public = _public(rollout)
-    changed(request, public.prompt)
-    return public
+    return _end(rollout_id, request, engine, actor, finishing=True)
 
 
 @router.post("/rollouts/{rollout_id}/abort", summary="Stop the rollout")
@@ -86,14 +77,22 @@ def abort_rollout(
     rollout_id: int, request: Request, engine: EngineDep, actor: ActorDep
 ) -> RolloutPublic:
     """A canary goes back to the stable version; a gradual rollback stops where it is."""
+    return _end(rollout_id, request, engine, actor, finishing=False)
+
+
+def _end(
+    rollout_id: int, request: Request, engine: Engine, actor: Actor, *, finishing: bool
+) -> RolloutPublic:
+    end = rollouts.finish if finishing else rollouts.abort
     with write_session(engine) as session:
         rollout = rollouts.get_rollout(session, rollout_id)
-        rollouts.abort(
+        verb = "finished" if finishing else "aborted"
+        end(
             session=session,
             rollout=rollout,
             actor=actor,
             now=utcnow(),
-            note=f"aborted by {actor.operator}",
+            note=f"{verb} by {actor.operator}",
         )
         public = _public(rollout)
     changed(request, public.prompt)
