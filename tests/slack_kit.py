@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import threading
 import time
 import uuid
@@ -90,6 +91,8 @@ class _State:
     faults: dict[str, deque[_Fault]] = field(default_factory=dict)
     down: str | None = None
     delay: float = 0.0
+    flaky: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
 
 
 class _SlackError(LookupError):
@@ -251,6 +254,11 @@ class FakeSlack:
         with self._lock:
             self._state.down = ("close" if close else "503") if down else None
 
+    def set_flaky(self, rate: float, *, seed: int = 7) -> None:
+        """Answer a random `rate` of Web API calls 503 (seeded, so a run can be repeated)."""
+        with self._lock:
+            self._state.flaky, self._state.rng = rate, random.Random(seed)
+
     def set_delay(self, seconds: float) -> None:
         """Wait `seconds` before every answer."""
         with self._lock:
@@ -360,6 +368,9 @@ class FakeSlack:
             queue = self._state.faults.get(method)
             down = self._state.down
             fault = queue.popleft() if queue and down is None else None
+            rate = self._state.flaky if method != "response_url" else 0.0
+            if fault is None and down is None and rate and self._state.rng.random() < rate:
+                fault = _Fault(503, 0)
             return down, fault, self._state.delay
 
     def _api(self, method: str, args: dict[str, Any], token: str | None) -> dict[str, Any]:

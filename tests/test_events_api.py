@@ -121,3 +121,33 @@ def test_prune_drops_only_old_buckets(client: TestClient, engine: Engine) -> Non
         assert prune(session=session, older_than=now - timedelta(hours=24)) == 1
     with read_session(engine) as session:
         assert session.execute(select(func.count()).select_from(metric_bucket)).scalar() == 1
+
+
+def test_a_batch_sent_again_with_its_batch_id_is_stored_once(
+    client: TestClient, engine: Engine
+) -> None:
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    event = {"prompt": "customer-support", "version": "v2.0.0", "error": True, "latency_ms": 5}
+    body = {"batch_id": "3f2b8c1e-retry", "events": [event] * 10}
+    first = client.post("/api/events", json=body)
+    again = client.post("/api/events", json=body)
+    other = client.post("/api/events", json={**body, "batch_id": "another"})
+    assert first.json() == {"accepted": 10, "buckets": 1, "duplicate": False}
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert other.json()["duplicate"] is False
+    assert _buckets(engine) == [(20, 20, 0)]
+    with write_session(engine) as session:  # batch ids age out with the metrics
+        prune(session=session, older_than=datetime.now(UTC) + timedelta(minutes=1))
+    assert client.post("/api/events", json=body).json()["duplicate"] is False
+
+
+@pytest.mark.parametrize("batch_id", ["", "has space", "x" * 101, 42])
+def test_a_malformed_batch_id_is_refused_and_nothing_stored(
+    client: TestClient, engine: Engine, batch_id: object
+) -> None:
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    event = {"prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 5}
+    answer = client.post("/api/events", json={"batch_id": batch_id, "events": [event]})
+    assert answer.status_code == 422
+    assert "batch_id" in answer.text
+    assert _buckets(engine) == []

@@ -7,6 +7,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ class PromptClient:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._outbox: deque[dict[str, Any]] = deque(maxlen=max_buffer)
+        self._unsent: tuple[str, list[dict[str, Any]]] | None = None  # a batch to send again
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -264,24 +266,30 @@ class PromptClient:
             self._flush()
 
     def _flush(self) -> None:
-        while self._outbox:
-            batch: list[dict[str, Any]] = []
-            while self._outbox and len(batch) < self.batch_size:
-                batch.append(self._outbox.popleft())
+        while self._unsent is not None or self._outbox:
+            if self._unsent is None:
+                batch: list[dict[str, Any]] = []
+                while self._outbox and len(batch) < self.batch_size:
+                    batch.append(self._outbox.popleft())
+                # Retried whole under the same id: the bot stores a batch once even when an
+                # earlier try landed but its answer was lost.
+                self._unsent = (uuid.uuid4().hex, batch)
+            batch_id, batch = self._unsent
             try:
-                answer = self._http.post("/api/events", json={"events": batch})
+                answer = self._http.post(
+                    "/api/events", json={"batch_id": batch_id, "events": batch}
+                )
             except httpx.HTTPError as exc:
                 self._note(f"events: {exc}")
-                self._outbox.extendleft(reversed(batch))  # keep them for the next try
-                return
+                return  # kept for the next try
             if answer.status_code == 200:
                 self.stats.events_sent += len(batch)
             elif answer.status_code in (401, 403, 413, 422):
                 self.stats.events_rejected += len(batch)  # retrying would not help
                 self._note(f"events refused: {answer.status_code} {answer.text[:200]}")
             else:
-                self._outbox.extendleft(reversed(batch))
                 return
+            self._unsent = None
 
     def _note(self, error: str) -> None:
         log.debug("prompt client: %s", error)

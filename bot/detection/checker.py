@@ -15,10 +15,11 @@ from sqlmodel import Session
 from bot import registry, telemetry
 from bot.db import read_session, write_session
 from bot.detection import incidents as inc
-from bot.detection.notify import Notice, NoticeKind, Notifier
+from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.detection.targets import LiveVersion, load_live_versions
 from bot.detection.verdict import Decision, decide
 from bot.errors import BotError, ConcurrentChange, Conflict
+from bot.faults import failpoint
 from bot.metrics import MetricsSource, MetricsUnavailable, VersionMetrics, collect_safely
 from bot.models import (
     Action,
@@ -54,10 +55,12 @@ class TickReport:
 
 @dataclass
 class _Plan:
-    """Work found while reading incidents, done after the bookkeeping commits."""
+    """Work found while reading incidents: rollbacks and marks run after the bookkeeping commits;
+    `pending` notices are queued in that same transaction; `notices` lists all sent."""
 
     rollbacks: list[tuple[LiveVersion, Decision, int | None]] = field(default_factory=list)
     mark_good: list[LiveVersion] = field(default_factory=list)
+    pending: list[Notice] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
 
 
@@ -108,13 +111,13 @@ class Checker:
         report = TickReport(started_at=now)
         judged = self.judge(now)
         report.decisions = [decision for _, decision in judged]
-        plan = _Plan(notices=self._source_notices())
+        plan = _Plan()
+        for notice in self._source_notices():
+            self._tell(notice, plan)
         self._record(judged, now, plan)
         for live, decision, incident_id in plan.rollbacks:
             self._roll_back(live, decision, incident_id, now, report, plan)
         self._mark_known_good(plan.mark_good, now)
-        for notice in plan.notices:
-            self._send(notice)
         report.notices = plan.notices
         report.duration_s = time.perf_counter() - started
         telemetry.CHECK_SECONDS.observe(report.duration_s)
@@ -192,6 +195,10 @@ class Checker:
                     now=now,
                     note="version no longer serving",
                 )
+            session.flush()
+            for notice in plan.pending:  # queued with the incidents they report, or not at all
+                self._tell(notice, plan, session)
+            plan.pending.clear()
 
     def _judge_one(
         self,
@@ -220,7 +227,7 @@ class Checker:
                 )
                 if decision.action in (Action.PAGE, Action.ALERT):
                     incident.last_paged_at, incident.pages = now, 1
-                plan.notices.append(_notice(NoticeKind.INCIDENT_OPENED, incident, decision))
+                plan.pending.append(_notice(NoticeKind.INCIDENT_OPENED, incident, decision))
                 return
             stronger = inc.is_stronger(decision, incident)
             inc.record_breach(incident, decision, now)
@@ -229,7 +236,7 @@ class Checker:
                 inc.escalate(incident, severity=decision.severity, action=decision.action, now=now)
                 if not quiet:  # someone said "Investigate": no new alert until the quiet ends
                     incident.last_paged_at = now
-                    plan.notices.append(_notice(NoticeKind.INCIDENT_ESCALATED, incident, decision))
+                    plan.pending.append(_notice(NoticeKind.INCIDENT_ESCALATED, incident, decision))
             elif not quiet and incident.investigator is None:
                 self._repage_if_overdue(lv, decision, incident, now, plan)
         if incident is None:
@@ -249,7 +256,7 @@ class Checker:
                     now=now,
                     note="metrics back within policy",
                 )
-                plan.notices.append(_notice(NoticeKind.INCIDENT_RESOLVED, incident, decision))
+                plan.pending.append(_notice(NoticeKind.INCIDENT_RESOLVED, incident, decision))
 
     def _repage_if_overdue(
         self, lv: LiveVersion, decision: Decision, incident: Incident, now: datetime, plan: _Plan
@@ -264,7 +271,7 @@ class Checker:
             return
         waited = int((now - incident.opened_at).total_seconds() // 60)
         incident.last_paged_at, incident.pages = now, incident.pages + 1
-        plan.notices.append(
+        plan.pending.append(
             _notice(
                 NoticeKind.INCIDENT_ESCALATED,
                 incident,
@@ -287,7 +294,7 @@ class Checker:
                 now=now,
                 note="recovered during observation",
             )
-            plan.notices.append(
+            plan.pending.append(
                 _notice(
                     NoticeKind.OBSERVATION_ENDED,
                     incident,
@@ -307,7 +314,7 @@ class Checker:
             action=action,
             now=now,
         )
-        plan.notices.append(
+        plan.pending.append(
             _notice(
                 NoticeKind.OBSERVATION_ENDED,
                 incident,
@@ -347,15 +354,12 @@ class Checker:
                     now=now,
                     rollback_audit_id=result.audit_id,
                 )
+                session.flush()
+                text = f"Rolled back {result.from_version} → {result.to_version} automatically."
+                self._tell(_notice(NoticeKind.ROLLED_BACK, incident, decision, text), plan, session)
+                failpoint("rollback.before_commit")
+            failpoint("rollback.committed")
             report.rollbacks.append(result)
-            plan.notices.append(
-                _notice(
-                    NoticeKind.ROLLED_BACK,
-                    incident,
-                    decision,
-                    f"Rolled back {result.from_version} → {result.to_version} automatically.",
-                )
-            )
         except (ConcurrentChange, Conflict) as exc:
             # Someone (a person, another replica) acted first; the next pass sees the new state.
             log.info("automatic rollback of %s skipped: %s", lv.target.prompt, exc.message)
@@ -366,15 +370,15 @@ class Checker:
                 incident.summary = f"automatic rollback failed: {exc.message}; {incident.summary}"[
                     :2000
                 ]
-            plan.notices.append(
-                _notice(
+                session.flush()
+                failed = _notice(
                     NoticeKind.ROLLBACK_FAILED,
                     incident,
                     decision,
                     f"Automatic rollback FAILED: {exc.message}. Roll back by hand now.",
                     severity=Severity.CRITICAL,
                 )
-            )
+                self._tell(failed, plan, session)
 
     def _incident_for(
         self,
@@ -428,11 +432,9 @@ class Checker:
                     exc.message,
                 )
 
-    def _send(self, notice: Notice) -> None:
-        try:
-            self.notifier.send(notice)
-        except Exception:  # a notifier failure must not undo or block what was done
-            log.exception("notifier failed for %s", notice.kind.value)
+    def _tell(self, notice: Notice, plan: _Plan, session: Session | None = None) -> None:
+        deliver(self.notifier, notice, session)
+        plan.notices.append(notice)
 
 
 def _minutes(delta: timedelta) -> int:

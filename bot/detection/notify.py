@@ -8,6 +8,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sqlmodel import Session
+
 from bot.models import Severity
 
 log = logging.getLogger("bot.notify")
@@ -54,9 +56,27 @@ class Notice:
 class Notifier(Protocol):
     """Delivers notices; must not raise for delivery problems it can retry itself."""
 
-    def send(self, notice: Notice) -> None:
-        """Deliver one notice."""
+    def send(self, notice: Notice, session: Session | None = None) -> None:
+        """Deliver one notice; with `session`, queue it in that transaction (the change's own)."""
         ...
+
+
+def deliver(notifier: Notifier, notice: Notice, session: Session | None = None) -> None:
+    """Send `notice` without letting a notifier failure undo or stop the change it reports.
+
+    With `session` the notice commits with the change it reports (a crash loses neither or
+    both); a failing notifier is rolled back to a savepoint and logged, the change still commits.
+    """
+    try:
+        if session is None:
+            notifier.send(notice)
+            return
+        with session.begin_nested():
+            notifier.send(notice, session)
+    except Exception:
+        log.exception(
+            "notifier failed for %s", notice.kind.value, extra={"incident": notice.incident_id}
+        )
 
 
 class LogNotifier:
@@ -65,7 +85,7 @@ class LogNotifier:
     def __init__(self) -> None:
         self.sent: list[Notice] = []
 
-    def send(self, notice: Notice) -> None:
+    def send(self, notice: Notice, session: Session | None = None) -> None:
         """Log the notice at a level matching its severity."""
         self.sent.append(notice)
         level = (

@@ -11,9 +11,10 @@ from sqlmodel import Session, col, select
 
 from bot.db import read_session, write_session
 from bot.detection import rollouts
-from bot.detection.notify import Notice, NoticeKind, Notifier
+from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.detection.verdict import decide
 from bot.errors import BotError
+from bot.faults import failpoint
 from bot.metrics import MetricsSource, Target, VersionMetrics, collect_safely
 from bot.models import (
     Action,
@@ -26,7 +27,7 @@ from bot.models import (
     utcnow,
 )
 from bot.policy import PolicySet
-from bot.policy.schema import Settings
+from bot.policy.schema import EffectivePolicy, Settings
 from bot.registry.changes import Actor
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,10 @@ class RolloutDriver:
         sources: Mapping[str, MetricsSource],
         notifier: Notifier,
         clock: Callable[[], datetime] = utcnow,
+        claim_for: timedelta = CLAIM_FOR,
     ) -> None:
         self.engine, self.policies, self.sources = engine, policies, sources
-        self.notifier, self.clock = notifier, clock
+        self.notifier, self.clock, self.claim_for = notifier, clock, claim_for
 
     def run_due(self) -> int:
         """Judge every running rollout once; returns how many were looked at."""
@@ -60,13 +62,14 @@ class RolloutDriver:
                     or_(col(Rollout.claimed_until).is_(None), col(Rollout.claimed_until) <= now),
                 )
             ).all()
-            claimed = [rid for rid in ids if rid is not None and _claim(session, rid, now)]
+            claimed = [
+                rid for rid in ids if rid is not None and _claim(session, rid, now, self.claim_for)
+            ]
         for rollout_id in claimed:
             try:
-                notice = self._step(rollout_id, now)
+                self._step(rollout_id, now)
             except BotError as exc:
                 log.warning("rollout #%s step failed: %s", rollout_id, exc.message)
-                notice = None
             finally:
                 with write_session(self.engine) as session:
                     session.execute(
@@ -75,14 +78,9 @@ class RolloutDriver:
                         .values(claimed_until=None)
                         .execution_options(synchronize_session=False)
                     )
-            if notice is not None:
-                try:
-                    self.notifier.send(notice)
-                except Exception:  # a notifier failure must not stop the rollout
-                    log.exception("notifier failed for rollout #%s", rollout_id)
         return len(claimed)
 
-    def _step(self, rollout_id: int, now: datetime) -> Notice | None:
+    def _step(self, rollout_id: int, now: datetime) -> None:
         with read_session(self.engine) as session:
             rollout = rollouts.get_rollout(session, rollout_id)
             ids = {
@@ -117,34 +115,50 @@ class RolloutDriver:
         with write_session(self.engine) as session:
             rollout = rollouts.get_rollout(session, rollout_id)
             if rollout.status != RolloutStatus.RUNNING:
-                return None
+                return
             if not isinstance(metrics, VersionMetrics):
-                return None  # no figures: hold the stage, never move on missing data
+                return  # no figures: hold the stage, never move on missing data
             if rollout.kind == RolloutKind.GRADUAL_ROLLBACK:
-                return self._gradual(session, rollout, metrics, elapsed, actor, now, settings)
-            decision = decide(
-                prompt=rollout.prompt,
-                version=rollout.to_version,
-                metrics=metrics,
-                policy=policy,
-                age=now - rollout.created_at,
+                notice = self._gradual(session, rollout, metrics, elapsed, actor, now, settings)
+            else:
+                notice = self._canary(session, rollout, metrics, elapsed, actor, now, policy)
+            if notice is not None:  # queued with the stage it reports: once, or not at all
+                deliver(self.notifier, notice, session)
+            failpoint("rollout.before_commit")
+
+    def _canary(
+        self,
+        session: Session,
+        rollout: Rollout,
+        metrics: VersionMetrics,
+        elapsed: bool,
+        actor: Actor,
+        now: datetime,
+        policy: EffectivePolicy,
+    ) -> Notice | None:
+        decision = decide(
+            prompt=rollout.prompt,
+            version=rollout.to_version,
+            metrics=metrics,
+            policy=policy,
+            age=now - rollout.created_at,
+        )
+        if decision.breach:
+            rollouts.abort(
+                session=session, rollout=rollout, actor=actor, now=now, note=decision.reason
             )
-            if decision.breach:
-                rollouts.abort(
-                    session=session, rollout=rollout, actor=actor, now=now, note=decision.reason
-                )
-                return _notice(
-                    NoticeKind.ROLLOUT_ABORTED,
-                    rollout,
-                    Severity.HIGH,
-                    f"Canary aborted at {rollouts.describe(rollout)}: {decision.reason}. "
-                    f"All traffic is back on {rollout.from_version}.",
-                    Action.PAGE,
-                )
-            if elapsed and decision.action == Action.NONE:
-                rollouts.advance(session=session, rollout=rollout, actor=actor, now=now)
-                return self._moved(rollout, metrics)
-            return None
+            return _notice(
+                NoticeKind.ROLLOUT_ABORTED,
+                rollout,
+                Severity.HIGH,
+                f"Canary aborted at {rollouts.describe(rollout)}: {decision.reason}. "
+                f"All traffic is back on {rollout.from_version}.",
+                Action.PAGE,
+            )
+        if elapsed and decision.action == Action.NONE:
+            rollouts.advance(session=session, rollout=rollout, actor=actor, now=now)
+            return self._moved(rollout, metrics)
+        return None
 
     def _gradual(
         self,
@@ -197,13 +211,13 @@ class RolloutDriver:
         )
 
 
-def _claim(session: Session, rollout_id: int, now: datetime) -> bool:
+def _claim(session: Session, rollout_id: int, now: datetime, claim_for: timedelta) -> bool:
     """Take the rollout for this pass unless another replica holds it."""
     free = or_(col(Rollout.claimed_until).is_(None), col(Rollout.claimed_until) <= now)
     taken = session.execute(
         update(Rollout)
         .where(col(Rollout.id) == rollout_id, free)
-        .values(claimed_until=now + CLAIM_FOR)
+        .values(claimed_until=now + claim_for)
         .execution_options(synchronize_session=False)
     )
     return bool(taken.rowcount == 1)  # type: ignore[attr-defined]

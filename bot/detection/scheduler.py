@@ -66,15 +66,23 @@ class CheckerService:
                 routing_key=settings.pagerduty_routing_key.get_secret_value(),
                 url=settings.pagerduty_events_url,
             )
+        # A claim lasts no longer than the lease: a standby that takes over a dead leader can
+        # take its unfinished verification checks and rollout stages at once.
+        claim_for = timedelta(seconds=settings.lease_ttl_seconds())
         self.verifier = Verifier(
             engine=engine,
             policies=policies,
             sources=self.checker.sources,
             notifier=notifier,
             pager=pager,
+            claim_for=claim_for,
         )
         self.rollouts = RolloutDriver(
-            engine=engine, policies=policies, sources=self.checker.sources, notifier=notifier
+            engine=engine,
+            policies=policies,
+            sources=self.checker.sources,
+            notifier=notifier,
+            claim_for=claim_for,
         )
         secret = settings.rollback_webhook_secret
         self.webhooks = WebhookDispatcher(

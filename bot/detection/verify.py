@@ -15,9 +15,10 @@ from sqlalchemy import Engine, or_, update
 from sqlmodel import Session, col, select
 
 from bot.db import write_session
-from bot.detection.notify import Notice, NoticeKind, Notifier
+from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.detection.pagerduty import PagerDuty
 from bot.detection.verdict import decide
+from bot.faults import failpoint
 from bot.metrics import MetricsSource, MetricsUnavailable, Target, collect_safely
 from bot.models import (
     Action,
@@ -51,15 +52,18 @@ class Verifier:
         notifier: Notifier,
         pager: PagerDuty | None = None,
         clock: Callable[[], datetime] = utcnow,
+        claim_for: timedelta = CLAIM_FOR,
     ) -> None:
         self.engine, self.policies, self.sources = engine, policies, sources
         self.notifier, self.pager, self.clock = notifier, pager, clock
+        self.claim_for = claim_for
 
     def run_due(self) -> int:
         """Run every check that is due now; returns how many ran."""
         now = self.clock()
         due = self._claim(now)
         for verification in due:
+            failpoint("verify.claimed")
             self._check(verification, now)
         return len(due)
 
@@ -83,7 +87,7 @@ class Verifier:
                         col(Verification.id) == row.id,
                         col(Verification.checks_done) == row.checks_done,
                     )
-                    .values(claimed_until=now + CLAIM_FOR)
+                    .values(claimed_until=now + self.claim_for)
                     .execution_options(synchronize_session=False)
                 )
                 if taken.rowcount == 1:  # type: ignore[attr-defined]
@@ -107,10 +111,14 @@ class Verifier:
             if finished
             else VerificationStatus.RUNNING
         )
+        if status == VerificationStatus.ESCALATED:
+            # Paged before the check commits: if this process dies in between, the check runs
+            # again and PagerDuty folds the repeat into the same alert (same dedup key).
+            self._page(v, self._escalation_text(v), figures)
         with write_session(self.engine) as session:
-            session.execute(
+            written = session.execute(
                 update(Verification)
-                .where(col(Verification.id) == v.id)
+                .where(col(Verification.id) == v.id, col(Verification.checks_done) == v.checks_done)
                 .values(
                     switch_reported=v.switch_reported or switch is not None,
                     checks_done=number,
@@ -123,6 +131,8 @@ class Verifier:
                 )
                 .execution_options(synchronize_session=False)
             )
+            if written.rowcount != 1:  # type: ignore[attr-defined]
+                return  # another replica recorded this check after our claim lapsed
             incident = _incident_of(session, v)
             notices = [self._notice(NoticeKind.VERIFICATION_CHECK, v, incident, text, figures)]
             if switch is not None:
@@ -145,10 +155,10 @@ class Verifier:
                 notices.append(self._recovered(v, incident, now, figures))
             elif status == VerificationStatus.ESCALATED:
                 notices.append(self._escalated(v, incident, now, figures))
-        for notice in notices:
-            self._send(notice)
-        if status == VerificationStatus.ESCALATED:
-            self._page(v, notices[-1])
+            session.flush()
+            for notice in notices:  # queued with the check they report: once, or not at all
+                deliver(self.notifier, notice, session)
+            failpoint("verify.checked")
 
     def _switch(self, v: Verification, now: datetime) -> tuple[NoticeKind, str] | None:
         """Have the reporting apps moved off the rolled-back version? None: not known yet."""
@@ -242,10 +252,7 @@ class Verifier:
     def _escalated(
         self, v: Verification, incident: Incident | None, now: datetime, figures: dict[str, Any]
     ) -> Notice:
-        text = (
-            f"Not recovered: {v.version} still fails after {v.checks_done + 1} checks. "
-            "Escalating to on-call."
-        )
+        text = self._escalation_text(v)
         if incident is not None:
             incident.escalated_at = incident.updated_at = now
             incident.summary = f"{incident.summary}; not recovered after rollback"[:2000]
@@ -287,27 +294,28 @@ class Verifier:
             },
         )
 
-    def _page(self, v: Verification, notice: Notice) -> None:
+    @staticmethod
+    def _escalation_text(v: Verification) -> str:
+        return (
+            f"Not recovered: {v.version} still fails after {v.checks_done + 1} checks. "
+            "Escalating to on-call."
+        )
+
+    def _page(self, v: Verification, text: str, figures: dict[str, Any]) -> None:
         if self.pager is None:
             return
         self.pager.trigger(
             dedup_key=f"prompt-rollback-bot/{v.prompt}/rollback-{v.audit_id}",
-            summary=f"{v.prompt}: rollback to {v.version} did not recover ({notice.text})",
+            summary=f"{v.prompt}: rollback to {v.version} did not recover ({text})",
             source="prompt-rollback-bot",
             severity="critical",
             details={
                 "prompt": v.prompt,
                 "rolled_back_from": v.from_version,
                 "restored_version": v.version,
-                "figures": notice.details.get("figures"),
+                "figures": figures,
             },
         )
-
-    def _send(self, notice: Notice) -> None:
-        try:
-            self.notifier.send(notice)
-        except Exception:  # a notifier failure must not stop verification
-            log.exception("notifier failed for %s", notice.kind.value)
 
 
 def _incident_of(session: Session, v: Verification) -> Incident | None:

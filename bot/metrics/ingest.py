@@ -14,6 +14,7 @@ from bot.metrics.histogram import bucket_index
 from bot.models import (
     HISTOGRAM_COLUMNS,
     EventBatch,
+    IngestedBatch,
     IngestResult,
     Prompt,
     PromptVersion,
@@ -78,15 +79,31 @@ def ingest(
             row["quality_count"] += 1
     if problems:
         raise InvalidEvents(problems)
+    if batch.batch_id is not None and not _first_time(session, batch.batch_id, now):
+        return IngestResult(accepted=len(batch.events), buckets=0, duplicate=True)
     _upsert(session, [{"version_id": v, "minute": m, **r} for (v, m), r in rows.items()])
     _mark_seen(session, latest)
     return IngestResult(accepted=len(batch.events), buckets=len(rows))
 
 
 def prune(*, session: Session, older_than: datetime) -> int:
-    """Delete buckets that fell out of the retention window; returns how many."""
+    """Delete buckets (and batch ids) that fell out of the retention window; returns how many
+    buckets."""
+    session.execute(delete(IngestedBatch).where(col(IngestedBatch.created_at) < older_than))
     result = session.execute(delete(metric_bucket).where(metric_bucket.c.minute < older_than))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _first_time(session: Session, batch_id: str, now: datetime) -> bool:
+    """Record `batch_id`; False when it was stored before (a retry: store nothing again)."""
+    insert = upsert_insert(session)
+    inserted = session.execute(
+        insert(IngestedBatch)
+        .values(batch_id=batch_id, created_at=now)
+        .on_conflict_do_nothing(index_elements=["batch_id"])
+        .returning(col(IngestedBatch.batch_id))
+    )
+    return inserted.first() is not None
 
 
 def _problem(index: int, field: str, message: str) -> dict[str, str]:

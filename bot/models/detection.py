@@ -202,6 +202,7 @@ class Lease(SQLModel, table=True):
 # --- events API -----------------------------------------------------------------------------
 
 EVENTS_MAX = 5_000
+BATCH_ID_MAX = 100
 
 
 class Event(BaseModel):
@@ -223,13 +224,31 @@ class EventBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     events: Annotated[list[Event], PydanticField(min_length=1, max_length=EVENTS_MAX)]
+    # Optional, chosen by the sender (a UUID): a batch sent again with the same id (a retry
+    # after a timeout or a 503 whose commit may have landed) is stored once.
+    batch_id: (
+        Annotated[
+            str, PydanticField(min_length=1, max_length=BATCH_ID_MAX, pattern=r"^[A-Za-z0-9._:-]+$")
+        ]
+        | None
+    ) = None
 
 
 class IngestResult(BaseModel):
-    """What an accepted batch added."""
+    """What an accepted batch added (`duplicate`: that batch_id was already stored)."""
 
     accepted: int
     buckets: int
+    duplicate: bool = False
+
+
+class IngestedBatch(SQLModel, table=True):
+    """A batch_id already stored, kept as long as the metrics it added."""
+
+    __tablename__ = "ingested_batch"
+
+    batch_id: str = Field(primary_key=True, max_length=BATCH_ID_MAX)
+    created_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
 class VerificationStatus(enum.StrEnum):

@@ -12,6 +12,7 @@ from bot.detection import rollouts
 from bot.detection.actions import investigate, rollback_incident
 from bot.detection.incidents import get_incident
 from bot.errors import InvalidRequest
+from bot.faults import failpoint
 from bot.models import RolloutKind, Trigger, utcnow
 from bot.registry.changes import Actor
 from bot.slack import cards
@@ -72,6 +73,8 @@ def register(app: App, deps: SlackDeps) -> None:
                 "Verification of the restored version reports in this thread.",
                 "rolled_back",
             )
+            failpoint("rollback.before_commit")
+        failpoint("rollback.committed")
         deps.worker.wake()
 
     @guarded

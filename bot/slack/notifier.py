@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import event
 from sqlmodel import Session
 
 from bot.db import write_session
@@ -48,46 +49,60 @@ class SlackNotifier:
         self.deps = deps
         self.engine, self.worker = deps.engine, deps.worker
 
-    def send(self, notice: Notice) -> None:
-        """Post or update the incident's card; thread the news; DM on-call for pages."""
-        with write_session(self.engine) as session:
-            if notice.kind in VERIFICATION:
-                self._verification(session, notice)
-            elif notice.kind in ROLLOUT:
-                self._rollout(session, notice)
-            elif notice.incident_id is None:
-                text = f"*{notice.title}*\n{notice.text}"
-                outbox.enqueue(
-                    session,
-                    key=f"notice:{notice.kind.value}:{utcnow().isoformat()}",
-                    method="chat.postMessage",
-                    payload={
-                        "channel": self.deps.settings.slack_incidents_channel,
-                        "text": text,
-                        "blocks": to_dicts(text_blocks(text)),
-                    },
-                )
-            else:
-                incident = session.get(Incident, notice.incident_id)
-                if incident is None:
-                    return
-                channel = self.deps.channel(incident.prompt)
-                cards.post_or_update_card(session, incident, channel, notice.kind.value)
-                template = THREAD_TEXT.get(notice.kind)
-                if template is not None:
-                    cards.thread_reply(
-                        session, incident, template.format(text=notice.text), notice.kind.value
-                    )
-                if notice.action == "page" or notice.kind == NoticeKind.ROLLBACK_FAILED:
-                    summary = (
-                        f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}\n"
-                        f"See the incident #{incident.id} card in {channel}."
-                    )
-                    oncall = self.deps.oncall.members(self.deps.group(incident.prompt))
-                    cards.page(session, incident, oncall, summary, notice.kind.value)
-            if notice.incident_id is not None and notice.kind in CLOSING:
-                self._postmortem_once_closed(session, notice.incident_id)
+    def send(self, notice: Notice, session: Session | None = None) -> None:
+        """Post or update the incident's card; thread the news; DM on-call for pages.
+
+        With `session` the messages are queued in the caller's transaction, so they exist if
+        and only if the change they report committed; the worker is woken after that commit.
+        """
+        if session is None:
+            with write_session(self.engine) as own:
+                self._queue(own, notice)
+            self.worker.wake()
+            return
+        self._queue(session, notice)
+        event.listen(session, "after_commit", self._wake_after_commit, once=True)
+
+    def _wake_after_commit(self, _session: Session) -> None:
         self.worker.wake()
+
+    def _queue(self, session: Session, notice: Notice) -> None:
+        if notice.kind in VERIFICATION:
+            self._verification(session, notice)
+        elif notice.kind in ROLLOUT:
+            self._rollout(session, notice)
+        elif notice.incident_id is None:
+            text = f"*{notice.title}*\n{notice.text}"
+            outbox.enqueue(
+                session,
+                key=f"notice:{notice.kind.value}:{utcnow().isoformat()}",
+                method="chat.postMessage",
+                payload={
+                    "channel": self.deps.settings.slack_incidents_channel,
+                    "text": text,
+                    "blocks": to_dicts(text_blocks(text)),
+                },
+            )
+        else:
+            incident = session.get(Incident, notice.incident_id)
+            if incident is None:
+                return
+            channel = self.deps.channel(incident.prompt)
+            cards.post_or_update_card(session, incident, channel, notice.kind.value)
+            template = THREAD_TEXT.get(notice.kind)
+            if template is not None:
+                cards.thread_reply(
+                    session, incident, template.format(text=notice.text), notice.kind.value
+                )
+            if notice.action == "page" or notice.kind == NoticeKind.ROLLBACK_FAILED:
+                summary = (
+                    f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}\n"
+                    f"See the incident #{incident.id} card in {channel}."
+                )
+                oncall = self.deps.oncall.members(self.deps.group(incident.prompt))
+                cards.page(session, incident, oncall, summary, notice.kind.value)
+        if notice.incident_id is not None and notice.kind in CLOSING:
+            self._postmortem_once_closed(session, notice.incident_id)
 
     def _postmortem_once_closed(self, session: Session, incident_id: int) -> None:
         """When the incident is resolved, its thread gets the post-mortem draft (once)."""

@@ -1,6 +1,7 @@
 """The durable Slack outbox: every message is a row, delivered once, retried until it lands.
 
-Rows are delivered in id order per incident (a card before its updates and thread replies).
+Rows are delivered in id order per incident and per thread (a card before its updates and
+replies, each reply after the one before it, even while an earlier one is being retried).
 A row that threads under or updates another waits until that one has its `ts`. Slack's 429
 answers are honoured with their Retry-After; 5xx, timeouts and connection errors back off
 exponentially; permanent errors (`channel_not_found`, `invalid_auth`, ...) give up at once.
@@ -16,11 +17,12 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine, func, or_, update
 from sqlmodel import Session, col, select
 
-from bot.db import upsert_insert, write_session
+from bot.db import read_session, upsert_insert, write_session
 from bot.errors import BotError
+from bot.faults import failpoint
 from bot.models import OutboxStatus, SlackOutbox, utcnow
 from bot.telemetry import SLACK_ERRORS
 
@@ -28,7 +30,9 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 50
 BATCH = 20
-CLAIM_FOR = timedelta(seconds=30)
+CLAIM_FOR = timedelta(seconds=15)  # renewed before each message is sent
+# Backoff after 5xx/timeouts stops growing here, so messages land within ~5 s of Slack's return.
+MAX_BACKOFF_S = 5.0
 PERMANENT = frozenset(
     {
         "channel_not_found",
@@ -100,6 +104,7 @@ class OutboxWorker:
     ) -> None:
         self.engine, self.client, self.clock = engine, client, clock
         self.poll_seconds = poll_seconds
+        self._dm_channels: dict[str, str] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,15 +132,53 @@ class OutboxWorker:
                     pass
             except BotError as exc:  # the database is unreachable: try again next poll
                 log.warning("outbox round skipped: %s", exc.message)
-            self._wake.wait(self.poll_seconds)
+            self._wake.wait(self._idle_seconds())
             self._wake.clear()
+
+    def _idle_seconds(self) -> float:
+        """Sleep until the next retry is due (a 0.5 s backoff waits 0.5 s), at most a poll."""
+        try:
+            with read_session(self.engine) as session:
+                due = session.exec(
+                    select(func.min(SlackOutbox.next_attempt_at)).where(
+                        SlackOutbox.status == OutboxStatus.PENDING
+                    )
+                ).one()
+        except BotError:
+            return self.poll_seconds
+        if due is None:
+            return self.poll_seconds
+        return max(0.02, min(self.poll_seconds, (due - self.clock()).total_seconds()))
 
     def deliver_due(self) -> int:
         """Deliver what is due now; returns how many rows were attempted."""
         rows = self._claim()
+        if rows:
+            failpoint("outbox.claimed")
         for row in rows:
-            self._deliver(row)
+            if self._renew(row):
+                self._deliver(row)
         return len(rows)
+
+    def _renew(self, row: SlackOutbox) -> bool:
+        """Extend this worker's claim on `row` just before sending it; False if it lapsed and
+        another worker took the row (a slow Slack can outlast a batch's claim)."""
+        until = self.clock() + CLAIM_FOR
+        with write_session(self.engine) as session:
+            renewed = session.execute(
+                update(SlackOutbox)
+                .where(
+                    col(SlackOutbox.id) == row.id,
+                    col(SlackOutbox.claimed_until) == row.claimed_until,
+                    col(SlackOutbox.status) == OutboxStatus.PENDING,
+                )
+                .values(claimed_until=until)
+                .execution_options(synchronize_session=False)
+            )
+        if renewed.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        row.claimed_until = until
+        return True
 
     def _claim(self) -> list[SlackOutbox]:
         now = self.clock()
@@ -146,7 +189,7 @@ class OutboxWorker:
                 .order_by(col(SlackOutbox.id))
                 .limit(500)
             ).all()
-            blocked: set[int] = set()
+            blocked: set[str] = set()
             parents = {r.parent_key for r in pending if r.parent_key}
             sent = (
                 {
@@ -163,17 +206,20 @@ class OutboxWorker:
             )
             chosen: list[SlackOutbox] = []
             for row in pending:
-                group = row.incident_id
+                # One message at a time per incident and per thread (or edited message):
+                # a later one never overtakes an earlier one that is still being retried.
+                groups = {f"incident:{row.incident_id}", f"parent:{row.parent_key}"} - {
+                    "incident:None",
+                    "parent:None",
+                }
                 waiting = row.parent_key is not None and row.parent_key not in sent
                 not_due = row.next_attempt_at > now or (
                     row.claimed_until is not None and row.claimed_until > now
                 )
-                if (group is not None and group in blocked) or waiting or not_due:
-                    if group is not None:
-                        blocked.add(group)  # keep each incident's messages in order
+                if groups & blocked or waiting or not_due:
+                    blocked |= groups
                     continue
-                if group is not None:
-                    blocked.add(group)
+                blocked |= groups
                 claimed = session.execute(
                     update(SlackOutbox)
                     .where(
@@ -199,6 +245,7 @@ class OutboxWorker:
                     break
             for row in chosen:
                 session.expunge(row)
+                row.claimed_until = now + CLAIM_FOR  # the claim's value, to renew it by
             return chosen
 
     def _deliver(self, row: SlackOutbox) -> None:
@@ -231,8 +278,10 @@ class OutboxWorker:
             return answer.get("channel"), answer.get("ts")
         if row.method == "dm":
             user = payload.pop("user")
-            opened = self.client.conversations_open(users=user)
-            payload["channel"] = opened["channel"]["id"]
+            if user not in self._dm_channels:  # a user's DM channel never changes: open it once
+                opened = self.client.conversations_open(users=user)
+                self._dm_channels[user] = opened["channel"]["id"]
+            payload["channel"] = self._dm_channels[user]
         if parent_ts is not None:
             payload |= {"channel": parent_channel, "thread_ts": parent_ts}
         answer = self.client.chat_postMessage(**payload)
@@ -254,7 +303,7 @@ class OutboxWorker:
         if attempts >= MAX_ATTEMPTS:
             self._give_up(row, f"{error} (after {attempts} attempts)")
             return
-        delay = after if after is not None else min(2.0 ** min(attempts, 8) * 0.25, 60.0)
+        delay = after if after is not None else min(2.0 ** min(attempts, 8) * 0.25, MAX_BACKOFF_S)
         log.info("slack %s %s: %s; retry in %.1f s", row.method, row.dedupe_key, error, delay)
         self._mark(
             row,

@@ -1,0 +1,173 @@
+"""Load: 1,000 concurrent Rollback clicks on one alert roll back once; Slack commands keep
+their ack under 300 ms (p99) while events are ingested at 20,000 a second."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from bot.slack.blocks import ROLLBACK_ACTION
+from tests.conftest import API_TOKEN
+from tests.reliability.kit import (
+    SIGNING_SECRET,
+    Bot,
+    assert_consistent,
+    button,
+    events,
+    post_events,
+    record,
+    seed_prompt,
+    wait_card,
+    wait_rollback,
+    wait_settled,
+)
+from tests.slack_kit import FakeSlack, block_actions_body, sign, slash_command_body
+
+pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+CLICKS = 1_000
+EVENTS_PER_S = 20_000
+BATCH = 500
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+async def _click_all(url: str, bodies: list[bytes]) -> list[tuple[int, float]]:
+    limits = httpx.Limits(max_connections=CLICKS, max_keepalive_connections=CLICKS)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        start = asyncio.Event()
+
+        async def one(body: bytes) -> tuple[int, float]:
+            await start.wait()
+            began = time.perf_counter()
+            answer = await client.post(url, content=body, headers=sign(body, SIGNING_SECRET))
+            return answer.status_code, time.perf_counter() - began
+
+        tasks = [asyncio.create_task(one(body)) for body in bodies]
+        await asyncio.sleep(0.2)
+        start.set()
+        return await asyncio.gather(*tasks)
+
+
+def test_a_thousand_concurrent_rollback_clicks_roll_back_once(
+    db_url: str,
+    engine: Engine,
+    slack: FakeSlack,
+    make_bot: Callable[..., Bot],
+) -> None:
+    bot = make_bot("clicks")
+    bot.start()
+    seed_prompt(bot)
+    assert post_events(bot, events("v2.0.0", 1000, 30)).status_code == 200  # high: a human acts
+    card = wait_card(slack)
+    value = button(card, ROLLBACK_ACTION)
+    bodies = [
+        block_actions_body(ROLLBACK_ACTION, value, "U1", card["ts"], "C1", slack=slack)
+        for _ in range(CLICKS)
+    ]
+    began = time.monotonic()
+    rolled_back: list[float] = []
+
+    def watch() -> None:
+        wait_rollback(engine, slack, timeout=60)
+        rolled_back.append(time.monotonic() - began)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    answers = asyncio.run(_click_all(f"{bot.base}/slack/events", bodies))
+    wall = time.monotonic() - began
+    watcher.join(timeout=60)
+    statuses = [status for status, _ in answers]
+    latencies = [seconds for _, seconds in answers]
+    assert statuses.count(200) == CLICKS, {s: statuses.count(s) for s in set(statuses)}
+    wait_rollback(engine, slack, timeout=30)
+    found = wait_settled(engine, slack, timeout=120)
+    counts = assert_consistent(found)
+    assert counts["rollbacks"] == 1
+    assert found.count("by <@U1>") == 1
+    # Measured, not asserted: on 2 shared cores the burst queues behind the CPU (see
+    # docs/reliability.md); what must hold is one rollback, fast, and nobody double-acting.
+    assert rolled_back and rolled_back[0] < 10.0
+    record(
+        "1,000 concurrent Rollback clicks",
+        clicks=CLICKS,
+        answered_200=statuses.count(200),
+        ack_p50_ms=round(statistics.median(latencies) * 1000),
+        ack_p99_ms=round(_percentile(latencies, 99) * 1000),
+        ack_max_ms=round(max(latencies) * 1000),
+        wall_s=round(wall, 2),
+        rolled_back_after_first_click_s=round(rolled_back[0], 2),
+        **counts,
+    )
+
+
+def test_slack_commands_ack_under_300_ms_while_ingesting_20000_events_a_second(
+    db_url: str,
+    engine: Engine,
+    slack: FakeSlack,
+    make_bot: Callable[..., Bot],
+) -> None:
+    bot = make_bot("ingest")
+    bot.start()
+    seed_prompt(bot)
+    batch = json.dumps({"events": events("v1.9.0", BATCH, 0)}).encode()
+    stop = threading.Event()
+    accepted: list[int] = []
+
+    def ingest() -> None:
+        headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
+        every = BATCH / EVENTS_PER_S
+        with httpx.Client(base_url=bot.base, headers=headers, timeout=30) as client:
+            due = time.monotonic()
+            while not stop.is_set():
+                if client.post("/api/events", content=batch).status_code == 200:
+                    accepted.append(BATCH)
+                due += every
+                time.sleep(max(0.0, due - time.monotonic()))
+
+    feeders = [threading.Thread(target=ingest, daemon=True)]
+    for feeder in feeders:
+        feeder.start()
+    time.sleep(1.0)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    began = time.monotonic()
+    with httpx.Client(timeout=10) as client:
+        while time.monotonic() - began < 10:
+            body = slash_command_body("/rollback", "status customer-support", slack=slack)
+            sent = time.perf_counter()
+            answer = client.post(
+                f"{bot.base}/slack/events", content=body, headers=sign(body, SIGNING_SECRET)
+            )
+            latencies.append(time.perf_counter() - sent)
+            statuses.append(answer.status_code)
+            time.sleep(0.05)
+    seconds = time.monotonic() - began
+    stop.set()
+    for feeder in feeders:
+        feeder.join(timeout=30)
+    rate = sum(accepted) / (seconds + 1.0)
+    p99 = _percentile(latencies, 99)
+    record(
+        "Slack commands during ingestion",
+        events_per_s=round(rate),
+        commands=len(latencies),
+        ack_p50_ms=round(statistics.median(latencies) * 1000),
+        ack_p99_ms=round(p99 * 1000),
+    )
+    assert set(statuses) == {200}
+    # The feeder shares the two cores with the server and the command sender; the figure
+    # (counted over the warm-up second too) is recorded, the floor only catches a collapse.
+    assert rate >= 0.75 * EVENTS_PER_S, f"ingested only {rate:.0f} events/s"
+    assert p99 < 0.300, f"ack p99 {p99 * 1000:.0f} ms"

@@ -1,0 +1,147 @@
+"""Two replicas on one PostgreSQL, both with the checker and the Slack app; SIGKILL the leader.
+
+An incident is alerted once, rolled back once and verified once; the replica holding the
+checker lease is killed in the middle of the verification (or of a gradual rollback), the
+other takes over, and no check or stage is lost or run twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from tests.reliability.kit import (
+    FAST_POLICY,
+    Bot,
+    assert_consistent,
+    events,
+    ledger,
+    post_events,
+    record,
+    seed_prompt,
+    wait_rollback,
+    wait_settled,
+    wait_until,
+    write_policy,
+)
+from tests.slack_kit import FakeSlack
+
+pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+CHECKS = 10
+LEASE_S = 2.0
+
+
+@pytest.fixture
+def pair(tmp_path: Path, make_bot: Callable[..., Bot]) -> tuple[Bot, Bot]:
+    policy = FAST_POLICY.replace("verify_for: 5s", f"verify_for: {CHECKS}s")
+    policies = write_policy(tmp_path / "policies-replicas", policy)
+    first = make_bot("replica-a", policies=policies)
+    second = make_bot("replica-b", policies=policies)
+    first.start()
+    wait_until(first.is_leader, timeout=10, what="replica-a to lead")
+    second.start()
+    return first, second
+
+
+def _takeover(leader: Bot, standby: Bot) -> float:
+    killed = time.monotonic()
+    leader.kill()
+    wait_until(standby.is_leader, timeout=15, every=0.02, what="the standby to take the lease")
+    return time.monotonic() - killed
+
+
+def test_alerted_once_rolled_back_once_verified_once_across_a_leader_sigkill(
+    pair: tuple[Bot, Bot], engine: Engine, slack: FakeSlack
+) -> None:
+    first, second = pair
+    seed_prompt(second)
+    assert post_events(second, events("v2.0.0", 1000, 80)).status_code == 200
+    wait_until(
+        lambda: ledger(engine, slack).count(f"Check 3/{CHECKS}:"), timeout=30, what="check 3"
+    )
+    killed_at = time.monotonic()
+    takeover_s = _takeover(first, second)
+    wait_until(
+        lambda: ledger(engine, slack).count(f"Check 4/{CHECKS}:"), timeout=30, what="check 4"
+    )
+    next_check_s = time.monotonic() - killed_at
+    found = wait_settled(engine, slack, timeout=60)
+    counts = assert_consistent(found)
+    assert found.active == "v1.9.0" and counts["rollbacks"] == 1
+    assert len(found.incidents) == 1
+    assert len([p for p in found.posted if p[0] == "C1" and p[1] is None]) == 1, "one card"
+    assert found.count("Rolled back v2.0.0 → v1.9.0 automatically") == 1
+    for number in range(1, CHECKS + 1):
+        assert found.count(f"Check {number}/{CHECKS}:") == 1, (number, found.texts())
+    assert found.verifications[0].checks_done == CHECKS
+    assert takeover_s < LEASE_S + 1.5
+    record(
+        "two replicas: verification across leader SIGKILL",
+        lease_s=LEASE_S,
+        takeover_s=round(takeover_s, 2),
+        kill_to_next_check_s=round(next_check_s, 2),
+        **counts,
+    )
+
+
+@pytest.fixture
+def steady_traffic(pair: tuple[Bot, Bot]) -> Iterator[None]:
+    """Healthy traffic on both versions, sent to whichever replica answers."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            for bot in pair:
+                if bot.alive():
+                    with contextlib.suppress(httpx.HTTPError):  # it may be dying right now
+                        post_events(bot, events("v1.9.0", 40, 0) + events("v2.0.0", 40, 0))
+                    break
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=5)
+
+
+def test_gradual_rollback_keeps_every_stage_once_across_a_leader_sigkill(
+    pair: tuple[Bot, Bot], engine: Engine, slack: FakeSlack, steady_traffic: None
+) -> None:
+    first, second = pair
+    seed_prompt(second)
+    with second.api() as api:
+        started = api.post(
+            "/api/prompts/customer-support/rollouts",
+            json={"kind": "gradual_rollback", "version": "v1.9.0", "stage_seconds": 3},
+        )
+    assert started.status_code == 201, started.text
+    stage_two = "gradual_rollback stage 2/4"
+    wait_until(
+        lambda: any(stage_two in e.reason for e in ledger(engine, slack).audit),
+        timeout=30,
+        what="stage 2",
+    )
+    takeover_s = _takeover(first, second)
+    wait_rollback(engine, slack, timeout=60)
+    found = wait_settled(engine, slack)
+    counts = assert_consistent(found)
+    reasons = Counter(e.reason.split(":")[0] for e in found.audit if e.kind == "split")
+    assert reasons == {f"gradual_rollback stage {n}/4": 1 for n in (1, 2, 3)}, reasons
+    assert found.active == "v1.9.0" and counts["rollbacks"] == 1
+    stage_posts = Counter(t for t in found.texts() if t.startswith("Stage "))
+    assert all(n == 1 for n in stage_posts.values()), stage_posts
+    record(
+        "two replicas: gradual rollback across leader SIGKILL",
+        takeover_s=round(takeover_s, 2),
+        **counts,
+    )
