@@ -91,9 +91,19 @@ class TcpProxy:
 
 
 def _close(sock: socket.socket, *, reset: bool = False) -> None:
+    """Close `sock`, waking the pipe thread blocked reading it.
+
+    On Linux close() alone neither wakes a thread blocked in recv() on the socket nor ends the
+    connection (the blocked call keeps it alive), so a "cut" session would live on; shutdown()
+    first does both.
+    """
     try:
         if reset:  # RST, not FIN: the peer sees "connection reset", as on a crash
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD if reset else socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
         sock.close()
     except OSError:
         pass
