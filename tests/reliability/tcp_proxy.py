@@ -6,6 +6,7 @@ mid-query, then connecting fails until the server is back.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -103,7 +104,5 @@ def _close(sock: socket.socket, *, reset: bool = False) -> None:
         sock.shutdown(socket.SHUT_RD if reset else socket.SHUT_RDWR)
     except OSError:
         pass
-    try:
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass
