@@ -55,7 +55,7 @@ class Call:
 
     @property
     def ok(self) -> bool:
-        """Whether the call was answered `"ok": true`."""
+        """Whether Slack carried the call out (`"ok": true`, even if that answer was lost)."""
         return self.response is not None and self.response.get("ok") is True
 
     @property
@@ -70,6 +70,8 @@ class Call:
 class _Fault:
     status: int
     retry_after: int
+    after_accept: bool = False  # carry the call out, then answer `status` (the answer is lost)
+    error: str | None = None  # answer 200 {"ok": false, "error": error}
 
 
 @dataclass
@@ -92,6 +94,7 @@ class _State:
     down: str | None = None
     delay: float = 0.0
     flaky: float = 0.0
+    lost: float = 0.0
     rng: random.Random = field(default_factory=lambda: random.Random(7))
 
 
@@ -240,24 +243,39 @@ class FakeSlack:
     # -- fault injection -------------------------------------------------------------------
 
     def fail_next(
-        self, method: str, count: int = 1, status: int = 429, retry_after: int = 1
+        self,
+        method: str,
+        count: int = 1,
+        status: int = 429,
+        retry_after: int = 1,
+        *,
+        after_accept: bool = False,
+        error: str | None = None,
     ) -> None:
-        """Answer the next `count` calls of `method` with 429 + Retry-After, or a 5xx status."""
-        if status != 429 and not 500 <= status < 600:
+        """Answer the next `count` calls of `method` with 429 + Retry-After, or a 5xx status.
+
+        `after_accept=True` (5xx only) carries each call out first, as when Slack posted the
+        message but its answer was lost; `error` answers `{"ok": false, "error": error}`.
+        """
+        if error is None and status != 429 and not 500 <= status < 600:
             raise ValueError("status must be 429 or 5xx")
+        if after_accept and not 500 <= status < 600:
+            raise ValueError("after_accept needs a 5xx status")
         with self._lock:
             queue = self._state.faults.setdefault(method, deque())
-            queue.extend(_Fault(status, retry_after) for _ in range(count))
+            queue.extend(_Fault(status, retry_after, after_accept, error) for _ in range(count))
 
     def set_down(self, down: bool, *, close: bool = False) -> None:
         """Answer every call 503 (or drop the connection unanswered, with close=True) until reset."""
         with self._lock:
             self._state.down = ("close" if close else "503") if down else None
 
-    def set_flaky(self, rate: float, *, seed: int = 7) -> None:
-        """Answer a random `rate` of Web API calls 503 (seeded, so a run can be repeated)."""
+    def set_flaky(self, rate: float, *, seed: int = 7, lost: float = 0.0) -> None:
+        """Answer a random `rate` of Web API calls 503 (seeded, so a run can be repeated);
+        a `lost` share of those is carried out first (the answer is lost, not the call)."""
         with self._lock:
             self._state.flaky, self._state.rng = rate, random.Random(seed)
+            self._state.lost = lost
 
     def set_delay(self, seconds: float) -> None:
         """Wait `seconds` before every answer."""
@@ -370,7 +388,7 @@ class FakeSlack:
             fault = queue.popleft() if queue and down is None else None
             rate = self._state.flaky if method != "response_url" else 0.0
             if fault is None and down is None and rate and self._state.rng.random() < rate:
-                fault = _Fault(503, 0)
+                fault = _Fault(503, 0, after_accept=self._state.rng.random() < self._state.lost)
             return down, fault, self._state.delay
 
     def _api(self, method: str, args: dict[str, Any], token: str | None) -> dict[str, Any]:
@@ -523,7 +541,66 @@ def _users_info(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _flag(value: Any) -> bool:
+    return str(value).lower() in ("1", "true")
+
+
+def _listed(message: dict[str, Any], with_metadata: bool) -> dict[str, Any]:
+    shown = {k: v for k, v in message.items() if k != "channel"}
+    if not with_metadata:
+        shown.pop("metadata", None)
+    return shown
+
+
+def _conversation(fake: FakeSlack, args: dict[str, Any]) -> str:
+    channel = str(args.get("channel", ""))
+    if channel[:1] not in ("C", "G", "D"):  # history methods take ids only, never "#name"
+        raise _SlackError("channel_not_found")
+    return channel
+
+
+def _history(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    """A channel's top-level messages, newest first (thread replies are not in history)."""
+    channel = _conversation(fake, args)
+    found = [
+        m
+        for m in fake._state.messages.values()
+        if m["channel"] == channel and m.get("thread_ts", m["ts"]) == m["ts"]
+    ]
+    found.sort(key=lambda m: _ts_key(m["ts"]), reverse=True)
+    limit = int(args.get("limit") or 100)
+    shown = [_listed(m, _flag(args.get("include_all_metadata"))) for m in found[:limit]]
+    return {"messages": shown, "has_more": len(found) > limit}
+
+
+def _replies(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    """A thread: its parent, then its replies, oldest first."""
+    channel = _conversation(fake, args)
+    ts = str(args.get("ts", ""))
+    parent = fake._state.messages.get(ts)
+    if parent is None or parent["channel"] != channel:
+        raise _SlackError("thread_not_found")
+    found = [m for m in fake._state.messages.values() if m.get("thread_ts") == ts or m is parent]
+    found.sort(key=lambda m: _ts_key(m["ts"]))
+    limit = int(args.get("limit") or 100)
+    shown = [_listed(m, _flag(args.get("include_all_metadata"))) for m in found[:limit]]
+    return {"messages": shown, "has_more": len(found) > limit}
+
+
+def _conversations_list(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    """The channels, `limit` a page, with Slack's cursor pagination."""
+    channels = sorted(fake.channels.items(), key=lambda item: item[1])
+    start = int(args.get("cursor") or 0)
+    end = start + int(args.get("limit") or 100)
+    page = [{"id": id_, "name": name, "is_archived": False} for name, id_ in channels[start:end]]
+    more = str(end) if end < len(channels) else ""
+    return {"channels": page, "response_metadata": {"next_cursor": more}}
+
+
 _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
+    "conversations.list": _conversations_list,
+    "conversations.history": _history,
+    "conversations.replies": _replies,
     "auth.test": _auth_test,
     "chat.postMessage": _post_message,
     "chat.update": _update,
@@ -604,9 +681,20 @@ def _handler_for(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 fake._record(replace(record, status=0, fault="connection_closed"))
                 self.close_connection = True
                 return
+            if fault is not None and fault.error is not None:
+                answer = {"ok": False, "error": fault.error}
+                fake._record(replace(record, status=200, response=answer, fault=fault.error))
+                self._send(200, json.dumps(answer).encode(), "application/json")
+                return
+            if fault is not None and fault.after_accept:
+                # Done (the record keeps Slack's answer: `ok`), but the caller never hears it.
+                done = fake._api(method, args, token)
+                record = replace(record, response=done)
             if down == "503" or (fault is not None and fault.status != 429):
                 status = 503 if fault is None else fault.status
-                fake._record(replace(record, status=status, fault=f"http_{status}"))
+                lost = fault is not None and fault.after_accept
+                kind = "answer_lost" if lost else f"http_{status}"
+                fake._record(replace(record, status=status, fault=kind))
                 text = f"{status} {HTTPStatus(status).phrase}"
                 self._send(status, text.encode(), "text/plain")
                 return

@@ -188,6 +188,9 @@ class SlackOutbox(SQLModel, table=True):
     ts: str | None = Field(default=None, max_length=40)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Set when a post went out and its outcome is unknown (a crash, a timeout, a 5xx): Slack may
+    # hold it already, so the next attempt looks for it there before posting again.
+    in_doubt_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Lease(SQLModel, table=True):

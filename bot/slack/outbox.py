@@ -5,6 +5,8 @@ replies, each reply after the one before it, even while an earlier one is being 
 A row that threads under or updates another waits until that one has its `ts`. Slack's 429
 answers are honoured with their Retry-After; 5xx, timeouts and connection errors back off
 exponentially; permanent errors (`channel_not_found`, `invalid_auth`, ...) give up at once.
+A post whose outcome is unknown (crash, timeout, 5xx) is looked for in Slack before it is sent
+again (`bot.slack.posted`), so a lost answer does not show a message twice.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from bot.db import read_session, upsert_insert, write_session
 from bot.errors import BotError
 from bot.faults import failpoint
 from bot.models import OutboxStatus, SlackOutbox, utcnow
+from bot.slack import posted
 from bot.telemetry import SLACK_ERRORS
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ BATCH = 20
 CLAIM_FOR = timedelta(seconds=15)  # renewed before each message is sent
 # Backoff after 5xx/timeouts stops growing here, so messages land within ~5 s of Slack's return.
 MAX_BACKOFF_S = 5.0
+POSTS = frozenset({"chat.postMessage", "dm"})  # calls that add a message (an update does not)
 PERMANENT = frozenset(
     {
         "channel_not_found",
@@ -105,6 +109,7 @@ class OutboxWorker:
         self.engine, self.client, self.clock = engine, client, clock
         self.poll_seconds = poll_seconds
         self._dm_channels: dict[str, str] = {}
+        self._channel_ids: dict[str, str] = {}  # "#name" -> id, from posts' answers
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -163,7 +168,14 @@ class OutboxWorker:
     def _renew(self, row: SlackOutbox) -> bool:
         """Extend this worker's claim on `row` just before sending it; False if it lapsed and
         another worker took the row (a slow Slack can outlast a batch's claim)."""
-        until = self.clock() + CLAIM_FOR
+        now = self.clock()
+        until = now + CLAIM_FOR
+        # From here until an answer is recorded, the post's outcome is unknown.
+        doubt = (
+            {"in_doubt_since": func.coalesce(col(SlackOutbox.in_doubt_since), now)}
+            if row.method in POSTS
+            else {}
+        )
         with write_session(self.engine) as session:
             renewed = session.execute(
                 update(SlackOutbox)
@@ -172,7 +184,7 @@ class OutboxWorker:
                     col(SlackOutbox.claimed_until) == row.claimed_until,
                     col(SlackOutbox.status) == OutboxStatus.PENDING,
                 )
-                .values(claimed_until=until)
+                .values(claimed_until=until, **doubt)
                 .execution_options(synchronize_session=False)
             )
         if renewed.rowcount != 1:  # type: ignore[attr-defined]
@@ -249,14 +261,19 @@ class OutboxWorker:
             return chosen
 
     def _deliver(self, row: SlackOutbox) -> None:
+        stage = "lookup"
         try:
-            channel, ts = self._call(row)
+            in_doubt = row.in_doubt_since is not None and row.method in POSTS
+            found = self._found_in_slack(row) if in_doubt else None
+            stage = "send"
+            channel, ts = found if found is not None else self._call(row)
         except SlackApiError as exc:
-            self._failed(row, exc)
+            self._failed(row, exc, refused=stage == "send")
             return
         except (SlackClientError, OSError, TimeoutError) as exc:
             self._retry(row, f"{exc.__class__.__name__}: {exc}", None)
             return
+        failpoint("outbox.sent")
         self._mark(
             row,
             status=OutboxStatus.SENT,
@@ -265,7 +282,66 @@ class OutboxWorker:
             sent_at=self.clock(),
             attempts=row.attempts + 1,
             last_error=None,
+            in_doubt_since=None,
         )
+
+    def _found_in_slack(self, row: SlackOutbox) -> tuple[str, str] | None:
+        """(channel, ts) of this row's message if an attempt whose answer was lost posted it."""
+        parent_ts = row.payload.get("_parent_ts")
+        thread_ts = None if parent_ts is None else str(parent_ts)
+        if thread_ts is not None:
+            channel: str | None = str(row.payload.get("_parent_channel"))
+        elif row.method == "dm":
+            channel = self._dm_channel(str(row.payload["user"]))
+        else:
+            channel = self._channel_id(str(row.payload.get("channel", "")))
+        try:
+            if channel is None:
+                channel = posted.channel_by_name(self.client, str(row.payload.get("channel")))
+                if channel is None:
+                    log.warning("slack %s: last answer lost; channel not found", row.dedupe_key)
+                    return None
+                self._channel_ids[str(row.payload.get("channel"))] = channel
+            ts = posted.find(self.client, key=row.dedupe_key, channel=channel, thread_ts=thread_ts)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") if exc.response.data else "")
+            if error not in posted.CANNOT_SEARCH:
+                raise
+            log.warning("slack %s: last answer lost; search refused (%s)", row.dedupe_key, error)
+            return None
+        if ts is None:
+            return None
+        log.info("slack %s was posted (as %s) though its answer was lost", row.dedupe_key, ts)
+        return channel, ts
+
+    def _channel_id(self, channel: str) -> str | None:
+        """The id of a channel given by id or "#name" (names learnt from earlier posts)."""
+        if posted.is_conversation_id(channel):
+            return channel
+        if channel not in self._channel_ids:  # after a restart: from the rows already sent
+            with read_session(self.engine) as session:
+                sent = session.exec(
+                    select(SlackOutbox)
+                    .where(
+                        SlackOutbox.status == OutboxStatus.SENT,
+                        SlackOutbox.method == "chat.postMessage",
+                        col(SlackOutbox.parent_key).is_(None),
+                        col(SlackOutbox.channel).is_not(None),
+                    )
+                    .order_by(col(SlackOutbox.id).desc())
+                    .limit(posted.LOOKBACK)
+                ).all()
+            for row in sent:
+                if row.payload.get("channel") == channel and row.channel:
+                    self._channel_ids[channel] = row.channel
+                    break
+        return self._channel_ids.get(channel)
+
+    def _dm_channel(self, user: str) -> str:
+        if user not in self._dm_channels:  # a user's DM channel never changes: open it once
+            opened = self.client.conversations_open(users=user)
+            self._dm_channels[user] = opened["channel"]["id"]
+        return self._dm_channels[user]
 
     def _call(self, row: SlackOutbox) -> tuple[str | None, str | None]:
         payload = {k: v for k, v in row.payload.items() if not k.startswith("_")}
@@ -277,28 +353,33 @@ class OutboxWorker:
             )
             return answer.get("channel"), answer.get("ts")
         if row.method == "dm":
-            user = payload.pop("user")
-            if user not in self._dm_channels:  # a user's DM channel never changes: open it once
-                opened = self.client.conversations_open(users=user)
-                self._dm_channels[user] = opened["channel"]["id"]
-            payload["channel"] = self._dm_channels[user]
+            payload["channel"] = self._dm_channel(payload.pop("user"))
         if parent_ts is not None:
             payload |= {"channel": parent_channel, "thread_ts": parent_ts}
-        answer = self.client.chat_postMessage(**payload)
-        return answer.get("channel"), answer.get("ts")
+        answer = self.client.chat_postMessage(**payload, metadata=posted.tag(row.dedupe_key))
+        channel = answer.get("channel")
+        if channel and not posted.is_conversation_id(payload["channel"]):
+            self._channel_ids[payload["channel"]] = channel
+        return channel, answer.get("ts")
 
-    def _failed(self, row: SlackOutbox, exc: SlackApiError) -> None:
+    def _failed(self, row: SlackOutbox, exc: SlackApiError, *, refused: bool) -> None:
+        """Slack answered an error; `refused`: the answer was to the send itself, so a 429 or
+        an `ok: false` proves it did not post (a 5xx proves nothing)."""
         response = exc.response
         error = str(response.get("error") if response.data else response.status_code)
         SLACK_ERRORS.labels(row.method, error).inc()
         if response.status_code == 429 or error == "ratelimited":
-            self._retry(row, "ratelimited", _retry_after(response.headers))
-        elif response.status_code >= 500 or error not in PERMANENT:
+            self._retry(row, "ratelimited", _retry_after(response.headers), settled=refused)
+        elif response.status_code >= 500:
             self._retry(row, f"HTTP {response.status_code}: {error}", None)
+        elif error not in PERMANENT:
+            self._retry(row, f"HTTP {response.status_code}: {error}", None, settled=refused)
         else:
             self._give_up(row, error)
 
-    def _retry(self, row: SlackOutbox, error: str, after: float | None) -> None:
+    def _retry(
+        self, row: SlackOutbox, error: str, after: float | None, *, settled: bool = False
+    ) -> None:
         attempts = row.attempts + 1
         if attempts >= MAX_ATTEMPTS:
             self._give_up(row, f"{error} (after {attempts} attempts)")
@@ -310,6 +391,7 @@ class OutboxWorker:
             attempts=attempts,
             last_error=error[:500],
             next_attempt_at=self.clock() + timedelta(seconds=delay),
+            **({"in_doubt_since": None} if settled else {}),
         )
 
     def _give_up(self, row: SlackOutbox, error: str) -> None:
