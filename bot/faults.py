@@ -10,7 +10,7 @@ row, verification row and incident are written), `rollback.committed` (after tha
 before anything else), `verify.claimed` (a verification check claimed, not yet measured),
 `verify.checked` (a check's result written, not yet committed), `rollout.before_commit` (a
 rollout stage written, not yet committed), `outbox.claimed` (Slack messages claimed for
-delivery, not yet sent).
+delivery, not yet sent), `outbox.sent` (a message accepted by Slack, not yet recorded).
 """
 
 from __future__ import annotations

@@ -289,19 +289,16 @@ class OutboxWorker:
         """(channel, ts) of this row's message if an attempt whose answer was lost posted it."""
         parent_ts = row.payload.get("_parent_ts")
         thread_ts = None if parent_ts is None else str(parent_ts)
-        if thread_ts is not None:
-            channel: str | None = str(row.payload.get("_parent_channel"))
-        elif row.method == "dm":
-            channel = self._dm_channel(str(row.payload["user"]))
-        else:
-            channel = self._channel_id(str(row.payload.get("channel", "")))
         try:
+            if thread_ts is not None:
+                channel: str | None = str(row.payload.get("_parent_channel"))
+            elif row.method == "dm":
+                channel = self._dm_channel(str(row.payload["user"]))
+            else:
+                channel = self._channel_id(str(row.payload.get("channel", "")))
             if channel is None:
-                channel = posted.channel_by_name(self.client, str(row.payload.get("channel")))
-                if channel is None:
-                    log.warning("slack %s: last answer lost; channel not found", row.dedupe_key)
-                    return None
-                self._channel_ids[str(row.payload.get("channel"))] = channel
+                log.warning("slack %s: last answer lost; channel not found", row.dedupe_key)
+                return None
             ts = posted.find(self.client, key=row.dedupe_key, channel=channel, thread_ts=thread_ts)
         except SlackApiError as exc:
             error = str(exc.response.get("error") if exc.response.data else "")
@@ -315,27 +312,33 @@ class OutboxWorker:
         return channel, ts
 
     def _channel_id(self, channel: str) -> str | None:
-        """The id of a channel given by id or "#name" (names learnt from earlier posts)."""
+        """The id of a channel given by id or "#name": learnt from earlier posts (this
+        process's, then the rows already sent), else looked up by name in Slack."""
         if posted.is_conversation_id(channel):
             return channel
-        if channel not in self._channel_ids:  # after a restart: from the rows already sent
-            with read_session(self.engine) as session:
-                sent = session.exec(
-                    select(SlackOutbox)
-                    .where(
-                        SlackOutbox.status == OutboxStatus.SENT,
-                        SlackOutbox.method == "chat.postMessage",
-                        col(SlackOutbox.parent_key).is_(None),
-                        col(SlackOutbox.channel).is_not(None),
-                    )
-                    .order_by(col(SlackOutbox.id).desc())
-                    .limit(posted.LOOKBACK)
-                ).all()
-            for row in sent:
-                if row.payload.get("channel") == channel and row.channel:
-                    self._channel_ids[channel] = row.channel
-                    break
-        return self._channel_ids.get(channel)
+        if channel not in self._channel_ids:
+            found = self._channel_of_sent_rows(channel) or posted.channel_by_name(
+                self.client, channel
+            )
+            if found is None:
+                return None
+            self._channel_ids[channel] = found
+        return self._channel_ids[channel]
+
+    def _channel_of_sent_rows(self, channel: str) -> str | None:
+        with read_session(self.engine) as session:
+            sent = session.exec(
+                select(SlackOutbox)
+                .where(
+                    SlackOutbox.status == OutboxStatus.SENT,
+                    SlackOutbox.method == "chat.postMessage",
+                    col(SlackOutbox.parent_key).is_(None),
+                    col(SlackOutbox.channel).is_not(None),
+                )
+                .order_by(col(SlackOutbox.id).desc())
+                .limit(posted.LOOKBACK)
+            ).all()
+        return next((r.channel for r in sent if r.payload.get("channel") == channel), None)
 
     def _dm_channel(self, user: str) -> str:
         if user not in self._dm_channels:  # a user's DM channel never changes: open it once
