@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from contextlib import suppress
 
 from anyio import to_thread
@@ -32,7 +33,11 @@ class ChangeFeed:
         self._subscribers: set[asyncio.Queue[RoutingState | None]] = set()
         self._seen: dict[str, int] = {}
         self._states: dict[str, RoutingState] = {}
-        self._dirty: set[str] = set()
+        # Prompts changed here, each with the number of its latest mark: a poll settles only
+        # the marks made before it read (a change committed during the read may be missed).
+        self._dirty: dict[str, int] = {}
+        self._marks = 0
+        self._lock = threading.Lock()  # routes mark from worker threads
         self._task: asyncio.Task[None] | None = None
 
     def current(self, prompt: str) -> RoutingState | None:
@@ -40,8 +45,11 @@ class ChangeFeed:
         return None if prompt in self._dirty else self._states.get(prompt)
 
     def mark_dirty(self, prompt: str) -> None:
-        """This process just changed the prompt: read it from the database until the next poll."""
-        self._dirty.add(prompt)
+        """This process just changed the prompt (committed): read it from the database until a
+        poll that began after this call has finished."""
+        with self._lock:
+            self._marks += 1
+            self._dirty[prompt] = self._marks
 
     def subscribe(self) -> asyncio.Queue[RoutingState | None]:
         """A queue that receives every change from now on."""
@@ -75,13 +83,14 @@ class ChangeFeed:
         while True:
             await asyncio.sleep(self.poll_seconds)
             # Marked before this poll began: it reads after their commits, so it settles them.
-            settled = set(self._dirty)
+            settled = self._marks
             try:
                 changed = await to_thread.run_sync(self._changes)
             except BotError as exc:  # the database is unreachable: keep the streams open
                 log.warning("change feed: %s", exc.message)
                 continue
-            self._dirty -= settled
+            with self._lock:
+                self._dirty = {name: mark for name, mark in self._dirty.items() if mark > settled}
             for state in changed:
                 self._states[state.prompt] = state
                 for queue in list(self._subscribers):
