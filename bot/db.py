@@ -120,4 +120,9 @@ def ping(engine: Engine) -> None:
 def upsert_insert(bind: Engine | Connection | Session) -> Any:
     """The dialect's INSERT construct, which has ON CONFLICT (DO NOTHING / DO UPDATE)."""
     engine_or_conn = bind.get_bind() if isinstance(bind, Session) else bind
-    return postgresql.insert if engine_or_conn.dialect.name == "postgresql" else sqlite.insert
+    return upsert_insert_for(engine_or_conn.dialect.name)
+
+
+def upsert_insert_for(dialect: str) -> Any:
+    """The INSERT construct with ON CONFLICT of the dialect named `dialect`."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import case, delete
 from sqlmodel import Session, col, select
 
-from bot.db import upsert_insert
+from bot.db import upsert_insert, upsert_insert_for
 from bot.errors import InvalidEvents
 from bot.metrics.histogram import bucket_index
 from bot.models import (
@@ -125,32 +127,41 @@ def _version_ids(
 
 
 def _upsert(session: Session, rows: list[dict[str, object]]) -> None:
-    if not rows:
-        return
-    insert = upsert_insert(session)
-    statement = insert(metric_bucket).values(rows)
-    statement = statement.on_conflict_do_update(
-        index_elements=["version_id", "minute"],
-        set_={name: metric_bucket.c[name] + statement.excluded[name] for name in SUMMED},
-    )
-    session.execute(statement)
+    if rows:
+        session.execute(_bucket_upsert(_dialect(session)), rows)
 
 
 def _mark_seen(session: Session, latest: dict[int, datetime]) -> None:
     """Remember the newest outcome reported for each version (never moving it backwards)."""
-    if not latest:
-        return
-    insert = upsert_insert(session)
-    statement = insert(VersionSeen).values(
-        [{"version_id": v, "last_event_at": at} for v, at in latest.items()]
+    if latest:
+        rows = [{"version_id": v, "last_event_at": at} for v, at in latest.items()]
+        session.execute(_seen_upsert(_dialect(session)), rows)
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+# One statement per dialect, run with a list of rows (executemany): SQLAlchemy compiles it once
+# and caches it, where a multi-row VALUES of varying length would be compiled for every batch.
+@functools.cache
+def _bucket_upsert(dialect: str) -> Any:
+    insert = upsert_insert_for(dialect)(metric_bucket)
+    return insert.on_conflict_do_update(
+        index_elements=["version_id", "minute"],
+        set_={name: metric_bucket.c[name] + insert.excluded[name] for name in SUMMED},
     )
-    newer = statement.excluded.last_event_at > col(VersionSeen.last_event_at)
-    statement = statement.on_conflict_do_update(
+
+
+@functools.cache
+def _seen_upsert(dialect: str) -> Any:
+    insert = upsert_insert_for(dialect)(VersionSeen)
+    newer = insert.excluded.last_event_at > col(VersionSeen.last_event_at)
+    return insert.on_conflict_do_update(
         index_elements=["version_id"],
         set_={
             "last_event_at": case(
-                (newer, statement.excluded.last_event_at), else_=col(VersionSeen.last_event_at)
+                (newer, insert.excluded.last_event_at), else_=col(VersionSeen.last_event_at)
             )
         },
     )
-    session.execute(statement)
