@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +17,7 @@ from bot.errors import ConfigError
 from bot.metrics import MetricsUnavailable, Target, VersionMetrics
 from bot.metrics.prometheus import PrometheusSource
 from bot.policy.schema import PrometheusConfig
+from tests.prometheus_kit import Exporter, PrometheusServer, Traffic, require_prometheus
 
 # The PromQL the docs (docs/prometheus.md) recommend for the example exporter metrics.
 QUERIES = {
@@ -456,199 +450,27 @@ def test_close_closes_only_its_own_client() -> None:
 
 # --- against a real Prometheus ------------------------------------------------------------------
 
-PROMETHEUS = shutil.which("prometheus") or (
-    "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None
-)
-BUCKETS = ("100", "250", "500", "1000", "2500", "+Inf")
-TICK_S = 0.1
 WINDOW = timedelta(seconds=30)
-
-
-@dataclass(frozen=True)
-class Traffic:
-    """What one version serves per tick of the fake application."""
-
-    requests: int
-    errors: int
-    slow: int  # answered in 900 ms; the rest in 150 ms
-    scored: int
-    score: float
-
-
 # v2.0.0: 8% errors, 5% slow (p99 in the 500-1000 ms bucket); v1.9.0: twice the traffic, 1%.
 TRAFFIC = {
-    "v2.0.0": Traffic(requests=100, errors=8, slow=5, scored=20, score=0.70),
-    "v1.9.0": Traffic(requests=200, errors=2, slow=0, scored=40, score=0.85),
+    ("summarise", "v2.0.0"): Traffic(requests=100, errors=8, slow=5, scored=20, score=0.70),
+    ("summarise", "v1.9.0"): Traffic(requests=200, errors=2, slow=0, scored=40, score=0.85),
 }
 
 
-class Exporter:
-    """A fake LLM app's /metrics: counters that grow every tick, in Prometheus's text format."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.totals = {
-            v: dict.fromkeys(("requests", "errors", "slow", "scored"), 0) for v in TRAFFIC
-        }
-        self.score_sums = dict.fromkeys(TRAFFIC, 0.0)
-        self.stopping = threading.Event()
-        exporter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = exporter.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.threads = [
-            threading.Thread(target=self.server.serve_forever, daemon=True),
-            threading.Thread(target=self._grow, daemon=True),
-        ]
-        for thread in self.threads:
-            thread.start()
-
-    def _grow(self) -> None:
-        while not self.stopping.wait(TICK_S):
-            with self.lock:
-                for version, t in TRAFFIC.items():
-                    totals = self.totals[version]
-                    totals["requests"] += t.requests
-                    totals["errors"] += t.errors
-                    totals["slow"] += t.slow
-                    totals["scored"] += t.scored
-                    self.score_sums[version] += t.scored * t.score
-
-    def render(self) -> str:
-        lines = [
-            "# TYPE llm_requests_total counter",
-            "# TYPE llm_errors_total counter",
-            "# TYPE llm_latency_ms histogram",
-            "# TYPE llm_quality summary",
-        ]
-        with self.lock:
-            for version, totals in self.totals.items():
-                labels = f'prompt="summarise",version="{version}"'
-                fast = totals["requests"] - totals["slow"]
-                lines += [
-                    f"llm_requests_total{{{labels}}} {totals['requests']}",
-                    f"llm_errors_total{{{labels}}} {totals['errors']}",
-                    *(
-                        f'llm_latency_ms_bucket{{{labels},le="{le}"}} '
-                        f"{(fast if float(le) >= 150 else 0) + (totals['slow'] if float(le) >= 900 else 0)}"
-                        for le in BUCKETS
-                    ),
-                    f"llm_latency_ms_sum{{{labels}}} {fast * 150 + totals['slow'] * 900}",
-                    f"llm_latency_ms_count{{{labels}}} {totals['requests']}",
-                    f"llm_quality_sum{{{labels}}} {self.score_sums[version]!r}",
-                    f"llm_quality_count{{{labels}}} {totals['scored']}",
-                ]
-        return "\n".join(lines) + "\n"
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class PrometheusServer:
-    """A real Prometheus scraping the exporter every second; can be stopped and restarted."""
-
-    binary: str
-    workdir: Path
-    exporter_port: int
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        config = self.workdir / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: llm-app\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{self.exporter_port}']\n"
+def _has_data(server: PrometheusServer) -> bool:
+    """Rates need two scrapes in the window, and the baseline test reads a second back."""
+    source = PrometheusSource(make_config(server.url))
+    try:
+        results = source.collect(
+            [live_target("v2.0.0", 2), live_target("v1.9.0", 1)], now() - timedelta(seconds=1)
         )
-        log = (self.workdir / "prometheus.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self._wait(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200, "ready")
-        # Rates need two scrapes in the window, and the baseline test reads a second back.
-        self._wait(self._has_data, "scraped enough traffic")
-
-    def _has_data(self) -> bool:
-        source = PrometheusSource(make_config(self.url))
-        try:
-            results = source.collect(
-                [live_target("v2.0.0", 2), live_target("v1.9.0", 1)], now() - timedelta(seconds=1)
-            )
-        finally:
-            source.close()
-        return all(
-            isinstance(r, VersionMetrics) and r.current.requests >= 500 and r.current.latency_p99_ms
-            for r in results.values()
-        )
-
-    def _wait(self, ready: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"prometheus exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if ready():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"prometheus not {what} after {timeout_s}s:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        path = self.workdir / "prometheus.log"
-        return (
-            "\n".join(path.read_text(errors="replace").splitlines()[-20:]) if path.exists() else ""
-        )
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+    finally:
+        source.close()
+    return all(
+        isinstance(r, VersionMetrics) and r.current.requests >= 500 and r.current.latency_p99_ms
+        for r in results.values()
+    )
 
 
 def now() -> datetime:
@@ -662,17 +484,11 @@ def live_target(version: str, version_id: int, **overrides: Any) -> Target:
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """A real Prometheus (the Debian package) scraping a fake LLM app's metrics."""
-    if PROMETHEUS is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(
-                "prometheus is not installed but CI must run the real-Prometheus tests: "
-                "install the Debian package `prometheus` (apt-get install prometheus)"
-            )
-        pytest.skip("prometheus is not installed (apt-get install prometheus to run these tests)")
-    exporter = Exporter()
-    server = PrometheusServer(PROMETHEUS, tmp_path_factory.mktemp("prometheus"), exporter.port)
+    binary = require_prometheus()
+    exporter = Exporter(TRAFFIC)
+    server = PrometheusServer(binary, tmp_path_factory.mktemp("prometheus"), exporter.port)
     try:
-        server.start()
+        server.start(lambda: _has_data(server))
         yield server
     finally:
         server.stop()
@@ -683,7 +499,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
 def live_prometheus(prometheus: PrometheusServer) -> PrometheusServer:
     """The real Prometheus, restarted if a test stopped it."""
     if not prometheus.running:
-        prometheus.start()
+        prometheus.start(lambda: _has_data(prometheus))
     return prometheus
 
 
@@ -761,14 +577,13 @@ def test_real_prometheus_live_baseline(live_prometheus: PrometheusServer) -> Non
 
 def test_real_prometheus_hung_times_out_concurrently(live_prometheus: PrometheusServer) -> None:
     source = real_source(live_prometheus, timeout="1s")
-    assert live_prometheus.process is not None
-    live_prometheus.process.send_signal(signal.SIGSTOP)
+    live_prometheus.pause()
     try:
         started = time.monotonic()
         results = source.collect([live_target(f"v{i}", i) for i in range(3)], now())
         elapsed = time.monotonic() - started
     finally:
-        live_prometheus.process.send_signal(signal.SIGCONT)
+        live_prometheus.resume()
         source.close()
     expected = f"prometheus at {live_prometheus.url} timed out after 1s"
     assert {i: getattr(r, "message", r) for i, r in results.items()} == {

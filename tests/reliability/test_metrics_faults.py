@@ -2,26 +2,25 @@
 nothing. No crash, no rollback on missing data, one "metrics source down" alert after the
 configured failures and one "recovered" when it answers again.
 
-The Prometheus here is a stand-in speaking its HTTP query API (/api/v1/query), so each fault
-can be switched on and off; the real Prometheus server is exercised by tests/test_prometheus.py.
+The Prometheus is the real server (Debian's package) scraping a fake application's /metrics
+every second: down is the server stopped, slow is the server paused (SIGSTOP: it accepts the
+connection and never answers), NaN is the application exposing NaN, empty is the application
+exposing no series for the prompt.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import Engine
 
+from tests.prometheus_kit import Exporter, PrometheusServer, Traffic, require_prometheus
 from tests.reliability.kit import (
     FAST_POLICY,
+    PROMPT,
     Bot,
     ledger,
     record,
@@ -34,8 +33,9 @@ from tests.slack_kit import FakeSlack
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
+# A short window, so that NaN samples leave it within seconds of the application's recovery.
 PROMETHEUS_POLICY = (
-    FAST_POLICY.replace("defaults:\n", "defaults:\n  source: prometheus\n")
+    FAST_POLICY.replace("defaults:\n", "defaults:\n  source: prometheus\n  window: 10s\n")
     + """
 prometheus:
   url: {url}
@@ -45,57 +45,8 @@ prometheus:
     errors: sum(increase(llm_errors_total{{prompt="$prompt",version="$version"}}[$window]))
 """
 )
-
-
-class FaultyPrometheus:
-    """/api/v1/query answering 8% errors on 1,000 requests, or the fault set by `mode`."""
-
-    def __init__(self) -> None:
-        self.mode = "ok"
-        self.queries = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner.queries += 1
-                query = parse_qs(urlsplit(self.path).query).get("query", [""])[0]
-                mode = owner.mode
-                if mode == "down":
-                    self.close_connection = True
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                if mode == "slow":
-                    time.sleep(2.5)  # past the policy's 1 s timeout
-                value = "1000" if "requests" in query else "80"
-                result: list[Any] = [{"metric": {}, "value": [time.time(), value]}]
-                if mode == "nan":
-                    result[0]["value"][1] = "NaN"
-                elif mode == "empty":
-                    result = []
-                body = json.dumps(
-                    {"status": "success", "data": {"resultType": "vector", "result": result}}
-                ).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the client gave up (timeout): expected in "slow"
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+# v2.0.0 at 8% errors, 250 requests a second.
+BAD = {(PROMPT, "v2.0.0"): Traffic(requests=25, errors=2, slow=0, scored=0, score=0.0)}
 
 
 def test_prometheus_down_slow_nan_or_empty_never_rolls_back_and_alerts_once(
@@ -105,9 +56,20 @@ def test_prometheus_down_slow_nan_or_empty_never_rolls_back_and_alerts_once(
     tmp_path: Path,
     make_bot: Callable[..., Bot],
 ) -> None:
-    prometheus = FaultyPrometheus()
-    prometheus.mode = "empty"  # no data yet while the prompt is set up
+    exporter = Exporter(BAD)
+    exporter.mode = "none"  # no data yet while the prompt is set up
+    prometheus = PrometheusServer(require_prometheus(), tmp_path, exporter.port)
+    faults = {
+        "down": (prometheus.stop, prometheus.start),
+        "slow": (prometheus.pause, prometheus.resume),
+        # NaN samples stay in the query window until they age out of it (10 s).
+        "nan": (
+            lambda: setattr(exporter, "mode", "nan"),
+            lambda: setattr(exporter, "mode", "none"),
+        ),
+    }
     try:
+        prometheus.start()
         policies = write_policy(
             tmp_path / "policies-prometheus", PROMETHEUS_POLICY.format(url=prometheus.url)
         )
@@ -115,9 +77,10 @@ def test_prometheus_down_slow_nan_or_empty_never_rolls_back_and_alerts_once(
         bot.start()
         seed_prompt(bot)
         alerts: dict[str, float] = {}
-        for mode in ("down", "slow", "nan"):
-            prometheus.mode = mode
+        recoveries: dict[str, float] = {}
+        for mode, (fail, recover) in faults.items():
             started = time.monotonic()
+            fail()
             wait_until(
                 lambda: ledger(engine, slack).count("Metrics source prometheus is down"),
                 timeout=30,
@@ -125,12 +88,14 @@ def test_prometheus_down_slow_nan_or_empty_never_rolls_back_and_alerts_once(
             )
             alerts[mode] = round(time.monotonic() - started, 2)
             assert not ledger(engine, slack).rollbacks, f"rolled back on missing data ({mode})"
-            prometheus.mode = "empty"  # answers again, with no samples: insufficient data
+            started = time.monotonic()
+            recover()  # answers again, with no samples: insufficient data
             wait_until(
                 lambda: ledger(engine, slack).count("Metrics source prometheus recovered"),
-                timeout=30,
+                timeout=40,
                 what=f"the recovery notice ({mode})",
             )
+            recoveries[mode] = round(time.monotonic() - started, 2)
             time.sleep(1.5)  # a few passes on empty answers: no rollback, no alert
             found = ledger(engine, slack)
             assert not found.rollbacks
@@ -139,15 +104,18 @@ def test_prometheus_down_slow_nan_or_empty_never_rolls_back_and_alerts_once(
             # Each outage is alerted once: start the next from a clean slate.
             slack.reset()
         assert bot.alive()
-        # With real figures again (8% errors on 1,000 requests) the rollback happens.
-        prometheus.mode = "ok"
-        wait_rollback(engine, slack, timeout=15)
+        # With real figures again (8% errors) the rollback happens.
+        started = time.monotonic()
+        exporter.mode = "ok"
+        wait_rollback(engine, slack, timeout=30)
         record(
-            "metrics source faults",
+            "metrics source faults (real Prometheus)",
             faults=",".join(["down", "slow", "nan", "empty"]),
-            queries_answered=prometheus.queries,
             rollbacks_on_missing_data=0,
+            rollback_after_real_figures_s=round(time.monotonic() - started, 2),
             **{f"down_alert_after_{mode}_s": s for mode, s in alerts.items()},
+            **{f"recovered_after_{mode}_s": s for mode, s in recoveries.items()},
         )
     finally:
-        prometheus.close()
+        prometheus.stop()
+        exporter.close()
