@@ -8,13 +8,13 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from bot import registry
-from bot.db import read_session
+from bot.db import read_session, write_session
 from bot.detection.notify import NoticeKind
 from bot.metrics.builtin import BuiltinSource
 from bot.models import Action, Health, Incident, IncidentStatus, Severity
 from bot.policy import load_policies
 from bot.policy.schema import SettingsPatch
-from tests.conftest import make_prompt
+from tests.conftest import OPERATOR, make_prompt
 from tests.detection_kit import POLICY_DIR, Clock, activated_at, make_checker, traffic
 
 
@@ -181,6 +181,40 @@ def test_failing_source_never_crashes_or_rolls_back_and_alerts_once(engine: Engi
     assert "timed out" in notifier.sent[0].text
     checker.tick()  # the source answers again: recovered, and the breach is acted on
     assert NoticeKind.METRICS_SOURCE_RECOVERED in [n.kind for n in notifier.sent]
+
+
+class RollbackWhileReading:
+    """The built-in figures, but someone rolls the prompt back while they are being read."""
+
+    name = "builtin"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.real = engine, BuiltinSource(engine)
+
+    def collect(self, targets, now):
+        figures = self.real.collect(targets, now)
+        with write_session(self.engine) as session:
+            registry.rollback(
+                session=session,
+                prompt="customer-support",
+                target=None,
+                actor=OPERATOR,
+                reason="by hand",
+                dedup_window=timedelta(0),
+            )
+        return figures
+
+
+def test_a_version_rolled_back_while_judged_gets_no_incident(engine: Engine) -> None:
+    clock = _deployed(engine)
+    traffic(engine, version="v2.0.0", n=1000, errors=30, at=clock.now)  # high: would page
+    checker, notifier = make_checker(engine, clock)
+    checker.sources["builtin"] = RollbackWhileReading(engine)
+    report = checker.tick()
+    assert [d.action for d in report.decisions] == [Action.PAGE]  # judged on what it read...
+    assert _incidents(engine) == []  # ... but v2.0.0 no longer serves: nobody is paged for it
+    assert notifier.sent == []
+    assert _active(engine) == "v1.9.0"
 
 
 def test_clean_version_is_marked_known_good_after_its_first_hour(engine: Engine) -> None:

@@ -16,7 +16,7 @@ from bot import registry, telemetry
 from bot.db import read_session, write_session
 from bot.detection import incidents as inc
 from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
-from bot.detection.targets import LiveVersion, load_live_versions
+from bot.detection.targets import LiveVersion, load_live_versions, routing_revisions
 from bot.detection.verdict import Decision, decide
 from bot.errors import BotError, ConcurrentChange, Conflict
 from bot.faults import failpoint
@@ -182,9 +182,16 @@ class Checker:
         self, judged: list[tuple[LiveVersion, Decision]], now: datetime, plan: _Plan
     ) -> None:
         with write_session(self.engine) as session:
+            # A prompt whose routing changed since it was judged (someone rolled it back while
+            # its metrics were read, say) is left to the next pass: no incident for a version
+            # that no longer serves.
+            breached = {lv.target.prompt_id for lv, d in judged if d.breach}
+            now_at = routing_revisions(session, breached)
             active = inc.active_incidents(session)
             for lv, decision in judged:
                 incident = active.pop(lv.target.version_id, None)
+                if now_at.get(lv.target.prompt_id, lv.revision) != lv.revision:
+                    continue
                 self._judge_one(session, lv, decision, incident, now, plan)
             for incident in active.values():  # versions that stopped serving
                 version = session.get(PromptVersion, incident.version_id)

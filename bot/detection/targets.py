@@ -24,6 +24,21 @@ class LiveVersion:
     policy: EffectivePolicy
     health: Health
     age_reference: datetime | None
+    revision: int  # the prompt's routing revision when this was read
+
+
+def routing_revisions(session: Session, prompt_ids: set[int]) -> dict[int, int]:
+    """The routing revision of each prompt, its row locked until the transaction ends (so no
+    rollback or deploy can land between this read and what the caller writes)."""
+    if not prompt_ids:
+        return {}
+    rows = session.execute(
+        select(col(Routing.prompt_id), col(Routing.revision))
+        .where(col(Routing.prompt_id).in_(prompt_ids))
+        .order_by(col(Routing.prompt_id))  # one lock order for every caller: no deadlock
+        .with_for_update()
+    ).all()
+    return {int(prompt_id): int(revision) for prompt_id, revision in rows}
 
 
 def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersion]:
@@ -35,6 +50,7 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
         Routing.split,
         Routing.activated_at,
         Routing.updated_at,
+        Routing.revision,
         active.id,
         active.label,
         active.health,
@@ -59,6 +75,7 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
         split,
         activated_at,
         updated_at,
+        revision,
         a_id,
         a_label,
         a_health,
@@ -90,7 +107,7 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
         )
         # A known-good version (restored by a rollback, say) is not "new": no first-hour limits.
         age_from = None if a_health == Health.GOOD else activated_at
-        live.append(LiveVersion(stable, policy, a_health, age_from))
+        live.append(LiveVersion(stable, policy, a_health, age_from, revision))
         for label, share in (split or {}).items():
             version = split_versions.get((prompt_id, label))
             if label == a_label or share <= 0 or version is None or version.id is None:
@@ -107,7 +124,7 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
                 baseline_until=None,
                 stored_baselines=_stored((a_label, a_base), (label, version.baseline)),
             )
-            live.append(LiveVersion(canary, policy, version.health, updated_at))
+            live.append(LiveVersion(canary, policy, version.health, updated_at, revision))
     return live
 
 
