@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     slack_incidents_channel: str = "#incidents"
     slack_oncall_users: str = ""
     slack_oncall_usergroup: str = ""
-    slack_listener_threads: Annotated[int, Field(ge=1, le=256)] = 32
+    slack_listener_threads: Annotated[int, Field(ge=1, le=256)] = 8
     # PagerDuty Events API v2 (optional): paged when a rollback does not bring metrics back.
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"

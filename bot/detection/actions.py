@@ -31,15 +31,7 @@ def rollback_incident(
 ) -> tuple[Incident, ChangeResult]:
     """Roll the incident's version back; a second click gets AlreadyRolledBack naming the first."""
     incident = get_incident(session, incident_id)
-    if incident.status == IncidentStatus.ROLLED_BACK:
-        entry = session.get(AuditEntry, incident.rollback_audit_id or -1)
-        done = describe_change(entry) if entry else f"rolled back by {incident.resolved_by}"
-        raise AlreadyRolledBack(f"{incident.prompt} was already {done}")
-    if incident.status not in ACTIVE_INCIDENT:
-        raise Conflict(
-            f"incident #{incident.id} is {incident.status.value}; "
-            f"use /rollback {incident.prompt} to roll back by hand"
-        )
+    check_can_roll_back(session, incident)
     result = registry.rollback(
         session=session,
         prompt=incident.prompt,
@@ -58,6 +50,19 @@ def rollback_incident(
         note=f"rolled back by {actor.operator}",
     )
     return incident, result
+
+
+def check_can_roll_back(session: Session, incident: Incident) -> None:
+    """Raise AlreadyRolledBack (naming who did it) or Conflict unless the incident is active."""
+    if incident.status == IncidentStatus.ROLLED_BACK:
+        entry = session.get(AuditEntry, incident.rollback_audit_id or -1)
+        done = describe_change(entry) if entry else f"rolled back by {incident.resolved_by}"
+        raise AlreadyRolledBack(f"{incident.prompt} was already {done}")
+    if incident.status not in ACTIVE_INCIDENT:
+        raise Conflict(
+            f"incident #{incident.id} is {incident.status.value}; "
+            f"use /rollback {incident.prompt} to roll back by hand"
+        )
 
 
 def investigate(

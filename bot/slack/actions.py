@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import App, Respond
+from sqlmodel import Session
 
 from bot.db import read_session, write_session
 from bot.detection import rollouts
-from bot.detection.actions import investigate, rollback_incident
+from bot.detection.actions import check_can_roll_back, investigate, rollback_incident
 from bot.detection.incidents import get_incident
 from bot.errors import InvalidRequest
 from bot.faults import failpoint
-from bot.models import RolloutKind, Trigger, utcnow
+from bot.models import Incident, RolloutKind, Trigger, utcnow
 from bot.registry.changes import Actor
 from bot.slack import cards
 from bot.slack.blocks import (
@@ -25,7 +27,7 @@ from bot.slack.blocks import (
 )
 from bot.slack.commands import _start_rollout
 from bot.slack.deps import SlackDeps
-from bot.slack.listener import ack_now, guarded
+from bot.slack.listener import deferred
 
 
 def _incident_of(body: dict[str, Any]) -> tuple[int, str | None]:
@@ -36,8 +38,11 @@ def _incident_of(body: dict[str, Any]) -> tuple[int, str | None]:
         raise InvalidRequest("this button is malformed; use /rollback instead") from None
 
 
-def _authorized(deps: SlackDeps, body: dict[str, Any]) -> tuple[str, int, str | None, str]:
-    """The clicking user, incident, target and prompt; refuses users not on call for it."""
+def _authorized(
+    deps: SlackDeps, body: dict[str, Any], check: Callable[[Session, Incident], None] | None = None
+) -> tuple[str, int, str | None, str]:
+    """The clicking user, incident, target and prompt; refuses users not on call for it, and
+    clicks that `check` refuses (read-only: a repeated click takes no write lock)."""
     user = body["user"]["id"]
     incident_id, target = _incident_of(body)
     with read_session(deps.engine) as session:
@@ -45,15 +50,17 @@ def _authorized(deps: SlackDeps, body: dict[str, Any]) -> tuple[str, int, str | 
     # Checked outside any write transaction: it may ask Slack for a user group's members.
     if not deps.oncall.allowed(user, deps.group(prompt)):
         raise InvalidRequest(deps.refusal())
+    if check is not None:
+        with read_session(deps.engine) as session:
+            check(session, get_incident(session, incident_id))
     return user, incident_id, target, prompt
 
 
 def register(app: App, deps: SlackDeps) -> None:
     """Attach the button listeners."""
 
-    @guarded
     def on_rollback(body: dict[str, Any], respond: Respond) -> None:
-        user, incident_id, target, _ = _authorized(deps, body)
+        user, incident_id, target, _ = _authorized(deps, body, check_can_roll_back)
         with write_session(deps.engine) as session:
             incident, result = rollback_incident(
                 session=session,
@@ -77,7 +84,6 @@ def register(app: App, deps: SlackDeps) -> None:
         failpoint("rollback.committed")
         deps.worker.wake()
 
-    @guarded
     def on_investigate(body: dict[str, Any], respond: Respond) -> None:
         user, incident_id, _, prompt = _authorized(deps, body)
         quiet = deps.quiet_for(prompt)
@@ -97,7 +103,6 @@ def register(app: App, deps: SlackDeps) -> None:
             )
         deps.worker.wake()
 
-    @guarded
     def on_gradual(body: dict[str, Any], respond: Respond) -> None:
         user, incident_id, target, prompt = _authorized(deps, body)
         text = _start_rollout(
@@ -110,7 +115,6 @@ def register(app: App, deps: SlackDeps) -> None:
         )
         respond(text=text, response_type="ephemeral", replace_original=False)
 
-    @guarded
     def on_rollout(body: dict[str, Any], respond: Respond) -> None:
         user = body["user"]["id"]
         try:
@@ -153,8 +157,8 @@ def register(app: App, deps: SlackDeps) -> None:
             )
         deps.worker.wake()
 
-    app.action(ROLLBACK_ACTION)(ack=ack_now, lazy=[on_rollback])
-    app.action(GRADUAL_ACTION)(ack=ack_now, lazy=[on_gradual])
-    app.action(FINISH_ROLLOUT_ACTION)(ack=ack_now, lazy=[on_rollout])
-    app.action(ABORT_ROLLOUT_ACTION)(ack=ack_now, lazy=[on_rollout])
-    app.action(INVESTIGATE_ACTION)(ack=ack_now, lazy=[on_investigate])
+    app.action(ROLLBACK_ACTION)(deferred(on_rollback, deps.pool))
+    app.action(GRADUAL_ACTION)(deferred(on_gradual, deps.pool))
+    app.action(FINISH_ROLLOUT_ACTION)(deferred(on_rollout, deps.pool))
+    app.action(ABORT_ROLLOUT_ACTION)(deferred(on_rollout, deps.pool))
+    app.action(INVESTIGATE_ACTION)(deferred(on_investigate, deps.pool))

@@ -59,8 +59,16 @@ class SlackService:
         oncall = OnCall(
             users=settings.oncall_users(), usergroup=settings.slack_oncall_usergroup, client=client
         )
+        self.pool = ThreadPoolExecutor(
+            max_workers=settings.slack_listener_threads, thread_name_prefix="slack-work"
+        )
         deps = SlackDeps(
-            engine=engine, settings=settings, policies=policies, oncall=oncall, worker=self.worker
+            engine=engine,
+            settings=settings,
+            policies=policies,
+            oncall=oncall,
+            worker=self.worker,
+            pool=self.pool,
         )
         secret = settings.slack_signing_secret
         self.verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
@@ -68,9 +76,8 @@ class SlackService:
             client=client,  # carries the bot token (Bolt ignores `token=` beside a client)
             signing_secret=secret.get_secret_value() if secret else None,
             request_verification_enabled=secret is not None,
-            listener_executor=ThreadPoolExecutor(max_workers=settings.slack_listener_threads),
             raise_error_for_unhandled_request=False,
-            process_before_response=True,  # ack from the request; the work runs lazily
+            process_before_response=True,  # ack from the request; the work runs on self.pool
         )
         listener.register_error_handler(self.app)
         commands.register(self.app, deps)
@@ -90,9 +97,10 @@ class SlackService:
             log.info("Slack Socket Mode connected")
 
     def stop(self) -> None:
-        """Stop Socket Mode and the outbox worker."""
+        """Stop Socket Mode, finish the listeners' work in hand, stop the outbox worker."""
         if self._socket is not None:
             self._socket.close()
+        self.pool.shutdown(wait=True)
         self.worker.stop()
 
 

@@ -24,14 +24,13 @@ from bot.registry.changes import Actor
 from bot.slack import cards
 from bot.slack.blocks import HELP, history_blocks, status_blocks, to_dicts
 from bot.slack.deps import SlackDeps
-from bot.slack.listener import ack_now, guarded
+from bot.slack.listener import deferred
 from bot.slack.parse import parse, parse_deploy
 
 
 def register(app: App, deps: SlackDeps) -> None:
     """Attach the /rollback listener."""
 
-    @guarded
     def rollback_command(command: dict[str, Any], respond: Respond) -> None:
         request = parse(command.get("text", ""))
         if request.verb == "help":
@@ -81,7 +80,6 @@ def register(app: App, deps: SlackDeps) -> None:
             response_type="ephemeral",
         )
 
-    @guarded
     def deploy_command(command: dict[str, Any], respond: Respond) -> None:
         request = parse_deploy(command.get("text", ""))
         assert request.prompt is not None
@@ -105,8 +103,8 @@ def register(app: App, deps: SlackDeps) -> None:
             text = f"Deployed {result.prompt} {result.from_version} → {result.to_version}."
         respond(text=text, response_type="ephemeral")
 
-    app.command("/rollback")(ack=ack_now, lazy=[rollback_command])
-    app.command("/deploy")(ack=ack_now, lazy=[deploy_command])
+    app.command("/rollback")(deferred(rollback_command, deps.pool))
+    app.command("/deploy")(deferred(deploy_command, deps.pool))
 
 
 def _start_rollout(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,13 +16,14 @@ from bot.slack.outbox import OutboxWorker
 
 @dataclass(frozen=True)
 class SlackDeps:
-    """The engine, settings, policies, on-call list and outbox worker."""
+    """The engine, settings, policies, on-call list, outbox worker and the listeners' work pool."""
 
     engine: Engine
     settings: Settings
     policies: PolicySet
     oncall: OnCall
     worker: OutboxWorker
+    pool: Executor  # runs each listener's work after its ack
 
     def channel(self, prompt: str) -> str:
         """Where `prompt`'s incidents and announcements go (its policy may route it)."""

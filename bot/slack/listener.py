@@ -1,19 +1,20 @@
 """How every Slack listener runs: ack at once, work later, errors answered in one place.
 
-Listeners are registered as `ack=ack_now, lazy=[guarded(work)]` with Bolt's
-process-before-response mode: the ack is sent from the request itself, before any database or
-Slack call, and the work runs on the listener pool. `guarded` turns a known error into a
-friendly ephemeral answer and logs an unknown one with an id the user can quote (answering
-inside the listener, because an exception escaping a listener after its ack can make Bolt drop
-that ack). `@app.error` remains for errors raised before any listener runs.
+Listeners are registered as `deferred(work, pool)` with Bolt's process-before-response mode:
+the listener Bolt calls acks from the request itself, before any database or Slack call, and
+hands `work(body, respond)` to the work pool. (Bolt's own lazy listeners would do the same but
+deep-copy the whole request, message blocks included, for each one: most of the time a click
+takes before its ack.) `run_guarded` turns a known error into a friendly ephemeral answer and
+logs an unknown one with an id the user can quote. `@app.error` remains for errors raised
+before any listener runs.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -22,10 +23,26 @@ from bot.errors import BotError
 
 log = logging.getLogger(__name__)
 
+Work = Callable[[dict[str, Any], Respond], None]
 
-def ack_now(ack: Ack) -> None:
-    """Acknowledge within Slack's 3 seconds, before doing anything else."""
-    ack()
+
+def deferred(work: Work, pool: Executor) -> Callable[..., None]:
+    """A Bolt listener that acknowledges within Slack's 3 seconds, then runs `work` on `pool`."""
+
+    def listener(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+        ack()
+        pool.submit(run_guarded, work, body, respond)
+
+    listener.__name__ = listener.__qualname__ = work.__name__  # how Bolt names it in its logs
+    return listener
+
+
+def run_guarded(work: Work, body: dict[str, Any], respond: Respond) -> None:
+    """Run `work`, answering its errors with `answer`."""
+    try:
+        work(body, respond)
+    except Exception as exc:  # the single place listener errors are turned into answers
+        answer(exc, respond)
 
 
 def answer(error: Exception, respond: Respond | None) -> None:
@@ -38,19 +55,6 @@ def answer(error: Exception, respond: Respond | None) -> None:
         text = f":x: Something went wrong (error id `{error_id}`); nothing more was done."
     if respond is not None:
         respond(text=text, response_type="ephemeral", replace_original=False)
-
-
-def guarded(listener: Callable[..., None]) -> Callable[..., None]:
-    """Wrap a listener so that its errors are answered by `answer`."""
-
-    @functools.wraps(listener)  # Bolt injects arguments by the wrapped function's signature
-    def wrapper(**kwargs: Any) -> None:
-        try:
-            listener(**kwargs)
-        except Exception as exc:  # the single place listener errors are turned into answers
-            answer(exc, kwargs.get("respond"))
-
-    return wrapper
 
 
 def register_error_handler(app: App) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import statistics
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import httpx
 import pytest
@@ -44,21 +46,51 @@ def _percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-async def _click_all(url: str, bodies: list[bytes]) -> list[tuple[int, float]]:
-    limits = httpx.Limits(max_connections=CLICKS, max_keepalive_connections=CLICKS)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        start = asyncio.Event()
+async def _click_all(base: str, bodies: list[bytes]) -> tuple[float, list[tuple[int, float]]]:
+    """Send every body to /slack/events at the same instant, one connection each, as Slack's
+    servers would; returns (status, seconds until the answer) per click.
 
-        async def one(body: bytes) -> tuple[int, float]:
-            await start.wait()
-            began = time.perf_counter()
-            answer = await client.post(url, content=body, headers=sign(body, SIGNING_SECRET))
-            return answer.status_code, time.perf_counter() - began
+    Plain HTTP/1.1 over asyncio streams, connected before the burst, so that the load
+    generator (on the same two cores as the server) costs as little as possible: a pooled
+    client spends more CPU per request than the server's ack itself.
+    """
+    host, port = base.removeprefix("http://").split(":")
+    start = asyncio.Event()
 
-        tasks = [asyncio.create_task(one(body)) for body in bodies]
-        await asyncio.sleep(0.2)
-        start.set()
-        return await asyncio.gather(*tasks)
+    async def one(body: bytes) -> tuple[int, float]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        headers = "".join(f"{k}: {v}\r\n" for k, v in sign(body, SIGNING_SECRET).items())
+        request = (
+            f"POST /slack/events HTTP/1.1\r\nHost: {host}:{port}\r\n{headers}"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + body
+        await start.wait()
+        began = time.perf_counter()
+        writer.write(request)
+        status = int((await reader.readline()).split()[1])
+        elapsed = time.perf_counter() - began
+        await reader.read()  # the rest of the answer, until the server closes
+        writer.close()
+        return status, elapsed
+
+    tasks = [asyncio.create_task(one(body)) for body in bodies]
+    await asyncio.sleep(3.0)  # every connection open
+    started = time.monotonic()  # the system-wide monotonic clock: comparable across processes
+    start.set()
+    return started, await asyncio.gather(*tasks)
+
+
+def _burst(base: str, bodies: list[bytes]) -> tuple[float, list[tuple[int, float]]]:
+    """`_click_all` in a process of its own: the Slack stand-in's threads (in this process,
+    answering every click's response_url) must not slow the clock-keeping client down.
+    Returns when the burst began (time.monotonic) and each click's answer."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_run_click_all, base, bodies).result(timeout=120)
+
+
+def _run_click_all(base: str, bodies: list[bytes]) -> tuple[float, list[tuple[int, float]]]:
+    return asyncio.run(_click_all(base, bodies))
 
 
 def test_a_thousand_concurrent_rollback_clicks_roll_back_once(
@@ -77,16 +109,15 @@ def test_a_thousand_concurrent_rollback_clicks_roll_back_once(
         block_actions_body(ROLLBACK_ACTION, value, "U1", card["ts"], "C1", slack=slack)
         for _ in range(CLICKS)
     ]
-    began = time.monotonic()
-    rolled_back: list[float] = []
+    rolled_at: list[float] = []
 
     def watch() -> None:
-        wait_rollback(engine, slack, timeout=60)
-        rolled_back.append(time.monotonic() - began)
+        wait_rollback(engine, slack, timeout=90)
+        rolled_at.append(time.monotonic())
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    answers = asyncio.run(_click_all(f"{bot.base}/slack/events", bodies))
+    began, answers = _burst(bot.base, bodies)
     wall = time.monotonic() - began
     watcher.join(timeout=60)
     statuses = [status for status, _ in answers]
@@ -99,7 +130,7 @@ def test_a_thousand_concurrent_rollback_clicks_roll_back_once(
     assert found.count("by <@U1>") == 1
     # Measured, not asserted: on 2 shared cores the burst queues behind the CPU (see
     # docs/reliability.md); what must hold is one rollback, fast, and nobody double-acting.
-    assert rolled_back and rolled_back[0] < 10.0
+    assert rolled_at and rolled_at[0] - began < 10.0
     record(
         "1,000 concurrent Rollback clicks",
         clicks=CLICKS,
@@ -108,7 +139,7 @@ def test_a_thousand_concurrent_rollback_clicks_roll_back_once(
         ack_p99_ms=round(_percentile(latencies, 99) * 1000),
         ack_max_ms=round(max(latencies) * 1000),
         wall_s=round(wall, 2),
-        rolled_back_after_first_click_s=round(rolled_back[0], 2),
+        rolled_back_after_first_click_s=round(rolled_at[0] - began, 2),
         **counts,
     )
 
