@@ -110,6 +110,20 @@ def test_no_traffic_waits_and_never_counts_as_recovered(engine: Engine) -> None:
     assert _verification(engine).status == VerificationStatus.RUNNING
 
 
+def test_no_traffic_at_all_escalates_as_not_verified_not_as_failing(engine: Engine) -> None:
+    clock, _ = _rolled_back(engine)
+    verifier, notifier = _verifier(engine, clock)
+    for _ in range(12):
+        clock.advance(seconds=5)
+        assert verifier.run_due() == 1
+    assert _verification(engine).status == VerificationStatus.ESCALATED
+    assert notifier.sent[-1].kind == NoticeKind.VERIFICATION_FAILED
+    assert notifier.sent[-1].text == (
+        "Not verified: v1.9.0 could not be judged in 12 checks (waiting for traffic on v1.9.0 "
+        "(n=0)). Escalating to on-call: check that the serving apps switched and report."
+    )
+
+
 def test_not_recovered_escalates_once_with_dm_and_pagerduty(
     engine: Engine, pagerduty: FakePagerDuty
 ) -> None:

@@ -114,7 +114,7 @@ class Verifier:
         if status == VerificationStatus.ESCALATED:
             # Paged before the check commits: if this process dies in between, the check runs
             # again and PagerDuty folds the repeat into the same alert (same dedup key).
-            self._page(v, self._escalation_text(v), figures)
+            self._page(v, self._escalation_text(v, line), figures)
         with write_session(self.engine) as session:
             written = session.execute(
                 update(Verification)
@@ -154,7 +154,7 @@ class Verifier:
             if status == VerificationStatus.RECOVERED:
                 notices.append(self._recovered(v, incident, now, figures))
             elif status == VerificationStatus.ESCALATED:
-                notices.append(self._escalated(v, incident, now, figures))
+                notices.append(self._escalated(v, incident, now, figures, line))
             session.flush()
             for notice in notices:  # queued with the check they report: once, or not at all
                 deliver(self.notifier, notice, session)
@@ -250,9 +250,14 @@ class Verifier:
         return self._notice(NoticeKind.VERIFICATION_RECOVERED, v, incident, text, figures)
 
     def _escalated(
-        self, v: Verification, incident: Incident | None, now: datetime, figures: dict[str, Any]
+        self,
+        v: Verification,
+        incident: Incident | None,
+        now: datetime,
+        figures: dict[str, Any],
+        line: str,
     ) -> Notice:
-        text = self._escalation_text(v)
+        text = self._escalation_text(v, line)
         if incident is not None:
             incident.escalated_at = incident.updated_at = now
             incident.summary = f"{incident.summary}; not recovered after rollback"[:2000]
@@ -295,10 +300,16 @@ class Verifier:
         )
 
     @staticmethod
-    def _escalation_text(v: Verification) -> str:
+    def _escalation_text(v: Verification, line: str) -> str:
+        checks = v.checks_done + 1
+        if line.startswith(("waiting for traffic", "metrics unavailable")):
+            # Not "still fails": nothing could be measured, which on-call must hear as such.
+            return (
+                f"Not verified: {v.version} could not be judged in {checks} checks ({line}). "
+                "Escalating to on-call: check that the serving apps switched and report."
+            )
         return (
-            f"Not recovered: {v.version} still fails after {v.checks_done + 1} checks. "
-            "Escalating to on-call."
+            f"Not recovered: {v.version} still fails after {checks} checks. Escalating to on-call."
         )
 
     def _page(self, v: Verification, text: str, figures: dict[str, Any]) -> None:
