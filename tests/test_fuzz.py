@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlencode
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,8 +19,9 @@ from sqlmodel import SQLModel
 from bot.db import read_session
 from bot.models.detection import metric_bucket
 from tests.conftest import API_TOKEN, make_prompt
+from tests.reliability.kit import record
 from tests.slack_harness import SIGNING_SECRET
-from tests.slack_kit import sign
+from tests.slack_kit import block_actions_body, sign, slash_command_body
 
 JSON = st.recursive(
     st.none()
@@ -67,6 +70,21 @@ FUZZ = settings(
 )
 
 
+# Requests sent per surface in this run, for the run's summary (docs/reliability.md).
+TRIED: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts() -> Iterator[None]:
+    yield
+    record(
+        "fuzzing",
+        requests=sum(TRIED.values()),
+        **{surface.replace(" ", "_"): n for surface, n in sorted(TRIED.items())},
+        answered_500=0,  # any 500 fails the test that saw it
+    )
+
+
 @pytest.fixture
 def seeded(client: TestClient, engine: Engine) -> TestClient:
     make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
@@ -82,6 +100,7 @@ def test_api_routes_never_fail_on_malformed_bodies(
     @given(body=JSON | FIELDS)
     def check(body: object) -> None:
         r = seeded.request(method, path, json=body)
+        TRIED["api malformed bodies"] += 1
         assert r.status_code in ALLOWED, (body, r.status_code, r.text)
         assert "Traceback" not in r.text
 
@@ -145,6 +164,7 @@ def test_every_openapi_operation_fuzzed(seeded: TestClient, engine: Engine) -> N
         before = _state(engine)
         r = seeded.request(method, path, params=query, json=body, headers=headers)
         tried += 1
+        TRIED["openapi operations"] += 1
         assert r.status_code in ALLOWED | {401, 405}, (method, path, body, r.status_code, r.text)
         if path.startswith("/api") and auth != "good":  # no route matched, or refused
             assert r.status_code in (401, 404, 405), (method, path, r.status_code)
@@ -172,6 +192,7 @@ def test_api_routes_never_fail_on_raw_bytes(seeded: TestClient) -> None:
         r = seeded.request(
             route[0], route[1], content=raw, headers={"Content-Type": "application/json"}
         )
+        TRIED["api raw bytes"] += 1
         assert r.status_code in ALLOWED, (raw, r.status_code, r.text)
 
     check()
@@ -209,6 +230,7 @@ def test_slack_signatures_fuzzed(engine: Engine, db_url: str) -> None:
             if mangle == "none":
                 headers = {"Content-Type": "application/x-www-form-urlencoded"}
             r = http.post(f"{harness.base_url}/slack/events", content=sent, headers=headers)
+            TRIED["slack signatures"] += 1
             if mangle == "timestamp" and abs(ts_shift) <= 300:
                 assert r.status_code in (200, 400, 401, 404), r.text  # signed: never a 500
             else:
@@ -217,3 +239,61 @@ def test_slack_signatures_fuzzed(engine: Engine, db_url: str) -> None:
         check()
         assert harness.fake.calls_to("chat.postMessage") == []
         assert json.dumps(harness.fake.responses()) == "[]"
+
+
+# A block_actions payload with any of its parts replaced by generated JSON.
+PAYLOAD_PART = st.sampled_from(["user", "actions", "container", "channel", "team", "type", "value"])
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_signed_malformed_slack_payloads_and_commands(engine: Engine, db_url: str) -> None:
+    """Correctly signed requests whose content is wrong: a button payload with a part replaced
+    by anything, or a slash command with any text from a user not on call. Never a 500, never
+    an unexpected error shown to the user, nothing changed in the registry, nothing posted."""
+    from tests.slack_harness import running
+
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    before = _state(engine)
+    with running(engine, db_url) as harness:
+        import httpx
+
+        http = httpx.Client()
+        url = f"{harness.base_url}/slack/events"
+
+        @FUZZ
+        @given(
+            kind=st.sampled_from(["button", "command"]),
+            part=PAYLOAD_PART,
+            junk=JSON,
+            text=st.text(max_size=120),
+        )
+        def check(kind: str, part: str, junk: object, text: str) -> None:
+            if kind == "command":
+                body = slash_command_body("/rollback", text, user_id="UFUZZ", slack=harness.fake)
+            else:
+                raw = block_actions_body(
+                    "rollback",
+                    json.dumps({"incident": 1}),
+                    "UFUZZ",
+                    "1.2",
+                    "C1",
+                    slack=harness.fake,
+                )
+                payload = json.loads(parse_qs(raw.decode())["payload"][0])
+                if part == "value":
+                    payload["actions"][0]["value"] = (
+                        junk if isinstance(junk, str) else json.dumps(junk)
+                    )
+                else:
+                    payload[part] = junk
+                body = urlencode({"payload": json.dumps(payload)}).encode()
+            r = http.post(url, content=body, headers=sign(body, SIGNING_SECRET))
+            TRIED["slack signed malformed"] += 1
+            assert r.status_code in (200, 400, 404), (kind, part, r.status_code, r.text)
+
+        check()
+        harness.service.pool.shutdown(wait=True)  # every listener's work has answered
+        answers = [str(a.get("text", "")) for a in harness.fake.responses()]
+        assert not [a for a in answers if "Something went wrong" in a], answers
+        assert harness.fake.calls_to("chat.postMessage") == []
+    assert _state(engine) == before
