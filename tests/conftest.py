@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,16 @@ def make_prompt(
     for label in versions if deploy is None else deploy:
         with write_session(engine) as session:
             registry.deploy(session=session, prompt=name, version=label, actor=OPERATOR)
+
+
+def roll_back(engine: Engine, name: str = "customer-support") -> None:
+    """Roll `name` back to its previous known-good version, as an operator would."""
+    with write_session(engine) as session:
+        registry.rollback(
+            session=session,
+            prompt=name,
+            target=None,
+            actor=OPERATOR,
+            reason="by hand",
+            dedup_window=timedelta(0),
+        )

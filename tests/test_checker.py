@@ -8,13 +8,13 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from bot import registry
-from bot.db import read_session, write_session
+from bot.db import read_session
 from bot.detection.notify import NoticeKind
 from bot.metrics.builtin import BuiltinSource
 from bot.models import Action, Health, Incident, IncidentStatus, Severity
 from bot.policy import load_policies
 from bot.policy.schema import SettingsPatch
-from tests.conftest import OPERATOR, make_prompt
+from tests.conftest import make_prompt, roll_back
 from tests.detection_kit import POLICY_DIR, Clock, activated_at, make_checker, traffic
 
 
@@ -193,15 +193,7 @@ class RollbackWhileReading:
 
     def collect(self, targets, now):
         figures = self.real.collect(targets, now)
-        with write_session(self.engine) as session:
-            registry.rollback(
-                session=session,
-                prompt="customer-support",
-                target=None,
-                actor=OPERATOR,
-                reason="by hand",
-                dedup_window=timedelta(0),
-            )
+        roll_back(self.engine)
         return figures
 
 

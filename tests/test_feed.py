@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from bot import registry
 from bot.api.feed import ChangeFeed
-from bot.db import write_session
 from bot.models import RoutingState
-from tests.conftest import OPERATOR, make_prompt
+from tests.conftest import make_prompt, roll_back
 
 
 class PausedFeed(ChangeFeed):
@@ -31,18 +28,6 @@ class PausedFeed(ChangeFeed):
         return found
 
 
-def _rollback(engine: Engine) -> None:
-    with write_session(engine) as session:
-        registry.rollback(
-            session=session,
-            prompt="customer-support",
-            target=None,
-            actor=OPERATOR,
-            reason="test",
-            dedup_window=timedelta(0),
-        )
-
-
 def test_a_change_committed_while_a_poll_reads_stays_uncached_until_the_next_poll(
     engine: Engine,
 ) -> None:
@@ -53,7 +38,7 @@ def test_a_change_committed_while_a_poll_reads_stays_uncached_until_the_next_pol
         feed.mark_dirty("customer-support")  # deployed here: not cached yet
         feed.start()
         await asyncio.to_thread(feed.read.wait, 5)  # a poll has read v2.0.0...
-        _rollback(engine)  # ... when this process rolls back and marks the prompt again
+        roll_back(engine)  # ... when this process rolls back and marks the prompt again
         feed.mark_dirty("customer-support")
         feed.answer.set()
         await asyncio.sleep(0.2)  # that poll has answered; the next one is 0.4 s away
