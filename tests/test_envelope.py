@@ -30,5 +30,7 @@ def test_wrong_shapes_are_named() -> None:
     assert problem(click) == "actions: Input should be a valid list"
     assert problem(_click() | {"actions": []}) is not None
     assert problem(_click() | {"user": {"name": "no id"}}) == "user.id: Field required"
+    assert problem(_click() | {"actions": None}) == "actions: Input should be a valid list"
+    assert problem(_click() | {"user": None}) is not None
     no_user = {k: v for k, v in _command().items() if k != "user_id"}
     assert problem(no_user) == "user_id: Field required"

@@ -28,16 +28,21 @@ class _Action(_Part):
 
 
 class _Interaction(_Part):
-    """An interactivity payload (`payload=<json>`): block_actions and the others."""
+    """An interactivity payload (`payload=<json>`): every kind comes from a user."""
 
     type: str
-    user: _Identified | None = None
-    team: _Identified | None = None
+    user: _Identified
+    team: _Identified | None = None  # null for org-wide installs
     channel: _Identified | None = None
     enterprise: _Identified | None = None
     container: dict[str, Any] | None = None
-    actions: list[_Action] | None = Field(default=None, min_length=1)
     response_url: str | None = None
+
+
+class _BlockActions(_Interaction):
+    """A button click: at least one action."""
+
+    actions: list[_Action] = Field(min_length=1)
 
 
 class _SlashCommand(_Part):
@@ -56,6 +61,8 @@ def problem(body: object) -> str | None:
     try:
         if "command" in body:
             _SlashCommand.model_validate(body)
+        elif body.get("type") == "block_actions":
+            _BlockActions.model_validate(body)
         elif "type" in body and "event" not in body and "challenge" not in body:
             _Interaction.model_validate(body)
     except ValidationError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from anyio import to_thread
@@ -12,7 +11,6 @@ from slack_bolt import BoltRequest
 
 from bot.slack import envelope
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["slack"])
 
 
@@ -34,20 +32,15 @@ async def slack_events(request: Request) -> Response:
         return refused
     try:
         bolt_request = BoltRequest(body=body, query=dict(request.query_params), headers=headers)
+        wrong = envelope.problem(bolt_request.body)
     except (ValueError, TypeError, KeyError, AttributeError, IndexError):
-        # Signed, yet not a body Slack would send: not a form or JSON, or a payload whose
-        # user/team/channel Bolt cannot read while building the request's context.
-        return JSONResponse({"error": "malformed request body"}, status_code=400)
-    if (wrong := envelope.problem(bolt_request.body)) is not None:
+        # Not a form or JSON body, or a payload whose user/team/channel Bolt cannot read
+        # while building the request's context.
+        wrong = "not a body Slack would send"
+    if wrong is not None:  # signed, yet shaped unlike anything Slack sends: nothing is done
         return JSONResponse({"error": "malformed request body", "detail": wrong}, status_code=400)
     # Bolt's dispatch blocks until ack(); run it in a worker thread, never on the loop.
-    try:
-        answer = await to_thread.run_sync(service.app.dispatch, bolt_request)
-    except (TypeError, KeyError, IndexError, AttributeError) as exc:
-        # Signed, yet shaped unlike anything Slack sends (`actions` not a list, say): Bolt
-        # trips over it before any listener runs. Nothing was done.
-        log.warning("slack request refused: malformed payload (%s)", exc.__class__.__name__)
-        return JSONResponse({"error": "malformed request body"}, status_code=400)
+    answer = await to_thread.run_sync(service.app.dispatch, bolt_request)
     return Response(
         content=answer.body,
         status_code=answer.status,
