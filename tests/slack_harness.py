@@ -42,7 +42,11 @@ class Harness:
 
 @contextmanager
 def running(
-    engine: Engine, db_url: str, policy_dir: Path = POLICIES, **overrides: str
+    engine: Engine,
+    db_url: str,
+    policy_dir: Path = POLICIES,
+    signing_secret: str | None = SIGNING_SECRET,
+    **overrides: str,
 ) -> Iterator[Harness]:
     """FakeSlack, then the bot's server (API + Slack app + outbox) on a free port."""
     channels = {"incidents": "C1", "cs-incidents": "C2"}
@@ -51,7 +55,7 @@ def running(
             database_url=db_url,
             rollback_api_token=API_TOKEN,
             slack_bot_token=BOT_TOKEN,
-            slack_signing_secret=SIGNING_SECRET,
+            slack_signing_secret=signing_secret,
             slack_api_url=fake.base_url,
             slack_oncall_users="U1",
             **overrides,

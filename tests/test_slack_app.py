@@ -8,19 +8,24 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import select
 
 from bot import registry
+from bot.api.app import create_app
+from bot.config import load_settings
 from bot.db import read_session
 from bot.detection.checker import Checker
 from bot.metrics.builtin import BuiltinSource
 from bot.models import Incident, IncidentStatus, OutboxStatus, SlackOutbox, utcnow
 from bot.policy import load_policies
+from bot.slack.app import SlackService
 from bot.slack.blocks import INVESTIGATE_ACTION, ROLLBACK_ACTION
-from tests.conftest import make_prompt
+from tests.conftest import API_TOKEN, make_prompt
 from tests.detection_kit import POLICY_DIR, Clock, activated_at, traffic
-from tests.slack_harness import Harness, running
+from tests.slack_harness import BOT_TOKEN, POLICIES, SIGNING_SECRET, Harness, running
+from tests.slack_kit import FakeSlack, sign, slash_command_body
 
 
 @pytest.fixture
@@ -118,6 +123,53 @@ def test_unsigned_forged_or_stale_requests_get_401_and_do_nothing(
     assert _active(engine) == "v2.0.0"
     assert slack.fake.responses() == []
     assert slack.fake.calls_to("chat.postMessage") == []
+
+
+def test_a_timestamp_that_is_not_a_number_gets_401(slack: Harness, engine: Engine) -> None:
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    body = slash_command_body("/rollback", "customer-support v1.9.0", user_id="U1")
+    for stamp in ("soon", "", "1e9", "-5", "0x10"):
+        response = slack.sender.post(body, headers={"X-Slack-Request-Timestamp": stamp})
+        assert response.status_code == 401, (stamp, response.text)
+    assert _active(engine) == "v2.0.0"
+    assert slack.fake.calls_to("chat.postMessage") == []
+
+
+@pytest.mark.parametrize("secret", [None, SIGNING_SECRET], ids=["no-secret", "secret"])
+def test_socket_mode_never_acts_on_an_unsigned_http_request(
+    engine: Engine, db_url: str, secret: str | None
+) -> None:
+    """With SLACK_APP_TOKEN set, Slack's requests come over the websocket: the HTTP route is
+    not served without a signing secret, and verifies as in HTTP mode with one."""
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    with FakeSlack(token=BOT_TOKEN, channels={"incidents": "C1"}) as fake:
+        settings = load_settings(
+            database_url=db_url,
+            rollback_api_token=API_TOKEN,
+            slack_bot_token=BOT_TOKEN,
+            slack_app_token="xapp-1-test-0123456789",
+            slack_signing_secret=secret,
+            slack_api_url=fake.base_url,
+            slack_oncall_users="U1",
+        )
+        service = SlackService(settings=settings, engine=engine, policies=load_policies(POLICIES))
+        http = TestClient(create_app(settings, engine, slack=service))  # no lifespan: no socket
+        forged = {"signed": False}, {"secret": "attacker-guess-0123456789"}
+        for how in forged:
+            body = slash_command_body("/rollback", "customer-support v1.9.0", user_id="U1")
+            headers = (
+                sign(body, how["secret"])
+                if "secret" in how
+                else {"Content-Type": "application/x-www-form-urlencoded"}
+            )
+            response = http.post("/slack/events", content=body, headers=headers)
+            assert response.status_code == (404 if secret is None else 401), response.text
+        if secret is not None:  # a correctly signed request is still served
+            body = slash_command_body("/rollback", "status customer-support", user_id="U1")
+            assert http.post("/slack/events", content=body, headers=sign(body, secret)).is_success
+        assert _active(engine) == "v2.0.0"
+        assert fake.calls_to("chat.postMessage") == []
+        service.pool.shutdown()
 
 
 # --- alerts and buttons -------------------------------------------------------------------

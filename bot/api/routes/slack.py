@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from slack_bolt import BoltRequest
+from slack_sdk.signature import SignatureVerifier
 
 from bot.slack import envelope
 
 router = APIRouter(tags=["slack"])
+
+
+def _signed(verifier: SignatureVerifier, body: str, headers: Mapping[str, str]) -> bool:
+    """Whether the body carries a valid, fresh Slack signature (a timestamp that is not a
+    number is simply not one: slack_sdk would raise on it)."""
+    stamp = headers.get("x-slack-request-timestamp")
+    if not isinstance(stamp, str) or not stamp.isascii() or not stamp.isdigit():
+        return False
+    return bool(verifier.is_valid_request(body, headers))
 
 
 @router.post("/slack/events", include_in_schema=False)
@@ -20,6 +30,10 @@ async def slack_events(request: Request) -> Response:
     service = request.app.state.slack
     if service is None:
         return Response("Slack is not configured on this server", status_code=404)
+    if service.verifier is None:
+        # Socket Mode without a signing secret: Slack's requests arrive over the websocket,
+        # and nothing here could tell a forged POST from a real one, so none is served.
+        return Response("Slack requests arrive over Socket Mode on this server", status_code=404)
     headers: dict[str, str | Sequence[str]] = dict(request.headers)
     refused = JSONResponse({"error": "invalid request"}, status_code=401)
     try:
@@ -28,7 +42,7 @@ async def slack_events(request: Request) -> Response:
         return refused
     # Checked before anything parses the body: a forged, stale or mangled request is refused
     # here whatever it holds (Bolt checks again in its own middleware).
-    if service.verifier is not None and not service.verifier.is_valid_request(body, headers):
+    if not _signed(service.verifier, body, request.headers):
         return refused
     try:
         bolt_request = BoltRequest(body=body, query=dict(request.query_params), headers=headers)
