@@ -16,7 +16,7 @@ from sqlmodel import select
 from bot import registry
 from bot.db import read_session
 from bot.models import Incident
-from tests.conftest import API_TOKEN, make_prompt
+from tests.conftest import API_TOKEN, PG_ONLY, make_prompt
 from tests.test_serve import free_port, start_server, wait_healthy
 
 WORKER = Path(__file__).with_name("lease_worker.py")
@@ -42,7 +42,7 @@ def _start(db_url: str, name: str, lines: list[str]) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
 def test_one_leader_and_takeover_after_sigkill(db_url: str) -> None:
     lines: list[str] = []
     first = _start(db_url, "a", lines)
@@ -68,7 +68,7 @@ def test_one_leader_and_takeover_after_sigkill(db_url: str) -> None:
                 proc.wait()
 
 
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
 def test_two_replicas_roll_back_once(db_url: str, engine, tmp_path: Path) -> None:
     make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
     ports = [free_port(), free_port()]

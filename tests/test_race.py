@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from bot.db import read_session
 from bot.models import AuditEntry, ChangeKind, Routing
-from tests.conftest import make_prompt
+from tests.conftest import PG_ONLY, make_prompt
 from tests.race_worker import race
 
 WORKER = Path(__file__).with_name("race_worker.py")
@@ -42,7 +42,7 @@ def test_twenty_threads_one_rollback(engine: Engine, db_url: str, target: str | 
 
 
 @pytest.mark.postgresql
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
 def test_two_processes_twenty_threads_one_rollback(engine: Engine, db_url: str) -> None:
     make_prompt(engine)
     start = time.time() + 2.0  # both interpreters are up and connected by then

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine
 
 from bot.slack.blocks import ROLLBACK_ACTION
+from tests.conftest import PG_ONLY
 from tests.reliability.kit import (
     Bot,
     assert_consistent,
@@ -56,7 +57,7 @@ def _crash_and_recover(bot: Bot, failpoint: str) -> float:
 
 
 @pytest.mark.parametrize("failpoint", POINTS)
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
 def test_sigkill_inside_rollback_or_verification_leaves_one_consistent_story(
     failpoint: str,
     db_url: str,
@@ -106,7 +107,7 @@ def test_sigkill_after_commit_on_sqlite_recovers_from_the_wal(
     record("crash sqlite rollback.before_commit", **counts)
 
 
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
 def test_sigkill_inside_a_button_rollback_changes_nothing_and_a_second_click_works(
     db_url: str,
     engine: Engine,

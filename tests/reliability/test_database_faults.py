@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func, select
 from bot.db import read_session
 from bot.models import Prompt, PromptVersion
 from bot.models.detection import metric_bucket
-from tests.conftest import API_TOKEN
+from tests.conftest import API_TOKEN, PG_ONLY
 from tests.reliability.kit import (
     Bot,
     events,
@@ -121,7 +121,7 @@ def _assert_refusals_are_clear(load: Load) -> Counter[int]:
     return statuses
 
 
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
 def test_postgresql_restart_under_load(
     db_url: str, engine: Engine, slack: FakeSlack, make_bot: Callable[..., Bot]
 ) -> None:

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine
 
 from bot.slack.blocks import ROLLBACK_ACTION
-from tests.conftest import API_TOKEN
+from tests.conftest import API_TOKEN, PG_ONLY
 from tests.reliability.kit import (
     SIGNING_SECRET,
     Bot,
@@ -33,7 +33,7 @@ from tests.reliability.kit import (
 )
 from tests.slack_kit import FakeSlack, block_actions_body, sign, slash_command_body
 
-pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+pytestmark = pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
 
 CLICKS = 1_000
 EVENTS_PER_S = 20_000

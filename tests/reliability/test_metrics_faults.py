@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from tests.conftest import PG_ONLY
 from tests.prometheus_kit import Exporter, PrometheusServer, Traffic, require_prometheus
 from tests.reliability.kit import (
     FAST_POLICY,
@@ -31,7 +32,7 @@ from tests.reliability.kit import (
 )
 from tests.slack_kit import FakeSlack
 
-pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+pytestmark = pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
 
 # A short window, so that NaN samples leave it within seconds of the application's recovery.
 PROMETHEUS_POLICY = (

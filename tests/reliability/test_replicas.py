@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from tests.conftest import PG_ONLY
 from tests.reliability.kit import (
     FAST_POLICY,
     Bot,
@@ -34,7 +35,7 @@ from tests.reliability.kit import (
 )
 from tests.slack_kit import FakeSlack
 
-pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+pytestmark = pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
 
 CHECKS = 10
 LEASE_S = 2.0

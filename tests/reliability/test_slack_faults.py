@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import Engine
 
+from tests.conftest import PG_ONLY
 from tests.reliability.kit import (
     Bot,
     Ledger,
@@ -28,7 +29,7 @@ from tests.reliability.kit import (
 )
 from tests.slack_kit import FakeSlack
 
-pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+pytestmark = pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
 
 CHECKS = 5
 ON_TIME_S = 0.5 + 1.5  # check interval + one pass + margin
