@@ -59,6 +59,13 @@ LEADER = Gauge(
     "1 while this process holds the checker lease.",
     registry=REGISTRY,
 )
+SLACK_STATE = Gauge(
+    "rollback_bot_slack_state",
+    "1 for Slack's state as this process last found it (ok, connecting, unreachable, "
+    "token_refused), 0 for the others.",
+    ["state"],
+    registry=REGISTRY,
+)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,6 +28,7 @@ from bot.slack.deps import SlackDeps
 from bot.slack.notifier import SlackNotifier
 from bot.slack.oncall import OnCall
 from bot.slack.outbox import OutboxWorker
+from bot.slack.status import SlackStatus
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,11 @@ class SlackService:
     def __init__(self, *, settings: Settings, engine: Engine, policies: PolicySet) -> None:
         assert settings.slack_bot_token is not None
         client = web_client(settings, retries=True)
-        self.worker = OutboxWorker(engine=engine, client=web_client(settings, retries=False))
+        bare = web_client(settings, retries=False)
+        self.worker = OutboxWorker(engine=engine, client=bare)
+        # Slack is probed in the background: nothing at start-up waits for it or stops for it.
+        self.status = SlackStatus(bare, on_ok=self.worker.wake)
+        self.worker.status = self.status
         oncall = OnCall(
             users=settings.oncall_users(), usergroup=settings.slack_oncall_usergroup, client=client
         )
@@ -76,6 +82,7 @@ class SlackService:
             client=client,  # carries the bot token (Bolt ignores `token=` beside a client)
             signing_secret=secret.get_secret_value() if secret else None,
             request_verification_enabled=secret is not None,
+            token_verification_enabled=False,  # no auth.test here: SlackStatus probes it
             raise_error_for_unhandled_request=False,
             process_before_response=True,  # ack from the request; the work runs on self.pool
         )
@@ -85,31 +92,63 @@ class SlackService:
         self.notifier = SlackNotifier(deps)
         self._socket: Any = None
         self._app_token = settings.slack_app_token
+        self.socket_state = "off" if self._app_token is None else "connecting"
+        self._stopping = threading.Event()
 
     def start(self) -> None:
-        """Start delivering the outbox, and Socket Mode when SLACK_APP_TOKEN is set."""
+        """Start delivering the outbox, probing Slack, and Socket Mode when SLACK_APP_TOKEN is
+        set; none of them waits for Slack."""
         self.worker.start()
+        self.status.start()
         if self._app_token is not None:
-            from slack_bolt.adapter.socket_mode import SocketModeHandler
+            threading.Thread(target=self._connect_socket, name="slack-socket", daemon=True).start()
 
-            self._socket = SocketModeHandler(self.app, self._app_token.get_secret_value())
-            self._socket.connect()
-            log.info("Slack Socket Mode connected")
+    def _connect_socket(self) -> None:
+        """Open the Socket Mode connection, retrying with capped backoff until it opens (the
+        client reconnects by itself after that)."""
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        assert self._app_token is not None
+        failures = 0
+        while not self._stopping.is_set():
+            handler: Any = SocketModeHandler(self.app, self._app_token.get_secret_value())
+            try:
+                handler.connect()
+                if handler.client.is_connected():
+                    self._socket, self.socket_state = handler, "connected"
+                    log.info("Slack Socket Mode connected")
+                    return
+                problem = "the websocket did not open"
+            except (BoltError, SlackApiError, SlackClientError, OSError) as exc:
+                problem = f"{exc.__class__.__name__}: {exc}"
+            handler.close()
+            failures += 1
+            self.socket_state = "connecting"
+            wait = min(30.0, 0.5 * 2 ** min(failures, 10))
+            log.warning("Slack Socket Mode not connected (%s); retry in %.0f s", problem, wait)
+            self._stopping.wait(wait)
+
+    def health(self) -> dict[str, object]:
+        """Slack's state for /healthz."""
+        return {**self.status.as_dict(), "socket_mode": self.socket_state}
 
     def stop(self) -> None:
         """Stop Socket Mode, finish the listeners' work in hand, stop the outbox worker."""
+        self._stopping.set()
         if self._socket is not None:
             self._socket.close()
+        self.status.stop()
         self.pool.shutdown(wait=True)
         self.worker.stop()
 
 
 def start_slack(settings: Settings, engine: Engine, policies: PolicySet) -> SlackService | None:
-    """The Slack service when SLACK_BOT_TOKEN is set; a token Slack refuses stops start-up."""
+    """The Slack service when SLACK_BOT_TOKEN is set. Slack is not called here: an outage or
+    a refused token at start-up is reported by SlackStatus and never stops the server."""
     if settings.slack_bot_token is None:
         log.warning("SLACK_BOT_TOKEN is not set: notices go to the log only")
         return None
     try:
         return SlackService(settings=settings, engine=engine, policies=policies)
-    except (BoltError, SlackApiError, SlackClientError, OSError) as exc:
-        raise ConfigError(f"SLACK_BOT_TOKEN: Slack refused it or is unreachable ({exc})") from None
+    except BoltError as exc:
+        raise ConfigError(f"Slack app settings: {exc}") from None

@@ -27,6 +27,7 @@ from bot.errors import BotError
 from bot.faults import failpoint
 from bot.models import OutboxStatus, SlackOutbox, utcnow
 from bot.slack import posted
+from bot.slack.status import SlackStatus
 from bot.telemetry import SLACK_ERRORS
 
 log = logging.getLogger(__name__)
@@ -37,15 +38,13 @@ CLAIM_FOR = timedelta(seconds=15)  # renewed before each message is sent
 # Backoff after 5xx/timeouts stops growing here, so messages land within ~5 s of Slack's return.
 MAX_BACKOFF_S = 5.0
 POSTS = frozenset({"chat.postMessage", "dm"})  # calls that add a message (an update does not)
+# Errors about one message that no retry can fix. A refused token (`invalid_auth`, ...) is not
+# one: every message waits until a person replaces the token, then all are delivered.
 PERMANENT = frozenset(
     {
         "channel_not_found",
         "not_in_channel",
         "is_archived",
-        "invalid_auth",
-        "not_authed",
-        "account_inactive",
-        "token_revoked",
         "missing_scope",
         "invalid_blocks",
         "msg_too_long",
@@ -113,6 +112,7 @@ class OutboxWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.status: SlackStatus | None = None  # told of every call's outcome
 
     def start(self) -> None:
         """Start the delivery thread."""
@@ -271,8 +271,13 @@ class OutboxWorker:
             self._failed(row, exc, refused=stage == "send")
             return
         except (SlackClientError, OSError, TimeoutError) as exc:
-            self._retry(row, f"{exc.__class__.__name__}: {exc}", None)
+            problem = f"{exc.__class__.__name__}: {exc}"
+            if self.status is not None:
+                self.status.saw_unreachable(problem)
+            self._retry(row, problem, None)
             return
+        if self.status is not None:
+            self.status.saw_ok()
         failpoint("outbox.sent")
         self._mark(
             row,
@@ -371,6 +376,8 @@ class OutboxWorker:
         response = exc.response
         error = str(response.get("error") if response.data else response.status_code)
         SLACK_ERRORS.labels(row.method, error).inc()
+        if self.status is not None:
+            self.status.saw_error(error, status=response.status_code)
         if response.status_code == 429 or error == "ratelimited":
             self._retry(row, "ratelimited", _retry_after(response.headers), settled=refused)
         elif response.status_code >= 500:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from anyio import to_thread
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -18,9 +18,11 @@ from bot.telemetry import exposition
 router = APIRouter()
 
 
-@router.get("/healthz", tags=["health"], summary="Liveness and database state (no auth)")
-def healthz(engine: EngineDep) -> JSONResponse:
-    """200 when the database answers and its schema is current; 503 otherwise."""
+@router.get("/healthz", tags=["health"], summary="Liveness, database and Slack state (no auth)")
+def healthz(engine: EngineDep, request: Request) -> JSONResponse:
+    """200 when the database answers and its schema is current; 503 otherwise. Slack's state
+    is reported but never makes it 503: restarting the server would not bring Slack back, and
+    detection and automatic rollbacks go on without it ("degraded")."""
     started = time.perf_counter()
     try:
         ping(engine)
@@ -32,8 +34,11 @@ def healthz(engine: EngineDep) -> JSONResponse:
             headers={"Retry-After": "5"},
         )
     current = revision == head_revision()
+    slack = request.app.state.slack
+    slack_health = {"configured": False} if slack is None else slack.health()
+    degraded = slack is not None and not slack_health["ok"]
     body = {
-        "status": "ok" if current else "schema_out_of_date",
+        "status": "schema_out_of_date" if not current else "degraded" if degraded else "ok",
         "database": {
             "ok": True,
             "dialect": engine.dialect.name,
@@ -41,6 +46,7 @@ def healthz(engine: EngineDep) -> JSONResponse:
             "schema_current": current,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         },
+        "slack": slack_health,
     }
     return JSONResponse(body, status_code=200 if current else 503)
 
