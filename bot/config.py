@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     slack_oncall_users: str = ""
     slack_oncall_usergroup: str = ""
     slack_listener_threads: Annotated[int, Field(ge=1, le=256)] = 8
+    # The outbox's retry backoff stops growing here (messages land this soon after Slack is back)
+    slack_retry_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # A message still undelivered this long after it was queued is given up (logged, counted).
+    slack_give_up_seconds: Annotated[float, Field(ge=1)] = 86400.0
     # PagerDuty Events API v2 (optional): paged when a rollback does not bring metrics back.
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"

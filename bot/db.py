@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
@@ -47,15 +48,17 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
         )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
-        return engine
-    return create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_pre_ping=True,
-        pool_timeout=10,
-        connect_args={"connect_timeout": 5},
-    )
+    else:
+        engine = create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_pre_ping=True,
+            pool_timeout=10,
+            connect_args={"connect_timeout": 5},
+        )
+    event.listen(engine, "handle_error", _drop_stale_connections)
+    return engine
 
 
 def _ensure_sqlite_dir(url: str) -> None:
@@ -131,29 +134,75 @@ def _sqlite_writer(engine: Engine) -> Iterator[float]:
         lock.release()
 
 
+# PostgreSQL faults that are the database's state, not the request's: retry later (503).
+# 08 connection, 53 insufficient resources (disk full), 57 operator intervention (admin
+# shutdown, cannot connect now, statement or lock timeout), 58 system error; and singly:
+# a read-only transaction (a failover, a standby), serialization failure, deadlock, a lock
+# not available (lock_timeout / NOWAIT), an object in use.
+_TRANSIENT_CLASSES = ("08", "53", "57", "58")
+_TRANSIENT_STATES = frozenset({"25006", "40001", "40P01", "40003", "55P03", "55006"})
+# Faults after which a pooled connection stays unusable though the database recovers: a
+# PostgreSQL session opened read-only (during a failover) stays read-only; a SQLite
+# connection opened while its file was read-only stays so. Such connections are dropped.
+_STALE_CONNECTION_STATES = frozenset({"25006"})
+_STALE_SQLITE = ("readonly database", "disk i/o error")
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """Whether `exc` is the database being down, read-only, full or busy (a 503, not a bug)."""
+    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        return True
+    state = str(getattr(exc.orig, "sqlstate", None) or "")
+    return state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_STATES
+
+
 @contextmanager
 def translate_db_errors() -> Iterator[None]:
-    """Turn a down, unreachable or locked database into DatabaseUnavailable."""
+    """Turn a down, unreachable, read-only, full or locked database into DatabaseUnavailable."""
     try:
         yield
-    except OperationalError as exc:
-        raise DatabaseUnavailable(_describe(exc)) from exc
     except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise DatabaseUnavailable(_describe(exc)) from exc
+        if is_transient(exc):
+            raise DatabaseUnavailable(describe(exc)) from exc
         raise
 
 
-def _describe(exc: DBAPIError) -> str:
+def describe(exc: DBAPIError) -> str:
+    """One line for a database fault: what the database said."""
     original: Any = exc.orig
+    state = str(getattr(original, "sqlstate", None) or "")
+    if state == "25006":
+        return "database unavailable: it is read-only (a failover or a standby?); retry shortly"
     first_line = str(original).strip().splitlines()[0] if original else exc.__class__.__name__
     return f"database unavailable: {first_line}"
 
 
-def ping(engine: Engine) -> None:
-    """Run a trivial query, raising DatabaseUnavailable when the database does not answer."""
+def _drop_stale_connections(context: ExceptionContext) -> None:
+    """Treat a fault that leaves a connection unusable as a disconnect: SQLAlchemy then
+    discards the pool's connections and the next use opens fresh ones."""
+    original = context.original_exception
+    state = str(getattr(original, "sqlstate", None) or "")
+    message = str(original).lower()
+    if state in _STALE_CONNECTION_STATES or (
+        isinstance(original, sqlite3.Error) and any(m in message for m in _STALE_SQLITE)
+    ):
+        context.is_disconnect = True
+
+
+def ping(engine: Engine) -> bool:
+    """Whether the database takes writes (it answers reads, or DatabaseUnavailable is
+    raised): a PostgreSQL session that is read-only (failover, standby), a SQLite file or
+    folder that cannot be written."""
     with translate_db_errors(), engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            setting = conn.execute(text("SELECT current_setting('transaction_read_only')"))
+            return bool(setting.scalar_one() == "off")
         conn.execute(text("SELECT 1"))
+    path = engine.url.database
+    if not path or path == ":memory:":
+        return True
+    file = Path(path).expanduser()
+    return os.access(file, os.W_OK) and os.access(file.parent, os.W_OK)
 
 
 def upsert_insert(bind: Engine | Connection | Session) -> Any:

@@ -66,6 +66,24 @@ SLACK_STATE = Gauge(
     ["state"],
     registry=REGISTRY,
 )
+SLACK_GIVEN_UP = Counter(
+    "rollback_bot_slack_messages_given_up_total",
+    "Slack messages this process gave up on (an error about the message itself, or still "
+    "undelivered after SLACK_GIVE_UP_SECONDS); each is logged as an error.",
+    registry=REGISTRY,
+)
+LOOP_ERRORS = Counter(
+    "rollback_bot_loop_errors_total",
+    "Rounds of a background loop that raised (the loop logs it, backs off and goes on).",
+    ["loop"],
+    registry=REGISTRY,
+)
+LOOP_LAST_OK = Gauge(
+    "rollback_bot_loop_last_success_timestamp_seconds",
+    "When a background loop last finished a round without an exception (Unix time).",
+    ["loop"],
+    registry=REGISTRY,
+)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -83,11 +101,13 @@ class DatabaseCollector(Collector):
                     .where(col(AuditEntry.kind) == ChangeKind.ROLLBACK)
                     .group_by(col(AuditEntry.trigger))
                 ).all()
-                depth = session.execute(
-                    select(func.count())
-                    .select_from(SlackOutbox)
-                    .where(col(SlackOutbox.status) == OutboxStatus.PENDING)
-                ).scalar_one()
+                outbox = dict(
+                    session.execute(
+                        select(col(SlackOutbox.status), func.count())
+                        .where(col(SlackOutbox.status) != OutboxStatus.SENT)
+                        .group_by(col(SlackOutbox.status))
+                    ).all()
+                )
                 detection = session.execute(
                     select(col(Incident.opened_at), col(AuditEntry.created_at)).join(
                         AuditEntry, col(AuditEntry.id) == Incident.rollback_audit_id
@@ -109,7 +129,12 @@ class DatabaseCollector(Collector):
         yield GaugeMetricFamily(
             "rollback_bot_slack_outbox_depth",
             "Slack messages waiting to be delivered.",
-            value=depth,
+            value=outbox.get(OutboxStatus.PENDING, 0),
+        )
+        yield GaugeMetricFamily(
+            "rollback_bot_slack_outbox_failed",
+            "Slack messages given up (alert on any increase: a person never saw them).",
+            value=outbox.get(OutboxStatus.FAILED, 0),
         )
         yield _histogram(
             "rollback_bot_detection_to_rollback_seconds",

@@ -7,6 +7,7 @@ unknown is looked for (by its metadata) before it is sent again, so it shows onc
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from slack_sdk import WebClient
@@ -146,3 +147,43 @@ def test_a_channel_name_never_posted_to_is_looked_up_by_name(
     _drain(worker)
     assert [m["text"] for m in fake.messages("C1")] == ["first"]
     assert len(fake.calls_to("conversations.list")) == 2
+
+
+def test_a_message_is_retried_until_the_give_up_age_then_its_replies_are_given_up_with_it(
+    fake: FakeSlack, worker: OutboxWorker, engine: Engine
+) -> None:
+    _queue(engine, "card", "chat.postMessage", {"channel": "C1", "text": "card"})
+    _queue(engine, "reply", "chat.postMessage", {"text": "reply"}, parent="card")
+    _queue(engine, "edit", "chat.update", {"text": "card, resolved"}, parent="card")
+    fake.set_down(True)
+    for _ in range(60):  # more than the 50 attempts after which it used to give up
+        _drain_once(worker)
+    assert {r.status for r in _rows(engine).values()} == {OutboxStatus.PENDING}
+    assert _rows(engine)["card"].attempts == 60
+    worker.give_up_after = timedelta(seconds=0)  # now older than the give-up age
+    _drain_once(worker)
+    _drain_once(worker)
+    rows = _rows(engine)
+    assert {k: r.status for k, r in rows.items()} == dict.fromkeys(rows, OutboxStatus.FAILED)
+    assert rows["reply"].last_error == "parent message given up"
+    fake.set_down(False)
+    assert fake.messages("C1") == []
+
+
+def test_a_refused_token_keeps_every_message_waiting(fake: FakeSlack, engine: Engine) -> None:
+    fake.reset()
+    refused = OutboxWorker(
+        engine=engine, client=WebClient(token="xoxb-revoked", base_url=fake.base_url)
+    )
+    _queue(engine, "card", "chat.postMessage", {"channel": "C1", "text": "card"})
+    for _ in range(3):
+        _drain_once(refused)
+    assert _rows(engine)["card"].status == OutboxStatus.PENDING
+    assert "invalid_auth" in str(_rows(engine)["card"].last_error)
+
+
+def _drain_once(worker: OutboxWorker) -> None:
+    with write_session(worker.engine) as session:
+        for row in session.exec(select(SlackOutbox)).all():
+            row.next_attempt_at = worker.clock()
+    worker.deliver_due()

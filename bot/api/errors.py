@@ -9,9 +9,10 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bot.db import describe, is_transient
 from bot.errors import (
     BotError,
     Conflict,
@@ -54,9 +55,12 @@ async def _bot_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, OperationalError)
-    first = str(exc.orig).strip().splitlines()[0] if exc.orig else "operational error"
-    return await _bot_error(request, DatabaseUnavailable(f"database unavailable: {first}"))
+    """A database fault that reached a route untranslated: 503 when it is the database's
+    state (down, read-only, full, busy), a bug (500) otherwise."""
+    assert isinstance(exc, DBAPIError)
+    if not is_transient(exc):
+        return await _unexpected(request, exc)
+    return await _bot_error(request, DatabaseUnavailable(describe(exc)))
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -93,7 +97,7 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register every exception handler on the app."""
     app.add_exception_handler(BotError, _bot_error)
-    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from bot import registry
 from bot.db import read_session
 from bot.errors import BotError
+from bot.liveness import Loop
 from bot.models import RoutingState
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class ChangeFeed:
     """Publishes every routing change to subscribers (asyncio queues)."""
 
     def __init__(self, engine: Engine, poll_seconds: float) -> None:
+        self.loop = Loop("change-feed", poll_seconds)
         self.engine, self.poll_seconds = engine, poll_seconds
         self._subscribers: set[asyncio.Queue[RoutingState | None]] = set()
         self._seen: dict[str, int] = {}
@@ -89,6 +91,10 @@ class ChangeFeed:
             except BotError as exc:  # the database is unreachable: keep the streams open
                 log.warning("change feed: %s", exc.message)
                 continue
+            except Exception as exc:  # never let the feed die: /resolve would go stale
+                await asyncio.sleep(self.loop.failed(exc))
+                continue
+            self.loop.ok()
             with self._lock:
                 self._dirty = {name: mark for name, mark in self._dirty.items() if mark > settled}
             for state in changed:

@@ -6,9 +6,11 @@ import sys
 
 import click
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from bot.cli import detection_cmds, ops, registry_cmds
 from bot.cli.context import cli
+from bot.db import describe, is_transient
 from bot.errors import BotError
 
 cli.add_command(ops.serve)
@@ -39,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BotError as exc:
         click.echo(f"error: {exc.message}", err=True)
+        sys.exit(USAGE_EXIT)
+    except DBAPIError as exc:
+        if not is_transient(exc):
+            raise
+        click.echo(f"error: {describe(exc)}", err=True)
         sys.exit(USAGE_EXIT)
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -21,6 +21,7 @@ from bot.detection.rollout_driver import RolloutDriver
 from bot.detection.verify import Verifier
 from bot.detection.webhooks import WebhookDispatcher
 from bot.errors import BotError
+from bot.liveness import Loop
 from bot.metrics import MetricsSource
 from bot.metrics.builtin import BuiltinSource
 from bot.metrics.ingest import prune
@@ -93,41 +94,48 @@ class CheckerService:
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.leader = False
         self._last_prune = utcnow() - PRUNE_EVERY
+        # Each loop survives any exception on its own: a failing verifier never stops the
+        # checker, the rollout driver or the webhooks (bot/liveness.py).
+        check_s, poll_s = settings.rollback_check_interval, settings.verify_poll_seconds
+        self.loops = [
+            Loop("checker", check_s),
+            Loop("verifier", poll_s),
+            Loop("rollouts", poll_s),
+            Loop("webhooks", poll_s),
+        ]
 
     def run_once(self) -> None:
         """One scheduled pass: renew the lease, and if held, judge and act."""
+        self.loops[0].run(self._check)
+
+    def _check(self) -> None:
         now = utcnow()
         ttl = timedelta(seconds=self.settings.lease_ttl_seconds())
-        try:
-            held = lease.hold(engine=self.engine, name=LEASE, holder=self.holder, ttl=ttl, now=now)
-            if held != self.leader:
-                log.info("checker lease %s by %s", "taken" if held else "lost", self.holder)
-            self.leader = held
-            LEADER.set(1 if held else 0)
-            if not held:
-                return
-            report = self.checker.tick()
-            log.debug(
-                "checker pass: %d versions in %.3f s", len(report.decisions), report.duration_s
-            )
-            if now - self._last_prune >= PRUNE_EVERY:
-                retention = timedelta(hours=self.settings.metrics_retention_hours)
-                with write_session(self.engine) as session:
-                    prune(session=session, older_than=now - retention)
-                self._last_prune = now
-        except BotError as exc:  # the database is down: try again next interval
-            log.warning("checker pass skipped: %s", exc.message)
+        held = lease.hold(engine=self.engine, name=LEASE, holder=self.holder, ttl=ttl, now=now)
+        if held != self.leader:
+            log.info("checker lease %s by %s", "taken" if held else "lost", self.holder)
+        self.leader = held
+        LEADER.set(1 if held else 0)
+        if not held:
+            return
+        report = self.checker.tick()
+        log.debug("checker pass: %d versions in %.3f s", len(report.decisions), report.duration_s)
+        if now - self._last_prune >= PRUNE_EVERY:
+            retention = timedelta(hours=self.settings.metrics_retention_hours)
+            with write_session(self.engine) as session:
+                prune(session=session, older_than=now - retention)
+            self._last_prune = now
 
     def run_verifications(self) -> None:
         """Due verification checks, rollout stages and webhook deliveries (lease holder only)."""
+        _, verifier, rollouts, webhooks = self.loops
         if not self.leader:
+            for loop in (verifier, rollouts, webhooks):
+                loop.ok()  # a standby's loops are idle, not stuck
             return
-        try:
-            self.verifier.run_due()
-            self.rollouts.run_due()
-            self.webhooks.run_due()
-        except BotError as exc:
-            log.warning("verification/rollout round skipped: %s", exc.message)
+        verifier.run(self.verifier.run_due)
+        rollouts.run(self.rollouts.run_due)
+        webhooks.run(self.webhooks.run_due)
 
     def start(self) -> None:
         """Schedule passes every ROLLBACK_CHECK_INTERVAL seconds, the first one now."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 from slack_bolt import App
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.error import BoltError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -58,7 +60,12 @@ class SlackService:
         assert settings.slack_bot_token is not None
         client = web_client(settings, retries=True)
         bare = web_client(settings, retries=False)
-        self.worker = OutboxWorker(engine=engine, client=bare)
+        self.worker = OutboxWorker(
+            engine=engine,
+            client=bare,
+            max_backoff=settings.slack_retry_max_seconds,
+            give_up_after=timedelta(seconds=settings.slack_give_up_seconds),
+        )
         # Slack is probed in the background: nothing at start-up waits for it or stops for it.
         self.status = SlackStatus(bare, on_ok=self.worker.wake)
         self.worker.status = self.status
@@ -78,11 +85,26 @@ class SlackService:
         )
         secret = settings.slack_signing_secret
         self.verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
+        bot_token = settings.slack_bot_token.get_secret_value()
+
+        def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+            # Bolt's single-workspace mode calls auth.test when built, or on the first request:
+            # with Slack down then, start-up or a person's Rollback click would fail. The
+            # token is known; SlackStatus learns the rest in the background.
+            return AuthorizeResult(
+                enterprise_id=enterprise_id,
+                team_id=team_id,
+                bot_token=bot_token,
+                bot_user_id=self.status.bot_user_id,
+            )
+
         self.app = App(
-            client=client,  # carries the bot token (Bolt ignores `token=` beside a client)
+            # No token on Bolt's own client, so `authorize` (above) is used instead of auth.test;
+            # the listeners use this process's clients, never Bolt's.
+            client=WebClient(base_url=settings.slack_api_url, timeout=10),
+            authorize=authorize,
             signing_secret=secret.get_secret_value() if secret else None,
             request_verification_enabled=secret is not None,
-            token_verification_enabled=False,  # no auth.test here: SlackStatus probes it
             raise_error_for_unhandled_request=False,
             process_before_response=True,  # ack from the request; the work runs on self.pool
         )

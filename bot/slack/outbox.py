@@ -2,9 +2,13 @@
 
 Rows are delivered in id order per incident and per thread (a card before its updates and
 replies, each reply after the one before it, even while an earlier one is being retried).
-A row that threads under or updates another waits until that one has its `ts`. Slack's 429
-answers are honoured with their Retry-After; 5xx, timeouts and connection errors back off
-exponentially; permanent errors (`channel_not_found`, `invalid_auth`, ...) give up at once.
+A row that threads under or updates another waits until that one has its `ts`, and goes out
+as soon as it has. Slack's 429 answers are honoured with their Retry-After; 5xx, timeouts,
+connection errors and a refused token back off exponentially up to `max_backoff` (5 s), for
+as long as `give_up_after` (24 h): an outage of any realistic length delays messages, never
+loses them. Only errors about the message itself (`channel_not_found`, `invalid_blocks`, ...)
+give up at once. A row given up is logged as an error and counted in /metrics, and so are the
+replies and edits that depended on it.
 A post whose outcome is unknown (crash, timeout, 5xx) is looked for in Slack before it is sent
 again (`bot.slack.posted`), so a lost answer does not show a message twice.
 """
@@ -25,18 +29,19 @@ from sqlmodel import Session, col, select
 from bot.db import read_session, upsert_insert, write_session
 from bot.errors import BotError
 from bot.faults import failpoint
+from bot.liveness import Loop
 from bot.models import OutboxStatus, SlackOutbox, utcnow
 from bot.slack import posted
-from bot.slack.status import SlackStatus
-from bot.telemetry import SLACK_ERRORS
+from bot.slack.status import TOKEN_REFUSED, SlackStatus
+from bot.telemetry import SLACK_ERRORS, SLACK_GIVEN_UP
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 50
 BATCH = 20
 CLAIM_FOR = timedelta(seconds=15)  # renewed before each message is sent
 # Backoff after 5xx/timeouts stops growing here, so messages land within ~5 s of Slack's return.
 MAX_BACKOFF_S = 5.0
+GIVE_UP_AFTER = timedelta(hours=24)
 POSTS = frozenset({"chat.postMessage", "dm"})  # calls that add a message (an update does not)
 # Errors about one message that no retry can fix. A refused token (`invalid_auth`, ...) is not
 # one: every message waits until a person replaces the token, then all are delivered.
@@ -104,15 +109,20 @@ class OutboxWorker:
         client: WebClient,
         clock: Callable[[], datetime] = utcnow,
         poll_seconds: float = 1.0,
+        max_backoff: float = MAX_BACKOFF_S,
+        give_up_after: timedelta = GIVE_UP_AFTER,
     ) -> None:
         self.engine, self.client, self.clock = engine, client, clock
         self.poll_seconds = poll_seconds
+        self.max_backoff, self.give_up_after = max_backoff, give_up_after
+        self.loop = Loop("slack-outbox", poll_seconds)
         self._dm_channels: dict[str, str] = {}
         self._channel_ids: dict[str, str] = {}  # "#name" -> id, from posts' answers
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.status: SlackStatus | None = None  # told of every call's outcome
+        self.slack_down = False  # the last round stopped early: Slack did not answer
 
     def start(self) -> None:
         """Start the delivery thread."""
@@ -133,11 +143,17 @@ class OutboxWorker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                while self.deliver_due() and not self._stop.is_set():
+                while self.deliver_due() and not self.slack_down and not self._stop.is_set():
                     pass
             except BotError as exc:  # the database is unreachable: try again next poll
                 log.warning("outbox round skipped: %s", exc.message)
-            self._wake.wait(self._idle_seconds())
+                wait = self.poll_seconds
+            except Exception as exc:  # any other fault: this thread must never die
+                wait = self.loop.failed(exc)
+            else:
+                self.loop.ok()
+                wait = self._idle_seconds()
+            self._wake.wait(wait)
             self._wake.clear()
 
     def _idle_seconds(self) -> float:
@@ -156,14 +172,34 @@ class OutboxWorker:
         return max(0.02, min(self.poll_seconds, (due - self.clock()).total_seconds()))
 
     def deliver_due(self) -> int:
-        """Deliver what is due now; returns how many rows were attempted."""
+        """Deliver what is due now; returns how many rows were attempted. A round stops at
+        the first sign that Slack is down (the rest keep their turn, with no attempt spent)."""
         rows = self._claim()
         if rows:
             failpoint("outbox.claimed")
-        for row in rows:
-            if self._renew(row):
-                self._deliver(row)
+        self.slack_down = False
+        for done, row in enumerate(rows):
+            if self._renew(row) and not self._deliver(row):
+                self.slack_down = True
+                self._release(rows[done + 1 :])
+                return done + 1
         return len(rows)
+
+    def _release(self, rows: list[SlackOutbox]) -> None:
+        """Drop this worker's claims on `rows`, untried."""
+        if not rows:
+            return
+        with write_session(self.engine) as session:
+            for row in rows:
+                session.execute(
+                    update(SlackOutbox)
+                    .where(
+                        col(SlackOutbox.id) == row.id,
+                        col(SlackOutbox.claimed_until) == row.claimed_until,
+                    )
+                    .values(claimed_until=None)
+                    .execution_options(synchronize_session=False)
+                )
 
     def _renew(self, row: SlackOutbox) -> bool:
         """Extend this worker's claim on `row` just before sending it; False if it lapsed and
@@ -203,21 +239,25 @@ class OutboxWorker:
             ).all()
             blocked: set[str] = set()
             parents = {r.parent_key for r in pending if r.parent_key}
-            sent = (
-                {
-                    r.dedupe_key: r
-                    for r in session.exec(
+            settled = (
+                list(
+                    session.exec(
                         select(SlackOutbox).where(
                             col(SlackOutbox.dedupe_key).in_(parents),
-                            SlackOutbox.status == OutboxStatus.SENT,
+                            SlackOutbox.status != OutboxStatus.PENDING,
                         )
                     )
-                }
+                )
                 if parents
-                else {}
+                else []
             )
+            sent = {r.dedupe_key: r for r in settled if r.status == OutboxStatus.SENT}
+            lost = {r.dedupe_key for r in settled if r.status == OutboxStatus.FAILED}
             chosen: list[SlackOutbox] = []
             for row in pending:
+                if row.parent_key in lost:  # its card or thread was given up: nothing to attach to
+                    self._orphaned(session, row)
+                    continue
                 # One message at a time per incident and per thread (or edited message):
                 # a later one never overtakes an earlier one that is still being retried.
                 groups = {f"incident:{row.incident_id}", f"parent:{row.parent_key}"} - {
@@ -260,7 +300,22 @@ class OutboxWorker:
                 row.claimed_until = now + CLAIM_FOR  # the claim's value, to renew it by
             return chosen
 
-    def _deliver(self, row: SlackOutbox) -> None:
+    def _orphaned(self, session: Session, row: SlackOutbox) -> None:
+        log.error(
+            "slack %s %s given up: the message it threads under or edits was given up",
+            row.method,
+            row.dedupe_key,
+        )
+        SLACK_GIVEN_UP.inc()
+        session.execute(
+            update(SlackOutbox)
+            .where(col(SlackOutbox.id) == row.id, col(SlackOutbox.status) == OutboxStatus.PENDING)
+            .values(status=OutboxStatus.FAILED, last_error="parent message given up")
+            .execution_options(synchronize_session=False)
+        )
+
+    def _deliver(self, row: SlackOutbox) -> bool:
+        """Send one row; False when Slack looks down (no answer, 5xx, 429, refused token)."""
         stage = "lookup"
         try:
             in_doubt = row.in_doubt_since is not None and row.method in POSTS
@@ -268,14 +323,13 @@ class OutboxWorker:
             stage = "send"
             channel, ts = found if found is not None else self._call(row)
         except SlackApiError as exc:
-            self._failed(row, exc, refused=stage == "send")
-            return
+            return self._failed(row, exc, refused=stage == "send")
         except (SlackClientError, OSError, TimeoutError) as exc:
             problem = f"{exc.__class__.__name__}: {exc}"
             if self.status is not None:
                 self.status.saw_unreachable(problem)
             self._retry(row, problem, None)
-            return
+            return False
         if self.status is not None:
             self.status.saw_ok()
         failpoint("outbox.sent")
@@ -289,6 +343,7 @@ class OutboxWorker:
             last_error=None,
             in_doubt_since=None,
         )
+        return True
 
     def _found_in_slack(self, row: SlackOutbox) -> tuple[str, str] | None:
         """(channel, ts) of this row's message if an attempt whose answer was lost posted it."""
@@ -370,9 +425,10 @@ class OutboxWorker:
             self._channel_ids[payload["channel"]] = channel
         return channel, answer.get("ts")
 
-    def _failed(self, row: SlackOutbox, exc: SlackApiError, *, refused: bool) -> None:
+    def _failed(self, row: SlackOutbox, exc: SlackApiError, *, refused: bool) -> bool:
         """Slack answered an error; `refused`: the answer was to the send itself, so a 429 or
-        an `ok: false` proves it did not post (a 5xx proves nothing)."""
+        an `ok: false` proves it did not post (a 5xx proves nothing). False when the error
+        says Slack as a whole is unusable now (5xx, 429, refused token)."""
         response = exc.response
         error = str(response.get("error") if response.data else response.status_code)
         SLACK_ERRORS.labels(row.method, error).inc()
@@ -380,21 +436,27 @@ class OutboxWorker:
             self.status.saw_error(error, status=response.status_code)
         if response.status_code == 429 or error == "ratelimited":
             self._retry(row, "ratelimited", _retry_after(response.headers), settled=refused)
-        elif response.status_code >= 500:
+            return False
+        if response.status_code >= 500:
             self._retry(row, f"HTTP {response.status_code}: {error}", None)
-        elif error not in PERMANENT:
+            return False
+        if error not in PERMANENT:
             self._retry(row, f"HTTP {response.status_code}: {error}", None, settled=refused)
-        else:
-            self._give_up(row, error)
+            return error not in TOKEN_REFUSED
+        self._give_up(row, error)
+        return True
 
     def _retry(
         self, row: SlackOutbox, error: str, after: float | None, *, settled: bool = False
     ) -> None:
         attempts = row.attempts + 1
-        if attempts >= MAX_ATTEMPTS:
-            self._give_up(row, f"{error} (after {attempts} attempts)")
+        if self.clock() - row.created_at >= self.give_up_after:
+            self._give_up(
+                row, f"{error} (still failing after {self.give_up_after}, {attempts} attempts)"
+            )
             return
-        delay = after if after is not None else min(2.0 ** min(attempts, 8) * 0.25, MAX_BACKOFF_S)
+        backoff = min(2.0 ** min(attempts, 8) * 0.25, self.max_backoff)
+        delay = after if after is not None else backoff
         log.info("slack %s %s: %s; retry in %.1f s", row.method, row.dedupe_key, error, delay)
         self._mark(
             row,
@@ -406,6 +468,7 @@ class OutboxWorker:
 
     def _give_up(self, row: SlackOutbox, error: str) -> None:
         log.error("slack %s %s given up: %s", row.method, row.dedupe_key, error)
+        SLACK_GIVEN_UP.inc()
         self._mark(
             row, status=OutboxStatus.FAILED, attempts=row.attempts + 1, last_error=error[:500]
         )

@@ -4,30 +4,37 @@ half-written, and the checker carries on when the database is back."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import text as sql
 
-from bot.db import read_session
+from bot.db import make_engine, normalise_url, read_session
+from bot.migrate import upgrade
 from bot.models import Prompt, PromptVersion
 from bot.models.detection import metric_bucket
-from tests.conftest import API_TOKEN, PG_ONLY
+from tests.conftest import API_TOKEN, PG_ONLY, PG_URL
 from tests.reliability.kit import (
+    PROMPT,
     Bot,
+    assert_consistent,
     events,
     ledger,
     post_events,
     record,
     seed_prompt,
     wait_rollback,
+    wait_settled,
     wait_until,
 )
 from tests.reliability.tcp_proxy import TcpProxy
@@ -206,3 +213,125 @@ def test_sqlite_locked_by_another_process_answers_503_and_changes_nothing(
         write_answered_503_after_s=round(waited, 2),
         changed_while_locked=0,
     )
+
+
+@contextmanager
+def _private_database(name: str) -> Iterator[str]:
+    """A migrated database of this test's own (ALTER DATABASE on it touches nobody else)."""
+    assert PG_URL is not None
+    admin = create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        conn.execute(sql(f"CREATE DATABASE {name}"))
+    url = urlunsplit(urlsplit(PG_URL)._replace(path=f"/{name}"))
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def _fail_over(url: str, *, read_only: bool) -> None:
+    """What a failover looks like to the bot: every session is cut, and the new ones land on a
+    server that is read-only. Failing back, the setting is reset but no session is cut: the
+    bot's pooled read-only sessions must be noticed and replaced by the bot itself."""
+    name = urlsplit(url).path.lstrip("/")
+    assert PG_URL is not None  # connected to another database: this one may be read-only
+    admin = create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        setting = "SET default_transaction_read_only = on" if read_only else "RESET ALL"
+        conn.execute(sql(f"ALTER DATABASE {name} {setting}"))
+        if read_only:
+            conn.execute(
+                sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+    admin.dispose()
+
+
+@pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
+def test_postgresql_read_only_failover_answers_503_and_recovers_by_itself(
+    db_url: str, slack: FakeSlack, make_bot: Callable[..., Bot]
+) -> None:
+    with _private_database(f"rollback_bot_ro_{os.getpid()}") as url:
+        engine = make_engine(url)
+        bot = make_bot("pg-read-only", url=url)
+        bot.start()
+        seed_prompt(bot)
+        _seed_load_prompt(bot)
+        manual: list[tuple[str, int, str]] = []
+        with Load(bot) as load, bot.api() as api:
+            time.sleep(1)
+            _fail_over(url, read_only=True)
+            down_at = time.monotonic()
+            time.sleep(1)
+            health = httpx.get(f"{bot.base}/healthz", timeout=5).json()
+            manual.append(
+                ("rollback", *_answer(api.post("/api/rollback", json={"prompt": PROMPT})))
+            )
+            manual.append(
+                (
+                    "register",
+                    *_answer(
+                        api.post(
+                            f"/api/prompts/{PROMPT}/versions",
+                            json={"version": "v2.1.0", "template": "t"},
+                        )
+                    ),
+                )
+            )
+            read = api.get(f"/api/prompts/{PROMPT}")
+            time.sleep(3)
+            _fail_over(url, read_only=False)
+            back_at = time.monotonic()
+            wait_until(
+                lambda: any(at > back_at and s == 200 for at, s, *_ in load.answers),
+                timeout=30,
+                what="ingestion to succeed after the failback",
+            )
+            back_s = time.monotonic() - back_at
+        assert bot.alive()
+        assert health["database"]["writable"] is False and health["status"] == "degraded", health
+        assert read.status_code == 200  # reads go on while the database is read-only
+        for what, status, text in manual:
+            assert status == 503 and "read-only" in text, (what, status, text)
+        statuses = _assert_refusals_are_clear(load)
+        assert statuses[503] >= 1 and statuses[200] >= 1, statuses
+        assert _stored(engine, "search") == load.accepted(), "every 200 stored, nothing else"
+        # Pooled sessions opened read-only were replaced: writes work again without a restart,
+        # and the outbox and the checker carry on (a bad version is rolled back, its card sent).
+        with bot.api() as api:
+            assert (
+                api.post(
+                    f"/api/prompts/{PROMPT}/versions", json={"version": "v2.1.0", "template": "t"}
+                ).status_code
+                == 201
+            )
+        assert httpx.get(f"{bot.base}/healthz", timeout=5).json()["database"]["writable"] is True
+        sent = time.monotonic()
+        assert post_events(bot, events("v2.0.0", 1000, 80)).status_code == 200
+        wait_rollback(engine, slack, timeout=15)
+        found = wait_settled(engine, slack, timeout=60)
+        counts = assert_consistent(found)
+        engine.dispose()
+        record(
+            "postgresql read-only (failover) under load",
+            read_only_s=round(back_at - down_at, 1),
+            requests=sum(statuses.values()),
+            answered_503=statuses[503],
+            answered_500=0,
+            first_200_after_failback_s=round(back_s, 2),
+            rollback_after_failback_s=round(time.monotonic() - sent, 2),
+            **counts,
+        )
+
+
+def _answer(response: httpx.Response) -> tuple[int, str]:
+    return response.status_code, response.text

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from bot import liveness
 from bot.api.deps import EngineDep
 from bot.db import ping
 from bot.errors import DatabaseUnavailable
@@ -22,10 +23,11 @@ router = APIRouter()
 def healthz(engine: EngineDep, request: Request) -> JSONResponse:
     """200 when the database answers and its schema is current; 503 otherwise. Slack's state
     is reported but never makes it 503: restarting the server would not bring Slack back, and
-    detection and automatic rollbacks go on without it ("degraded")."""
+    detection and automatic rollbacks go on without it ("degraded"); so is a background loop
+    that has not finished a round lately."""
     started = time.perf_counter()
     try:
-        ping(engine)
+        writable = ping(engine)
         revision = current_revision(engine)
     except DatabaseUnavailable as exc:
         return JSONResponse(
@@ -34,19 +36,26 @@ def healthz(engine: EngineDep, request: Request) -> JSONResponse:
             headers={"Retry-After": "5"},
         )
     current = revision == head_revision()
-    slack = request.app.state.slack
+    state = request.app.state
+    slack = state.slack
     slack_health = {"configured": False} if slack is None else slack.health()
-    degraded = slack is not None and not slack_health["ok"]
+    loops = [state.feed.loop]
+    loops += [] if slack is None else [slack.worker.loop]
+    loops += [] if state.checker is None else state.checker.loops
+    loops_ok, loop_states = liveness.report(loops)
+    degraded = (slack is not None and not slack_health["ok"]) or not loops_ok or not writable
     body = {
         "status": "schema_out_of_date" if not current else "degraded" if degraded else "ok",
         "database": {
             "ok": True,
             "dialect": engine.dialect.name,
+            "writable": writable,
             "schema_revision": revision,
             "schema_current": current,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         },
         "slack": slack_health,
+        "loops": loop_states,
     }
     return JSONResponse(body, status_code=200 if current else 503)
 

@@ -1,8 +1,10 @@
-"""`serve` started while Slack is unreachable, failing, or refusing the bot token.
+"""Slack outages: at start-up, and longer than any retry budget.
 
-The server must come up anyway: the API answers, the checker judges and rolls back on its own,
-`/healthz` and `/metrics` say what is wrong with Slack, and the card arrives once Slack is back
-(or, for a refused token, once a valid one is set and the server restarted).
+`serve` started while Slack is unreachable, failing, or refusing the bot token must come up
+anyway: the API answers, the checker judges and rolls back on its own, `/healthz` and
+`/metrics` say what is wrong with Slack, and the card arrives once Slack is back (or, for a
+refused token, once a valid one is set and the server restarted). An outage outlasting
+hundreds of attempts loses nothing: the card, its replies and the DM all arrive, once each.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tests.reliability.kit import (
     Bot,
     assert_consistent,
     events,
+    ledger,
     post_events,
     record,
     seed_prompt,
@@ -92,5 +95,44 @@ def test_serve_starts_and_rolls_back_while_slack_fails_then_delivers_the_card(
         serving_after_start_s=round(up_s, 2),
         rollback_after_bad_events_s=round(rollback_s, 2),
         card_delivered_after_slack_back_s=round(delivered_s, 2),
+        **counts,
+    )
+
+
+def test_an_outage_of_hundreds_of_attempts_loses_no_message(
+    db_url: str,
+    engine: Engine,
+    slack: FakeSlack,
+    make_bot: Callable[..., Bot],
+) -> None:
+    """The old outbox gave a message up after 50 attempts (about 4 minutes at its 5 s cap); with
+    the cap at 20 ms the same count of attempts takes about a second, so this outage of 15 s is
+    far longer, in attempts, than that limit (and a real 4-minute outage is in benchmarks/)."""
+    bot = make_bot("slack-long-outage")
+    bot.env["SLACK_RETRY_MAX_SECONDS"] = "0.02"
+    bot.start()
+    seed_prompt(bot)
+    slack.set_down(True, close=True)
+    down_at = time.monotonic()
+    assert post_events(bot, events("v2.0.0", 1000, 80)).status_code == 200
+    wait_rollback(engine, slack, timeout=10)
+    wait_until(
+        lambda: max((r.attempts for r in ledger(engine, slack).outbox), default=0) > 100,
+        timeout=30,
+        what="over 100 attempts at the card",
+    )
+    time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
+    attempts = max(r.attempts for r in ledger(engine, slack).outbox)
+    slack.set_down(False)
+    back = time.monotonic()
+    found = wait_settled(engine, slack, timeout=60)
+    delivered_s = time.monotonic() - back
+    counts = assert_consistent(found)
+    assert found.count("Rolled back v2.0.0 → v1.9.0 automatically") == 1
+    assert counts["lost"] == 0 and counts["duplicates"] == 0
+    record(
+        "slack unreachable for 15 s at a 20 ms retry cap",
+        attempts_at_the_card=attempts,
+        all_delivered_after_slack_back_s=round(delivered_s, 2),
         **counts,
     )
