@@ -4,6 +4,7 @@ BotError
 ├── ConfigError                  a setting is missing or malformed (start-up stops)
 ├── DatabaseUnavailable          the database cannot be reached or is locked (retry later)
 ├── SchemaOutOfDate              the database needs `rollback-bot db upgrade`
+│   └── SchemaTooNew             a later release migrated it; this one cannot use it
 └── RegistryError
     ├── NotFound
     │   ├── PromptNotFound       no prompt of that name
@@ -46,6 +47,12 @@ class SchemaOutOfDate(BotError):
     """The database schema is behind this release."""
 
     code = "schema_out_of_date"
+
+
+class SchemaTooNew(SchemaOutOfDate):
+    """The database schema is ahead of this release (a release was rolled back)."""
+
+    code = "schema_too_new"
 
 
 class RegistryError(BotError):
