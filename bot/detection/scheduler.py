@@ -6,11 +6,12 @@ import logging
 import os
 import socket
 import uuid
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
+from bot.clock import StepWatch
 from bot.config import Settings
 from bot.db import write_session
 from bot.detection import lease
@@ -92,6 +93,7 @@ class CheckerService:
             secret=secret.get_secret_value() if secret is not None else None,
         )
         self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.steps = StepWatch(self._rescheduled)
         self.leader = False
         self._last_prune = utcnow() - PRUNE_EVERY
         # Each loop survives any exception on its own: a failing verifier never stops the
@@ -143,7 +145,7 @@ class CheckerService:
             self.run_once,
             "interval",
             seconds=self.settings.rollback_check_interval,
-            next_run_time=utcnow(),
+            next_run_time=datetime.now(UTC),  # APScheduler's own clock is the wall clock
             max_instances=1,
             coalesce=True,
             id="checker",
@@ -157,9 +159,18 @@ class CheckerService:
             id="verifier",
         )
         self.scheduler.start()
+        self.steps.start()
+
+    def _rescheduled(self, step_s: float) -> None:
+        """The wall clock jumped: APScheduler planned its next runs on it (a step back of an
+        hour would stall every job for an hour), so run every job now and plan from there."""
+        for job in self.scheduler.get_jobs():
+            job.modify(next_run_time=datetime.now(UTC))
+        log.warning("wall clock stepped %+.1f s: checker and verifier rescheduled", step_s)
 
     def stop(self) -> None:
         """Stop scheduling and hand the lease to a standby at once."""
+        self.steps.stop()
         self.scheduler.shutdown(wait=True)
         for source in self.checker.sources.values():
             close = getattr(source, "close", None)

@@ -12,6 +12,8 @@ from sqlalchemy import Enum as SAEnum
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
+from bot.clock import steady_utcnow
+
 # Documented limits (docs/api.md): names travel in URLs and Slack commands, so no spaces or slashes.
 PROMPT_NAME_MAX = 100
 VERSION_LABEL_MAX = 64
@@ -43,8 +45,9 @@ Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=REAS
 
 
 def utcnow() -> datetime:
-    """The current time, timezone-aware in UTC."""
-    return datetime.now(UTC)
+    """The current time, timezone-aware in UTC; never earlier than the last answer, whatever
+    the wall clock does (bot/clock.py)."""
+    return steady_utcnow()
 
 
 class UTCDateTime(TypeDecorator[datetime]):
