@@ -7,8 +7,9 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +96,18 @@ def read_session(engine: Engine) -> Iterator[Session]:
         yield session
 
 
+# Checked inside every write transaction just before it commits, when set for this thread:
+# the leader's rounds set it to verify that they still hold the lease (bot/detection/lease.py),
+# so a paused ex-leader's stale step is refused in the very transaction that would apply it.
+COMMIT_GUARD: ContextVar[Callable[[Session], None] | None] = ContextVar(
+    "rollback_bot_commit_guard", default=None
+)
+
+
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
-    """A session whose transaction holds the write lock from its first statement, then commits."""
+    """A session whose transaction holds the write lock from its first statement, then commits
+    (after the thread's COMMIT_GUARD, if any, has approved it)."""
     with (
         _sqlite_writer(engine) as busy_ms,
         translate_db_errors(),
@@ -105,6 +115,9 @@ def write_session(engine: Engine) -> Iterator[Session]:
     ):
         session.connection(execution_options={WRITE_INTENT: True, BUSY_MS: busy_ms})
         yield session
+        guard = COMMIT_GUARD.get()
+        if guard is not None:
+            guard(session)  # raises to roll the whole transaction back
         session.commit()
 
 

@@ -3,6 +3,7 @@
 BotError
 ├── ConfigError                  a setting is missing or malformed (start-up stops)
 ├── DatabaseUnavailable          the database cannot be reached or is locked (retry later)
+├── LeaseLost                    a leader-only write from a process that lost the lease
 ├── SchemaOutOfDate              the database needs `rollback-bot db upgrade`
 │   └── SchemaTooNew             a later release migrated it; this one cannot use it
 └── RegistryError
@@ -41,6 +42,12 @@ class DatabaseUnavailable(BotError):
     """The database is down, unreachable or locked; the caller may retry."""
 
     code = "database_unavailable"
+
+
+class LeaseLost(BotError):
+    """This process acted as leader but no longer holds the lease: its write was refused."""
+
+    code = "lease_lost"
 
 
 class SchemaOutOfDate(BotError):

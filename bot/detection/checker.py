@@ -18,7 +18,7 @@ from bot.detection import incidents as inc
 from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.detection.targets import LiveVersion, load_live_versions, routing_revisions
 from bot.detection.verdict import Decision, decide
-from bot.errors import BotError, ConcurrentChange, Conflict
+from bot.errors import BotError, ConcurrentChange, Conflict, LeaseLost
 from bot.faults import failpoint
 from bot.metrics import MetricsSource, MetricsUnavailable, VersionMetrics, collect_safely
 from bot.models import (
@@ -370,6 +370,8 @@ class Checker:
         except (ConcurrentChange, Conflict) as exc:
             # Someone (a person, another replica) acted first; the next pass sees the new state.
             log.info("automatic rollback of %s skipped: %s", lv.target.prompt, exc.message)
+        except LeaseLost:
+            raise  # no longer the leader: the new one judges again
         except BotError as exc:
             with write_session(self.engine) as session:
                 incident = self._incident_for(session, lv, decision, incident_id, now)
@@ -431,6 +433,8 @@ class Checker:
                         reason=f"served cleanly for {int(clean_for.total_seconds() // 60)} min",
                     )
                 marked += 1
+            except LeaseLost:
+                raise
             except BotError as exc:
                 log.warning(
                     "could not mark %s %s good: %s",

@@ -13,7 +13,7 @@ from bot.db import read_session, write_session
 from bot.detection import rollouts
 from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.detection.verdict import decide
-from bot.errors import BotError
+from bot.errors import BotError, LeaseLost
 from bot.faults import failpoint
 from bot.metrics import MetricsSource, Target, VersionMetrics, collect_safely
 from bot.models import (
@@ -68,13 +68,18 @@ class RolloutDriver:
         for rollout_id in claimed:
             try:
                 self._step(rollout_id, now)
+            except LeaseLost:
+                raise  # the new leader's claim stands; ours lapses by itself
             except BotError as exc:
                 log.warning("rollout #%s step failed: %s", rollout_id, exc.message)
             finally:
                 with write_session(self.engine) as session:
-                    session.execute(
+                    session.execute(  # only our own claim: never another process's
                         update(Rollout)
-                        .where(col(Rollout.id) == rollout_id)
+                        .where(
+                            col(Rollout.id) == rollout_id,
+                            col(Rollout.claimed_until) == now + self.claim_for,
+                        )
                         .values(claimed_until=None)
                         .execution_options(synchronize_session=False)
                     )
@@ -112,6 +117,8 @@ class RolloutDriver:
         metrics = collect_safely(self.sources, settings.source, [target], now)[target.version_id]
         actor = Actor(operator="system", trigger=Trigger.AUTOMATIC, rule=rollout.kind.value)
         elapsed = now - rollout.stage_started_at >= timedelta(seconds=rollout.stage_seconds)
+        if elapsed:
+            failpoint("rollout.judged")
         with write_session(self.engine) as session:
             rollout = rollouts.get_rollout(session, rollout_id)
             if rollout.status != RolloutStatus.RUNNING:

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -21,7 +22,7 @@ from bot.detection.pagerduty import PagerDuty
 from bot.detection.rollout_driver import RolloutDriver
 from bot.detection.verify import Verifier
 from bot.detection.webhooks import WebhookDispatcher
-from bot.errors import BotError
+from bot.errors import BotError, LeaseLost
 from bot.liveness import Loop
 from bot.metrics import MetricsSource
 from bot.metrics.builtin import BuiltinSource
@@ -110,6 +111,20 @@ class CheckerService:
         """One scheduled pass: renew the lease, and if held, judge and act."""
         self.loops[0].run(self._check)
 
+    def _fenced(self, work: Callable[[], object]) -> Callable[[], None]:
+        """`work` with every write it commits fenced on this process holding the lease."""
+
+        def run() -> None:
+            try:
+                with lease.acting_under(name=LEASE, holder=self.holder, clock=utcnow):
+                    work()
+            except LeaseLost:
+                self.leader = False
+                LEADER.set(0)
+                raise
+
+        return run
+
     def _check(self) -> None:
         now = utcnow()
         ttl = timedelta(seconds=self.settings.lease_ttl_seconds())
@@ -118,8 +133,10 @@ class CheckerService:
             log.info("checker lease %s by %s", "taken" if held else "lost", self.holder)
         self.leader = held
         LEADER.set(1 if held else 0)
-        if not held:
-            return
+        if held:
+            self._fenced(lambda: self._judge(now))()
+
+    def _judge(self, now: datetime) -> None:
         report = self.checker.tick()
         log.debug("checker pass: %d versions in %.3f s", len(report.decisions), report.duration_s)
         if now - self._last_prune >= PRUNE_EVERY:
@@ -135,9 +152,9 @@ class CheckerService:
             for loop in (verifier, rollouts, webhooks):
                 loop.ok()  # a standby's loops are idle, not stuck
             return
-        verifier.run(self.verifier.run_due)
-        rollouts.run(self.rollouts.run_due)
-        webhooks.run(self.webhooks.run_due)
+        verifier.run(self._fenced(self.verifier.run_due))
+        rollouts.run(self._fenced(self.rollouts.run_due))
+        webhooks.run(self._fenced(self.webhooks.run_due))
 
     def start(self) -> None:
         """Schedule passes every ROLLBACK_CHECK_INTERVAL seconds, the first one now."""

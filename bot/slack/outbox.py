@@ -474,11 +474,15 @@ class OutboxWorker:
         )
 
     def _mark(self, row: SlackOutbox, **values: Any) -> None:
-        """Record a delivery outcome and release the row's claim."""
+        """Record a delivery outcome and release the row's claim, if the claim is still ours
+        (a worker paused past its claim must not overwrite the one that took the row over)."""
         with write_session(self.engine) as session:
             session.execute(
                 update(SlackOutbox)
-                .where(col(SlackOutbox.id) == row.id)
+                .where(
+                    col(SlackOutbox.id) == row.id,
+                    col(SlackOutbox.claimed_until) == row.claimed_until,
+                )
                 .values(claimed_until=None, **values)
                 .execution_options(synchronize_session=False)
             )

@@ -8,6 +8,8 @@ other takes over, and no check or stage is lost or run twice.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import signal
 import threading
 import time
 from collections import Counter
@@ -144,5 +146,74 @@ def test_gradual_rollback_keeps_every_stage_once_across_a_leader_sigkill(
     record(
         "two replicas: gradual rollback across leader SIGKILL",
         takeover_s=round(takeover_s, 2),
+        **counts,
+    )
+
+
+def _frozen(bot: Bot) -> bool:
+    assert bot.proc is not None
+    stat = Path(f"/proc/{bot.proc.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"  # stopped
+
+
+def test_a_paused_ex_leader_never_applies_its_stale_stage(
+    tmp_path: Path, engine: Engine, slack: FakeSlack, make_bot: Callable[..., Bot]
+) -> None:
+    """The leader freezes (SIGSTOP, as a GC pause or a VM freeze would) just after deciding
+    that a gradual rollback's stage is due; the standby takes the lease and carries the rollback
+    on; the old leader wakes (SIGCONT) long after and would apply its stale decision, cutting
+    the standby's stage short. Its write is refused in its own transaction (the lease is re-read
+    before commit): every stage happens once and lasts its full time."""
+    policies = write_policy(tmp_path / "policies-paused", FAST_POLICY)
+    first = make_bot("paused-a", policies=policies)
+    second = make_bot("paused-b", policies=policies)
+    first.start(failpoints="rollout.judged:stop")
+    wait_until(first.is_leader, timeout=10, what="paused-a to lead")
+    second.start()
+    seed_prompt(second)
+    stop = threading.Event()
+
+    def traffic() -> None:  # to the standby only: the frozen leader answers nobody
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError):
+                post_events(second, events("v1.9.0", 40, 0) + events("v2.0.0", 40, 0))
+            stop.wait(0.5)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        with second.api() as api:
+            started = api.post(
+                "/api/prompts/customer-support/rollouts",
+                json={"kind": "gradual_rollback", "version": "v1.9.0", "stage_seconds": 3},
+            )
+        assert started.status_code == 201, started.text
+        wait_until(lambda: _frozen(first), timeout=30, what="the leader to freeze mid-stage")
+        frozen_at = time.monotonic()
+        wait_until(second.is_leader, timeout=15, what="the standby to take the lease")
+        takeover_s = time.monotonic() - frozen_at
+        time.sleep(LEASE_S * 2)  # the old leader stays frozen well past its lease
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGCONT)
+        wait_rollback(engine, slack, timeout=60)
+        found = wait_settled(engine, slack)
+    finally:
+        stop.set()
+        sender.join(timeout=5)
+    counts = assert_consistent(found)
+    reasons = Counter(e.reason.split(":")[0] for e in found.audit if e.kind == "split")
+    assert reasons == {f"gradual_rollback stage {n}/4": 1 for n in (1, 2, 3)}, reasons
+    assert found.active == "v1.9.0" and counts["rollbacks"] == 1
+    stage_posts = Counter(t for t in found.texts() if t.startswith("Stage "))
+    assert all(n == 1 for n in stage_posts.values()), stage_posts
+    changes = [e.created_at for e in found.audit if e.kind in ("split", "rollback")]
+    lasted = [round((b - a).total_seconds(), 2) for a, b in itertools.pairwise(changes)]
+    assert min(lasted) >= 2.9, f"a stage was cut short: {lasted} s (stage_seconds 3)"
+    assert first.alive() and "no longer holds the checker lease" in first.log_file.read_text()
+    record(
+        "two replicas: leader frozen mid-stage past its lease, then woken",
+        takeover_s=round(takeover_s, 2),
+        shortest_stage_s=min(lasted),
+        stale_stages_applied=0,
         **counts,
     )
