@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     rollback_policy_dir: str = "./policies"
+    # How often serve looks for edits of the policy files (SIGHUP reloads at once).
+    policy_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     # Seconds between checker passes (the seed's loop runs every 30 s).
     rollback_check_interval: Annotated[float, Field(gt=0, le=3600)] = 30.0
     checker_enabled: bool = True

@@ -72,6 +72,13 @@ SLACK_GIVEN_UP = Counter(
     "undelivered after SLACK_GIVE_UP_SECONDS); each is logged as an error.",
     registry=REGISTRY,
 )
+POLICY_RELOADS = Counter(
+    "rollback_bot_policy_reloads_total",
+    "Policy reloads (SIGHUP or an edit of the files), applied or rejected (a rejected edit "
+    "leaves the last good policy in force).",
+    ["result"],
+    registry=REGISTRY,
+)
 LOOP_ERRORS = Counter(
     "rollback_bot_loop_errors_total",
     "Rounds of a background loop that raised (the loop logs it, backs off and goes on).",

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import secrets
+import signal
 from pathlib import Path
 
 import click
 
 from bot import logs
 from bot.cli.context import CliState, pass_state
+from bot.config import Settings
 from bot.errors import ConfigError
 from bot.migrate import current_revision, head_revision, upgrade
+from bot.policy import PolicySet
 
 log = logging.getLogger("bot")
 
@@ -29,6 +32,7 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     from bot.detection.notify import LogNotifier
     from bot.detection.scheduler import CheckerService
     from bot.policy import load_policies
+    from bot.policy.reload import PolicyReloader
     from bot.slack.app import start_slack
 
     settings = state.settings
@@ -40,13 +44,20 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
             "(generate one with `rollback-bot token new`)"
         )
     policies = load_policies(settings.rollback_policy_dir)  # an invalid policy stops start-up
-    if policies.lists_webhooks() and settings.rollback_webhook_secret is None:
-        raise ConfigError(
-            "ROLLBACK_WEBHOOK_SECRET: required because a policy lists webhooks "
-            "(generate one with `rollback-bot token new`)"
-        )
+    refusal = _webhooks_need_a_secret(policies, settings)
+    if refusal is not None:
+        raise ConfigError(refusal)
     slack = start_slack(settings, engine, policies)
     notifier = slack.notifier if slack is not None else LogNotifier()
+    reloader = PolicyReloader(
+        directory=settings.rollback_policy_dir,
+        policies=policies,
+        notifier=notifier,
+        accept=lambda new: _webhooks_need_a_secret(new, settings),
+        poll_seconds=settings.policy_poll_seconds,
+    )
+    reloader.start()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reloader.request())
     checker = None
     if settings.checker_enabled:
         checker = CheckerService(
@@ -63,6 +74,15 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
         timeout_graceful_shutdown=3,
         proxy_headers=True,
     )
+
+
+def _webhooks_need_a_secret(policies: PolicySet, settings: Settings) -> str | None:
+    if policies.lists_webhooks() and settings.rollback_webhook_secret is None:
+        return (
+            "ROLLBACK_WEBHOOK_SECRET: required because a policy lists webhooks "
+            "(generate one with `rollback-bot token new`)"
+        )
+    return None
 
 
 @click.command()

@@ -36,6 +36,7 @@ class NoticeKind(enum.StrEnum):
     ROLLOUT_ABORTED = "rollout_aborted"
     METRICS_SOURCE_DOWN = "metrics_source_down"
     METRICS_SOURCE_RECOVERED = "metrics_source_recovered"
+    POLICY_REJECTED = "policy_rejected"  # an edited policy is invalid: the last good one stays
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Notice:
     incident_id: int | None = None
     action: str | None = None  # page / alert / observe / rollback: who should be told how
     details: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None  # posts once per key (replicas seeing the same thing say it once)
 
 
 class Notifier(Protocol):

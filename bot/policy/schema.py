@@ -242,6 +242,12 @@ class PolicySet(_Strict):
     prompts: dict[str, SettingsPatch]
     files: tuple[str, ...] = ()
 
+    def adopt(self, other: PolicySet) -> None:
+        """Become `other` in place (a reload): every holder of this set sees the new policy.
+        The one exception to this model being frozen; the fields change in one dict update,
+        so a reader sees the old policy or the new one, never a mix."""
+        self.__dict__.update(other.__dict__)
+
     def lists_webhooks(self) -> bool:
         """Whether any prompt's changes go to webhooks."""
         return bool(self.defaults.webhooks) or any(p.webhooks for p in self.prompts.values())

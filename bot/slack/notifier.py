@@ -75,7 +75,7 @@ class SlackNotifier:
             text = f"*{notice.title}*\n{notice.text}"
             outbox.enqueue(
                 session,
-                key=f"notice:{notice.kind.value}:{utcnow().isoformat()}",
+                key=notice.key or f"notice:{notice.kind.value}:{utcnow().isoformat()}",
                 method="chat.postMessage",
                 payload={
                     "channel": self.deps.settings.slack_incidents_channel,
