@@ -11,6 +11,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -54,6 +55,7 @@ class ClientStats:
     events_sent: int = 0
     events_dropped: int = 0
     events_rejected: int = 0
+    clock_offset_s: float = 0.0  # how far this host's clock is behind the bot's (if > 2 s)
     last_update_at: float | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -275,21 +277,39 @@ class PromptClient:
                 # earlier try landed but its answer was lost.
                 self._unsent = (uuid.uuid4().hex, batch)
             batch_id, batch = self._unsent
+            # Our clock at sending: the bot corrects the events' times by how far it is off.
+            sent_at = datetime.now(UTC).isoformat()
             try:
                 answer = self._http.post(
-                    "/api/events", json={"batch_id": batch_id, "events": batch}
+                    "/api/events",
+                    json={"batch_id": batch_id, "sent_at": sent_at, "events": batch},
                 )
             except httpx.HTTPError as exc:
                 self._note(f"events: {exc}")
                 return  # kept for the next try
             if answer.status_code == 200:
                 self.stats.events_sent += len(batch)
+                self._check_clock(answer)
             elif answer.status_code in (401, 403, 413, 422):
                 self.stats.events_rejected += len(batch)  # retrying would not help
                 self._note(f"events refused: {answer.status_code} {answer.text[:200]}")
             else:
                 return
             self._unsent = None
+
+    def _check_clock(self, answer: httpx.Response) -> None:
+        try:
+            offset = float(answer.json().get("clock_offset_s") or 0.0)
+        except (ValueError, AttributeError):
+            return
+        if offset and self.stats.clock_offset_s == 0.0:
+            log.warning(
+                "prompt client: this host's clock is %.1f s %s the bot's; the bot corrects the "
+                "times of the outcomes it reports, but fix the clock (NTP)",
+                abs(offset),
+                "behind" if offset > 0 else "ahead of",
+            )
+        self.stats.clock_offset_s = offset
 
     def _note(self, error: str) -> None:
         log.debug("prompt client: %s", error)

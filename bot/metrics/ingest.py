@@ -26,6 +26,9 @@ from bot.models import (
 
 # Events this far ahead of the server's clock are refused (clock skew is tolerated up to it).
 MAX_FUTURE = timedelta(minutes=5)
+# A sender's clock off by more than this (its `sent_at` against the server's receipt) has its
+# events' times corrected; less is network latency and ordinary NTP error.
+SKEW_TOLERANCE = timedelta(seconds=2)
 SUMMED = (
     "requests",
     "errors",
@@ -52,11 +55,19 @@ def ingest(
     rows: dict[tuple[int, datetime], dict[str, float]] = defaultdict(
         lambda: dict.fromkeys(SUMMED, 0)
     )
+    offset = timedelta(0)
+    if batch.sent_at is not None:
+        if batch.sent_at.tzinfo is None:
+            raise InvalidEvents([{"field": "sent_at", "message": "must include a timezone"}])
+        if abs(now - batch.sent_at) > SKEW_TOLERANCE:
+            offset = now - batch.sent_at  # the sender's clock is this far behind ours
     for index, event in enumerate(batch.events):
         ts = event.ts or now
         if ts.tzinfo is None:
             problems.append(_problem(index, "ts", "must include a timezone (e.g. ...Z)"))
             continue
+        if event.ts is not None:
+            ts += offset
         version_id = known.get((event.prompt, event.version))
         if version_id is None:
             field = "version" if event.prompt in known_prompts else "prompt"
@@ -81,11 +92,14 @@ def ingest(
             row["quality_count"] += 1
     if problems:
         raise InvalidEvents(problems)
+    skew = round(offset.total_seconds(), 3)
     if batch.batch_id is not None and not _first_time(session, batch.batch_id, now):
-        return IngestResult(accepted=len(batch.events), buckets=0, duplicate=True)
+        return IngestResult(
+            accepted=len(batch.events), buckets=0, duplicate=True, clock_offset_s=skew
+        )
     _upsert(session, [{"version_id": v, "minute": m, **r} for (v, m), r in rows.items()])
     _mark_seen(session, latest)
-    return IngestResult(accepted=len(batch.events), buckets=len(rows))
+    return IngestResult(accepted=len(batch.events), buckets=len(rows), clock_offset_s=skew)
 
 
 def prune(*, session: Session, older_than: datetime) -> int:

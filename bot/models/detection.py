@@ -235,14 +235,20 @@ class EventBatch(BaseModel):
         ]
         | None
     ) = None
+    # The sender's clock when it sent the batch (timezone required). With it, the server
+    # corrects the events' `ts` by how far the sender's clock is off from its own, so an app
+    # whose clock is wrong is still judged in the right window (docs/api.md, "Clocks").
+    sent_at: datetime | None = None
 
 
 class IngestResult(BaseModel):
-    """What an accepted batch added (`duplicate`: that batch_id was already stored)."""
+    """What an accepted batch added (`duplicate`: that batch_id was already stored;
+    `clock_offset_s`: how far the sender's clock was behind the server's, corrected)."""
 
     accepted: int
     buckets: int
     duplicate: bool = False
+    clock_offset_s: float = 0.0
 
 
 class IngestedBatch(SQLModel, table=True):

@@ -8,6 +8,9 @@ runs to the end, and the loops keep their pace after the clock is corrected agai
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +19,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from tests.conftest import API_TOKEN
 from tests.reliability.kit import (
+    ROOT,
     Bot,
     assert_consistent,
     events,
@@ -87,4 +92,59 @@ def test_a_backward_wall_clock_step_does_not_stall_detection_or_verification(
         rollback_after_bad_events_s=round(rollback_s, 2),
         verification_done_after_step_s=round(time.monotonic() - stepped, 1),
         **counts,
+    )
+
+
+APP = """
+import sys, threading, time
+from bot.client import PromptClient
+base, token = sys.argv[1:3]
+with PromptClient(base, token, prompts=["customer-support"], flush_interval=0.2) as client:
+    for i in range(1000):
+        client.record("customer-support", "v2.0.0", error=i < 80, latency_ms=300)
+    deadline = time.monotonic() + 10
+    while client.stats.events_sent < 1000 and time.monotonic() < deadline:
+        threading.Event().wait(0.05)  # (libfaketime's sleep() fails here; waits do not)
+    print("sent", client.stats.events_sent, "offset", client.stats.clock_offset_s, flush=True)
+"""
+
+
+@pytest.mark.parametrize("skew", ["-1h", "+3m"])
+def test_an_app_whose_clock_is_off_is_still_judged_in_the_right_window(
+    skew: str,
+    db_url: str,
+    engine: Engine,
+    slack: FakeSlack,
+    make_bot: Callable[..., Bot],
+) -> None:
+    """A serving app whose clock is an hour behind (or 3 minutes ahead) reports outcomes
+    through PromptClient; they used to be stored an hour in the past and never judged. The
+    client sends its clock with each batch and the bot corrects the times."""
+    bot = make_bot(f"app-clock{skew}")
+    bot.start()
+    seed_prompt(bot)
+    sent = time.monotonic()
+    app = subprocess.run(
+        [sys.executable, "-c", APP, bot.base, API_TOKEN],
+        env={
+            **os.environ,
+            "LD_PRELOAD": str(LIBFAKETIME),
+            "FAKETIME": skew,
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        },
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert app.returncode == 0 and app.stdout.startswith("sent 1000"), (app.stdout, app.stderr)
+    offset = float(app.stdout.split()[-1])
+    expected = 3600 if skew == "-1h" else -180
+    assert abs(offset - expected) < 5, offset
+    assert "clock is" in app.stderr and "fix the clock" in app.stderr
+    wait_rollback(engine, slack, timeout=10)
+    record(
+        f"serving app's clock {skew}",
+        offset_corrected_s=round(offset, 1),
+        rollback_after_first_event_s=round(time.monotonic() - sent, 2),
     )
