@@ -41,3 +41,12 @@ def configure(level: str, *, json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # slack_sdk logs every failed call at ERROR: during an outage, two lines every few seconds
+    # for as long as it lasts. The bot says it once instead (bot.slack.status: Slack
+    # unreachable / back) and per message at INFO (bot.slack.outbox: "retry in ...").
+    logging.getLogger("slack_sdk.web.base_client").setLevel(logging.CRITICAL)
+    # Bolt reads SLACK_BOT_TOKEN from the environment and warns that it "will be unused"
+    # beside the client the bot gives it (by design: bot/slack/app.py); not for operators.
+    logging.getLogger("slack_bolt.App").addFilter(
+        lambda record: "`token` will be unused" not in record.getMessage()
+    )
