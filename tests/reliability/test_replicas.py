@@ -24,6 +24,7 @@ from tests.conftest import PG_ONLY
 from tests.reliability.kit import (
     FAST_POLICY,
     Bot,
+    Ledger,
     assert_consistent,
     events,
     ledger,
@@ -117,6 +118,18 @@ def steady_traffic(pair: tuple[Bot, Bot]) -> Iterator[None]:
     thread.join(timeout=5)
 
 
+def _every_stage_once(found: Ledger) -> dict[str, int]:
+    """The ledger is consistent and the gradual rollback's stages 1-3, the final rollback and
+    each stage's Slack post happened once each; returns the ledger's counts."""
+    counts = assert_consistent(found)
+    reasons = Counter(e.reason.split(":")[0] for e in found.audit if e.kind == "split")
+    assert reasons == {f"gradual_rollback stage {n}/4": 1 for n in (1, 2, 3)}, reasons
+    assert found.active == "v1.9.0" and counts["rollbacks"] == 1
+    stage_posts = Counter(t for t in found.texts() if t.startswith("Stage "))
+    assert all(n == 1 for n in stage_posts.values()), stage_posts
+    return counts
+
+
 def test_gradual_rollback_keeps_every_stage_once_across_a_leader_sigkill(
     pair: tuple[Bot, Bot], engine: Engine, slack: FakeSlack, steady_traffic: None
 ) -> None:
@@ -137,12 +150,7 @@ def test_gradual_rollback_keeps_every_stage_once_across_a_leader_sigkill(
     takeover_s = _takeover(first, second)
     wait_rollback(engine, slack, timeout=60)
     found = wait_settled(engine, slack)
-    counts = assert_consistent(found)
-    reasons = Counter(e.reason.split(":")[0] for e in found.audit if e.kind == "split")
-    assert reasons == {f"gradual_rollback stage {n}/4": 1 for n in (1, 2, 3)}, reasons
-    assert found.active == "v1.9.0" and counts["rollbacks"] == 1
-    stage_posts = Counter(t for t in found.texts() if t.startswith("Stage "))
-    assert all(n == 1 for n in stage_posts.values()), stage_posts
+    counts = _every_stage_once(found)
     record(
         "two replicas: gradual rollback across leader SIGKILL",
         takeover_s=round(takeover_s, 2),
@@ -200,12 +208,7 @@ def test_a_paused_ex_leader_never_applies_its_stale_stage(
     finally:
         stop.set()
         sender.join(timeout=5)
-    counts = assert_consistent(found)
-    reasons = Counter(e.reason.split(":")[0] for e in found.audit if e.kind == "split")
-    assert reasons == {f"gradual_rollback stage {n}/4": 1 for n in (1, 2, 3)}, reasons
-    assert found.active == "v1.9.0" and counts["rollbacks"] == 1
-    stage_posts = Counter(t for t in found.texts() if t.startswith("Stage "))
-    assert all(n == 1 for n in stage_posts.values()), stage_posts
+    counts = _every_stage_once(found)
     changes = [e.created_at for e in found.audit if e.kind in ("split", "rollback")]
     lasted = [round((b - a).total_seconds(), 2) for a, b in itertools.pairwise(changes)]
     assert min(lasted) >= 2.9, f"a stage was cut short: {lasted} s (stage_seconds 3)"
