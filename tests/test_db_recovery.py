@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,48 @@ def test_faults_that_are_the_databases_state_are_503s_and_bugs_are_not(
     original.sqlstate = sqlstate  # type: ignore[attr-defined]
     error: DBAPIError = InternalError("SELECT 1", {}, original)
     assert is_transient(error) is transient
+
+
+def test_a_full_disk_answers_503_and_writes_resume_when_space_is_freed(tmp_path: Path) -> None:
+    """A tmpfs of 4 MiB filled up: the write is refused as the database's state (503), and the
+    same engine writes again as soon as space is freed, with no restart."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        url = f"sqlite:///{mount / 'registry.db'}"
+        upgrade(make_engine(url))
+        engine = make_engine(url)
+        filler = mount / "filler"
+        with filler.open("wb") as out:  # fill what is left
+            with contextlib.suppress(OSError):
+                while True:
+                    out.write(bytes(65536))
+                    out.flush()
+        refused = None
+        for n in range(200):  # until the database needs a page the disk no longer has
+            try:
+                with write_session(engine) as session:
+                    registry.create_version(
+                        session=session,
+                        prompt="p",
+                        version=f"v{n}",
+                        template="x" * 20_000,
+                        created_by="me",
+                    )
+            except DatabaseUnavailable as exc:
+                refused = exc
+                break
+        assert refused is not None and "full" in refused.message, refused
+        filler.unlink()
+        with write_session(engine) as session:
+            registry.create_version(
+                session=session, prompt="p", version="after", template="t", created_by="me"
+            )
+        engine.dispose()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
