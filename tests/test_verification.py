@@ -15,10 +15,17 @@ from bot.detection.notify import LogNotifier, NoticeKind
 from bot.detection.pagerduty import PagerDuty
 from bot.detection.verify import Verifier
 from bot.metrics.builtin import BuiltinSource
-from bot.models import Incident, IncidentStatus, Trigger, Verification, VerificationStatus
+from bot.models import (
+    Incident,
+    IncidentStatus,
+    Trigger,
+    Verification,
+    VerificationStatus,
+    utcnow,
+)
 from bot.policy import load_policies
 from bot.registry.changes import Actor
-from tests.conftest import make_prompt
+from tests.conftest import OPERATOR, make_prompt
 from tests.detection_kit import POLICY_DIR, Clock, activated_at, make_checker, traffic
 from tests.pagerduty_kit import FakePagerDuty
 
@@ -219,3 +226,31 @@ def test_apps_still_serving_the_bad_version_after_the_deadline_are_reported(
     clock.advance(seconds=5)
     verifier.run_due()
     assert [n.kind for n in notifier.sent].count(NoticeKind.SWITCH_LAGGING) == 1  # said once
+
+
+def test_traffic_from_before_the_rollback_never_counts_as_recovery(engine: Engine) -> None:
+    """600 healthy v1.9.0 outcomes from before v2.0.0 was deployed, in the same minute as the
+    rollback, and none after: verification waits for traffic instead of saying recovered; it
+    says recovered once healthy traffic arrives after the switch."""
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"), deploy=("v1.9.0",))
+    before = utcnow()
+    traffic(engine, version="v1.9.0", n=600, errors=3, at=before)
+    with write_session(engine) as session:
+        registry.deploy(
+            session=session, prompt="customer-support", version="v2.0.0", actor=OPERATOR
+        )
+    with write_session(engine) as session:
+        registry.rollback(session=session, prompt="customer-support", target=None, actor=OPERATOR)
+    every = load_policies(POLICY_DIR).defaults.verify_every
+    clock = Clock(utcnow() + timedelta(seconds=1))
+    verifier, notifier = _verifier(engine, clock)
+    for _ in range(2):
+        verifier.run_due()
+        clock.advance(seconds=every.total_seconds())
+    v = _verification(engine)
+    assert v.status == VerificationStatus.RUNNING and v.last_figures["requests"] == 0, v
+    assert not [n for n in notifier.sent if n.kind == NoticeKind.VERIFICATION_RECOVERED]
+    traffic(engine, version="v1.9.0", n=100, errors=0, at=clock.now)  # after the switch
+    verifier.run_due()
+    v = _verification(engine)
+    assert v.status == VerificationStatus.RECOVERED and v.last_figures["requests"] == 100, v

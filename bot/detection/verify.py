@@ -209,6 +209,8 @@ class Verifier:
             share_pct=100,
             serving_since=v.started_at,
             window=settings.verify_window,
+            since=v.started_at,  # only the restored version's traffic after the switch
+            pre_since=v.pre_switch,
             baseline_window=settings.baseline_window,
             min_requests=settings.min_requests,
         )

@@ -85,6 +85,17 @@ class Target:
     stored_baselines: tuple[tuple[str, Mapping[str, float]], ...] = field(default_factory=tuple)
     # Fewer live baseline requests than this and the stored figures are used instead.
     min_requests: int = 50
+    # Judge only traffic from `since` on (a verification: the restored version after the
+    # switch); `pre_since` holds the version's counts in since's minute from before `since`,
+    # which minute buckets cannot tell apart, to subtract.
+    since: datetime | None = None
+    pre_since: Mapping[str, float] | None = None
+
+    def current_window(self, now: datetime) -> timedelta:
+        """The window to read: `window`, cut at `since` when that is later."""
+        if self.since is None:
+            return self.window
+        return max(timedelta(0), min(self.window, now - self.since))
 
     def live_baseline_source(self) -> str:
         """Words for where the live baseline comes from."""

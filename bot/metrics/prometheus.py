@@ -85,7 +85,8 @@ class PrometheusSource:
             )
 
     def _version_metrics(self, target: Target, now: datetime) -> VersionMetrics:
-        current = self._stats(target, version=target.version, window=target.window, at=now)
+        window = target.current_window(now)  # from `since` on, for a verification
+        current = self._stats(target, version=target.version, window=window, at=now)
         live = None
         if target.baseline_version is not None:
             if target.baseline_until is None:

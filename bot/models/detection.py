@@ -292,6 +292,9 @@ class Verification(SQLModel, table=True):
     )
     # Set once the reporting apps have all moved off the rolled-back version (or escalated).
     switch_reported: bool = Field(default=False)
+    # The restored version's counts in the minute of the switch, before the switch: subtracted,
+    # so that only traffic after the rollback is judged (minute buckets cannot split a minute).
+    pre_switch: dict[str, float] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class RolloutKind(enum.StrEnum):

@@ -37,6 +37,7 @@ from bot.models import (
     Trigger,
     Verification,
     VersionPublic,
+    metric_bucket,
     utcnow,
 )
 from bot.registry.lookup import (
@@ -434,6 +435,7 @@ def _switch(
                 from_version=from_label,
                 started_at=now,
                 next_check_at=now,
+                pre_switch=_counts_before(session, active, now),
             )
         )
     return ChangeResult(
@@ -446,6 +448,24 @@ def _switch(
         audit_id=entry.id,
         timestamp=now,
     )
+
+
+def _counts_before(session: Session, version: PromptVersion, now: datetime) -> dict[str, float]:
+    """The restored version's counts in this minute's bucket so far: traffic from before the
+    switch, which verification must not count as the restored version's recovery."""
+    minute = now.replace(second=0, microsecond=0)
+    row = (
+        session.execute(
+            metric_bucket.select().where(
+                metric_bucket.c.version_id == version.id, metric_bucket.c.minute == minute
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return {}
+    return {k: float(v) for k, v in row.items() if k not in ("version_id", "minute") and v}
 
 
 def describe_change(entry: AuditEntry) -> str:
