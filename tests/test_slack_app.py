@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
@@ -17,6 +21,7 @@ from bot.api.app import create_app
 from bot.config import load_settings
 from bot.db import read_session
 from bot.detection.checker import Checker
+from bot.detection.postmortem import postmortem
 from bot.metrics.builtin import BuiltinSource
 from bot.models import Incident, IncidentStatus, OutboxStatus, SlackOutbox, utcnow
 from bot.policy import load_policies
@@ -483,7 +488,7 @@ def test_verification_of_a_slash_rollback_threads_under_its_announcement(
     )
     assert [r["text"] for r in replies] == [
         "Verification of v1.9.0 will report in this thread.",
-        "Check 1/12: waiting for traffic on v1.9.0 (n=0)",
+        "Check 1/12: waiting for traffic on v1.9.0 since the rollback (n=0)",
     ]
     assert len(slack.fake.messages("C1")) == 3  # one announcement, two replies; nothing twice
 
@@ -545,3 +550,71 @@ def test_deploy_canary_starts_at_one_percent(slack: Harness, engine: Engine) -> 
     _rollout_post(slack)
     refused = _answer(slack, "customer-support v2.0.0 --canary", command="/deploy")
     assert "already" in refused["text"]
+
+
+# --- one story whichever surface rolled back ---------------------------------------------
+
+
+def _api_rollback(harness: Harness) -> None:
+    answer = httpx.post(
+        f"{harness.base_url}/api/rollback",
+        json={"prompt": "customer-support", "reason": "runbook step 3"},
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def _cli_rollback(harness: Harness, db_url: str) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": harness.fake.base_url,
+        "ROLLBACK_POLICY_DIR": str(POLICIES),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "rollback", "customer-support", "--operator", "carol"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("surface", ["api", "cli", "slash"])
+def test_a_rollback_from_any_surface_updates_the_card_and_the_postmortem(
+    slack: Harness, engine: Engine, db_url: str, surface: str
+) -> None:
+    """A HIGH incident's card is live; someone rolls back through the API (the runbook's step
+    3), the CLI or /rollback. The card loses its buttons and says who did it; a late click on
+    the stale card names them (never "None"); the post-mortem says what was done."""
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    if surface == "api":
+        _api_rollback(slack)
+        who = "by api via the API"
+    elif surface == "cli":
+        _cli_rollback(slack, db_url)
+        who = "by carol via the CLI"
+    else:
+        assert slack.sender.command("customer-support").status_code == 200
+        who = "by <@U1> in Slack"
+    updated = _wait_card(slack, lambda m: not _buttons(m))
+    assert _active(engine) == "v1.9.0"
+    incident = _incident(engine)
+    assert incident.status == IncidentStatus.ROLLED_BACK and incident.rollback_audit_id
+    replies = slack.fake.wait_for(lambda _: slack.fake.thread(card["ts"])[1:] or None)
+    assert f"Rolled back v2.0.0 → v1.9.0 {who}" in replies[0]["text"], replies
+    assert "open" not in json.dumps(updated["blocks"]).lower()
+    before = len(slack.fake.responses())
+    late = _click(slack, ROLLBACK_ACTION, card)
+    assert late.status_code == 200
+    told = slack.fake.wait_for(lambda _: slack.fake.responses()[before:] or None)
+    text = str(told[0].get("text"))
+    assert "already rolled back" in text and "by None" not in text, told
+    with read_session(engine) as session:
+        draft = postmortem(session=session, incident_id=incident.id or 0)
+    assert "no rollback" not in draft and "rolled back v2.0.0 → v1.9.0" in draft, draft

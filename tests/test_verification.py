@@ -11,6 +11,7 @@ from sqlmodel import select
 
 from bot import registry
 from bot.db import read_session, write_session
+from bot.detection import lifecycle
 from bot.detection.notify import LogNotifier, NoticeKind
 from bot.detection.pagerduty import PagerDuty
 from bot.detection.verify import Verifier
@@ -18,6 +19,7 @@ from bot.metrics.builtin import BuiltinSource
 from bot.models import (
     Incident,
     IncidentStatus,
+    Severity,
     Trigger,
     Verification,
     VerificationStatus,
@@ -113,21 +115,35 @@ def test_no_traffic_waits_and_never_counts_as_recovered(engine: Engine) -> None:
     clock, _ = _rolled_back(engine)
     verifier, notifier = _verifier(engine, clock)
     verifier.run_due()
-    assert notifier.sent[0].text == "Check 1/12: waiting for traffic on v1.9.0 (n=0)"
+    assert notifier.sent[0].text == (
+        "Check 1/12: waiting for traffic on v1.9.0 since the rollback (n=0)"
+    )
     assert _verification(engine).status == VerificationStatus.RUNNING
 
 
-def test_no_traffic_at_all_escalates_as_not_verified_not_as_failing(engine: Engine) -> None:
+def test_no_traffic_at_all_says_so_once_and_ends_not_judged_without_a_page(
+    engine: Engine,
+) -> None:
+    """A prompt with no traffic: one "waiting for traffic" reply (not one per check), then a
+    HIGH "Not verified" that pages nobody (the policy can ask for a page)."""
     clock, _ = _rolled_back(engine)
     verifier, notifier = _verifier(engine, clock)
     for _ in range(12):
         clock.advance(seconds=5)
         assert verifier.run_due() == 1
-    assert _verification(engine).status == VerificationStatus.ESCALATED
-    assert notifier.sent[-1].kind == NoticeKind.VERIFICATION_FAILED
-    assert notifier.sent[-1].text == (
+    assert _verification(engine).status == VerificationStatus.NOT_JUDGED
+    checks = [n.text for n in notifier.sent if n.kind == NoticeKind.VERIFICATION_CHECK]
+    assert checks == [
+        "Check 1/12: waiting for traffic on v1.9.0 since the rollback (n=0)",
+        "Check 12/12: waiting for traffic on v1.9.0 since the rollback (n=0)",
+    ]
+    last = notifier.sent[-1]
+    assert last.kind == NoticeKind.VERIFICATION_NOT_JUDGED
+    assert (last.severity, last.action) == (Severity.HIGH, None)
+    assert last.text == (
         "Not verified: v1.9.0 could not be judged in 12 checks (waiting for traffic on v1.9.0 "
-        "(n=0)). Escalating to on-call: check that the serving apps switched and report."
+        "since the rollback (n=0)). Check that the serving apps switched and report their "
+        "outcomes."
     )
 
 
@@ -166,8 +182,10 @@ def test_restart_mid_verification_resumes_where_it_was(engine: Engine) -> None:
     restarted, notifier = _verifier(engine, clock)  # a new process: state from the database
     assert restarted.run_due() == 0  # the next check is not due yet
     clock.advance(seconds=5)
+    traffic(engine, version="v1.9.0", n=100, errors=6, at=clock.now)  # judged: a reply
     assert restarted.run_due() == 1
-    assert notifier.sent[0].text.startswith("Check 4/12:")
+    checks = [n.text for n in notifier.sent if n.kind == NoticeKind.VERIFICATION_CHECK]
+    assert checks[0].startswith("Check 4/12:"), checks
 
 
 def test_a_second_replica_does_not_repeat_a_check(engine: Engine) -> None:
@@ -254,3 +272,31 @@ def test_traffic_from_before_the_rollback_never_counts_as_recovery(engine: Engin
     verifier.run_due()
     v = _verification(engine)
     assert v.status == VerificationStatus.RECOVERED and v.last_figures["requests"] == 100, v
+
+
+def test_a_verification_superseded_by_a_later_rollback_ends_without_a_word(
+    engine: Engine,
+) -> None:
+    make_prompt(engine)  # v1.8.0, v1.9.0, v2.0.0 live
+    for target in (None, "v1.8.0"):  # back to v1.9.0, then further back to v1.8.0
+        with write_session(engine) as session:
+            result = registry.rollback(
+                session=session,
+                prompt="customer-support",
+                target=target,
+                actor=OPERATOR,
+                force=True,
+            )
+            lifecycle.after(session, result, LogNotifier())
+    clock = Clock(utcnow() + timedelta(seconds=1))
+    verifier, notifier = _verifier(engine, clock)
+    for _ in range(20):
+        verifier.run_due()
+        clock.advance(seconds=30)
+    with read_session(engine) as session:
+        rows = session.exec(select(Verification).order_by(Verification.id)).all()
+    assert [(v.version, v.status) for v in rows] == [
+        ("v1.9.0", VerificationStatus.SUPERSEDED),
+        ("v1.8.0", VerificationStatus.NOT_JUDGED),  # no traffic at all
+    ]
+    assert not [n for n in notifier.sent if n.version == "v1.9.0"], notifier.sent

@@ -15,6 +15,7 @@ from bot.api.limits import BodySizeLimit
 from bot.api.routes import events, health, prompts, rollback, rollouts, stream
 from bot.api.routes import slack as slack_routes
 from bot.config import Settings
+from bot.detection.notify import LogNotifier
 from bot.detection.scheduler import CheckerService
 from bot.policy import PolicySet
 from bot.slack.app import SlackService
@@ -58,6 +59,7 @@ def create_app(
     app.state.engine = engine
     app.state.checker = checker
     app.state.slack = slack
+    app.state.notifier = slack.notifier if slack is not None else LogNotifier()
     app.state.policies = policies
     app.state.feed = feed
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
 from bot.config import Settings
+from bot.detection.notify import Notifier
 from bot.models import Trigger
 from bot.registry.changes import Actor
 
@@ -59,6 +60,13 @@ async def api_actor(
     return Actor(operator=name, trigger=Trigger.API)
 
 
+async def get_notifier(request: Request) -> Notifier:
+    """Where this server's notices go: Slack's outbox, or the log."""
+    notifier: Notifier = request.app.state.notifier
+    return notifier
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
+NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ActorDep = Annotated[Actor, Depends(api_actor)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +16,10 @@ from sqlalchemy import Engine
 from bot import __version__
 from bot.config import Settings, load_settings
 from bot.db import make_engine
+from bot.detection.notify import LogNotifier, Notifier
 from bot.migrate import ensure_current
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +36,22 @@ class CliState:
         if self._settings is None:
             self._settings = load_settings(**self.overrides)
         return self._settings
+
+    def notifier(self) -> Notifier:
+        """Where a change made here is told: the Slack outbox when Slack is configured (the
+        running server delivers it), else the log."""
+        settings = self.settings
+        if settings.slack_bot_token is None:
+            return LogNotifier()
+        from bot.policy import PolicyError, load_policies
+        from bot.slack.app import SlackService
+
+        try:
+            policies = load_policies(settings.rollback_policy_dir)
+        except PolicyError as exc:
+            log.warning("incident cards not updated: %s", exc.message.splitlines()[0])
+            return LogNotifier()
+        return SlackService(settings=settings, engine=self.engine(), policies=policies).notifier
 
     def engine(self, *, migrate: bool = True) -> Engine:
         """The database engine; SQLite is brought up to date, PostgreSQL must already be."""

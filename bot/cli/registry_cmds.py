@@ -11,7 +11,7 @@ import click
 from bot import registry
 from bot.cli.context import CliState, emit_json, emit_table, json_option, pass_state
 from bot.db import read_session, write_session
-from bot.detection import rollouts
+from bot.detection import lifecycle, rollouts
 from bot.errors import InvalidRequest
 from bot.models import (
     ChangeResult,
@@ -212,6 +212,7 @@ def deploy(
             reason=body.reason,
             force=body.force,
         )
+        lifecycle.after(session, result, state.notifier())
     _emit_change(result, as_json)
 
 
@@ -249,6 +250,7 @@ def split(
             reason=body.reason,
             force=body.force,
         )
+        lifecycle.after(session, result, state.notifier())
     _emit_change(result, as_json)
 
 
@@ -352,6 +354,7 @@ def rollback(
             expected_version=body.expected_version,
             dedup_window=dedup,
         )
+        lifecycle.after(session, result, state.notifier())
     _emit_change(result, as_json)
     sys.stdout.flush()
 

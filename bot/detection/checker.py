@@ -15,6 +15,7 @@ from sqlmodel import Session
 from bot import registry, telemetry
 from bot.db import read_session, write_session
 from bot.detection import incidents as inc
+from bot.detection import lifecycle
 from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.detection.targets import LiveVersion, load_live_versions, routing_revisions
 from bot.detection.verdict import Decision, decide
@@ -362,6 +363,7 @@ class Checker:
                     rollback_audit_id=result.audit_id,
                 )
                 session.flush()
+                lifecycle.after(session, result, self.notifier)  # the prompt's other ones
                 text = f"Rolled back {result.from_version} → {result.to_version} automatically."
                 self._tell(_notice(NoticeKind.ROLLED_BACK, incident, decision, text), plan, session)
                 failpoint("rollback.before_commit")

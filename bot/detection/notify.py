@@ -27,6 +27,7 @@ class NoticeKind(enum.StrEnum):
     VERIFICATION_CHECK = "verification_check"
     VERIFICATION_RECOVERED = "verification_recovered"
     VERIFICATION_FAILED = "verification_failed"
+    VERIFICATION_NOT_JUDGED = "verification_not_judged"  # no traffic to judge: not a page
     SWITCH_CONFIRMED = "switch_confirmed"  # every reporting app serves the restored version
     SWITCH_LAGGING = "switch_lagging"  # apps still serve the rolled-back version past the deadline
     ROLLOUT_STARTED = "rollout_started"

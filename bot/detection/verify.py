@@ -6,6 +6,7 @@ resumes it and a second replica does not repeat it (each check claims its row fi
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -37,6 +38,18 @@ log = logging.getLogger(__name__)
 
 CLAIM_FOR = timedelta(seconds=30)
 MIN_REQUESTS = 20  # fewer requests in the window: "waiting for traffic", never "recovered"
+
+
+class CheckOutcome(enum.StrEnum):
+    """What one check found (kept in last_figures["outcome"])."""
+
+    RECOVERED = "recovered"
+    FAILING = "failing"  # judged, not recovered yet
+    NO_TRAFFIC = "no_traffic"  # too few requests since the switch to judge
+    UNAVAILABLE = "unavailable"  # the metrics source did not answer
+
+
+UNJUDGED = frozenset({CheckOutcome.NO_TRAFFIC, CheckOutcome.UNAVAILABLE})
 SWITCH_QUIET = timedelta(seconds=2)  # rolled-back version unseen this long: apps switched
 
 
@@ -101,24 +114,37 @@ class Verifier:
         total = v.checks_total or max(1, round(settings.verify_for / settings.verify_every))
         number = v.checks_done + 1
         switch = None if v.switch_reported else self._switch(v, now)
-        line, recovered, figures = self._measure(v, now)
+        line, outcome, figures = self._measure(v, now)
+        figures = {**figures, "outcome": outcome.value}
         text = f"Check {number}/{total}: {line}"
+        recovered = outcome == CheckOutcome.RECOVERED
         finished = recovered or number >= total
         status = (
             VerificationStatus.RECOVERED
             if recovered
-            else VerificationStatus.ESCALATED
-            if finished
             else VerificationStatus.RUNNING
+            if not finished
+            else VerificationStatus.NOT_JUDGED
+            if outcome in UNJUDGED
+            else VerificationStatus.ESCALATED
         )
-        if status == VerificationStatus.ESCALATED:
+        # "Waiting for traffic" is said once, not at every check, until something changes.
+        repeated = outcome in UNJUDGED and v.last_figures.get("outcome") == outcome.value
+        pages = status == VerificationStatus.ESCALATED or (
+            status == VerificationStatus.NOT_JUDGED and settings.page_when_not_judged
+        )
+        if pages:
             # Paged before the check commits: if this process dies in between, the check runs
             # again and PagerDuty folds the repeat into the same alert (same dedup key).
-            self._page(v, self._escalation_text(v, line), figures)
+            self._page(v, self._escalation_text(v, line, figures), figures)
         with write_session(self.engine) as session:
             written = session.execute(
                 update(Verification)
-                .where(col(Verification.id) == v.id, col(Verification.checks_done) == v.checks_done)
+                .where(
+                    col(Verification.id) == v.id,
+                    col(Verification.checks_done) == v.checks_done,
+                    col(Verification.status) == VerificationStatus.RUNNING,  # not superseded
+                )
                 .values(
                     switch_reported=v.switch_reported or switch is not None,
                     checks_done=number,
@@ -134,7 +160,11 @@ class Verifier:
             if written.rowcount != 1:  # type: ignore[attr-defined]
                 return  # another replica recorded this check after our claim lapsed
             incident = _incident_of(session, v)
-            notices = [self._notice(NoticeKind.VERIFICATION_CHECK, v, incident, text, figures)]
+            notices = (
+                []
+                if repeated and not finished
+                else [self._notice(NoticeKind.VERIFICATION_CHECK, v, incident, text, figures)]
+            )
             if switch is not None:
                 kind, switch_text = switch
                 notices.insert(
@@ -153,8 +183,8 @@ class Verifier:
                 )
             if status == VerificationStatus.RECOVERED:
                 notices.append(self._recovered(v, incident, now, figures))
-            elif status == VerificationStatus.ESCALATED:
-                notices.append(self._escalated(v, incident, now, figures, line))
+            elif finished:
+                notices.append(self._escalated(v, incident, now, figures, line, paged=pages))
             session.flush()
             for notice in notices:  # queued with the check they report: once, or not at all
                 deliver(self.notifier, notice, session)
@@ -192,7 +222,7 @@ class Verifier:
             )
         return None
 
-    def _measure(self, v: Verification, now: datetime) -> tuple[str, bool, dict[str, Any]]:
+    def _measure(self, v: Verification, now: datetime) -> tuple[str, CheckOutcome, dict[str, Any]]:
         policy = self.policies.for_prompt(v.prompt)
         settings = policy.settings
         with write_session(self.engine) as session:
@@ -216,7 +246,7 @@ class Verifier:
         )
         metrics = collect_safely(self.sources, settings.source, [target], now)[target.version_id]
         if isinstance(metrics, MetricsUnavailable):
-            return f"metrics unavailable ({metrics.message})", False, {}
+            return f"metrics unavailable ({metrics.message})", CheckOutcome.UNAVAILABLE, {}
         current = metrics.current
         figures = {
             "requests": current.requests,
@@ -225,14 +255,16 @@ class Verifier:
             "quality": current.quality,
         }
         if current.requests < MIN_REQUESTS:
-            return (f"waiting for traffic on {v.version} (n={current.requests})", False, figures)
+            line = f"waiting for traffic on {v.version} since the rollback (n={current.requests})"
+            return line, CheckOutcome.NO_TRAFFIC, figures
         rate = current.error_rate_pct or 0.0
         decision = decide(
             prompt=v.prompt, version=v.version, metrics=metrics, policy=policy, age=None
         )
         recovered = rate < settings.recovered_error_rate_pct and not decision.breach
         extra = "" if not decision.breach else f"; still breaching: {decision.reason}"
-        return f"error rate {rate:.1f}% (n={current.requests}){extra}", recovered, figures
+        outcome = CheckOutcome.RECOVERED if recovered else CheckOutcome.FAILING
+        return f"error rate {rate:.1f}% (n={current.requests}){extra}", outcome, figures
 
     def _recovered(
         self, v: Verification, incident: Incident | None, now: datetime, figures: dict[str, Any]
@@ -258,19 +290,27 @@ class Verifier:
         now: datetime,
         figures: dict[str, Any],
         line: str,
+        *,
+        paged: bool,
     ) -> Notice:
-        text = self._escalation_text(v, line)
+        """The end without recovery: not recovered (CRITICAL, paged), or not judged for lack
+        of traffic or figures (HIGH, told in the thread; paged only if the policy says so)."""
+        text = self._escalation_text(v, line, figures)
+        judged = figures.get("outcome") not in UNJUDGED
         if incident is not None:
-            incident.escalated_at = incident.updated_at = now
-            incident.summary = f"{incident.summary}; not recovered after rollback"[:2000]
+            incident.updated_at = now
+            if paged:
+                incident.escalated_at = now
+            what = "not recovered after rollback" if judged else "not verified: no traffic"
+            incident.summary = f"{incident.summary}; {what}"[:2000]
         return self._notice(
-            NoticeKind.VERIFICATION_FAILED,
+            NoticeKind.VERIFICATION_FAILED if judged else NoticeKind.VERIFICATION_NOT_JUDGED,
             v,
             incident,
             text,
             figures,
-            severity=Severity.CRITICAL,
-            action=Action.PAGE.value,
+            severity=Severity.CRITICAL if judged else Severity.HIGH,
+            action=Action.PAGE.value if paged else None,
         )
 
     def _notice(
@@ -302,13 +342,13 @@ class Verifier:
         )
 
     @staticmethod
-    def _escalation_text(v: Verification, line: str) -> str:
+    def _escalation_text(v: Verification, line: str, figures: dict[str, Any]) -> str:
         checks = v.checks_done + 1
-        if line.startswith(("waiting for traffic", "metrics unavailable")):
+        if figures.get("outcome") in UNJUDGED:
             # Not "still fails": nothing could be measured, which on-call must hear as such.
             return (
                 f"Not verified: {v.version} could not be judged in {checks} checks ({line}). "
-                "Escalating to on-call: check that the serving apps switched and report."
+                "Check that the serving apps switched and report their outcomes."
             )
         return (
             f"Not recovered: {v.version} still fails after {checks} checks. Escalating to on-call."

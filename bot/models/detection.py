@@ -266,6 +266,8 @@ class VerificationStatus(enum.StrEnum):
     RUNNING = "running"
     RECOVERED = "recovered"
     ESCALATED = "escalated"  # metrics did not recover in time: on-call paged
+    NOT_JUDGED = "not_judged"  # too little traffic (or no figures) to judge: told, not paged
+    SUPERSEDED = "superseded"  # a later routing change replaced what it was verifying
 
 
 class Verification(SQLModel, table=True):

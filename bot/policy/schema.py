@@ -123,6 +123,9 @@ class Settings(_Strict):
     min_latency_samples: Annotated[int, Field(ge=1)] = 500
     confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
     auto_rollback: bool = True
+    # A verification that ends without enough traffic to judge pages on-call (default: it is
+    # told in the thread only, as HIGH).
+    page_when_not_judged: bool = False
     observe: Duration = timedelta(hours=1)
     on_persist: Action = Action.ALERT
     resolve_after: Duration = timedelta(minutes=10)
@@ -170,6 +173,7 @@ class SettingsPatch(_Strict):
     min_latency_samples: Annotated[int, Field(ge=1)] | None = None
     confidence: Annotated[float, Field(gt=0.5, lt=1)] | None = None
     auto_rollback: bool | None = None
+    page_when_not_judged: bool | None = None
     observe: Duration | None = None
     on_persist: Action | None = None
     resolve_after: Duration | None = None

@@ -10,7 +10,7 @@ from slack_bolt import App, Respond
 from sqlmodel import Session
 
 from bot.db import read_session, write_session
-from bot.detection import rollouts
+from bot.detection import lifecycle, rollouts
 from bot.detection.actions import check_can_roll_back, investigate, rollback_incident
 from bot.detection.incidents import get_incident
 from bot.errors import InvalidRequest
@@ -28,6 +28,7 @@ from bot.slack.blocks import (
 from bot.slack.commands import _start_rollout
 from bot.slack.deps import SlackDeps
 from bot.slack.listener import deferred
+from bot.slack.notifier import SlackNotifier
 
 
 def _incident_of(body: dict[str, Any]) -> tuple[int, str | None]:
@@ -70,6 +71,7 @@ def register(app: App, deps: SlackDeps) -> None:
                 target=target,
                 dedup_window=deps.dedup_window,
             )
+            lifecycle.after(session, result, SlackNotifier(deps))  # the prompt's other ones
             cards.post_or_update_card(
                 session, incident, deps.channel(incident.prompt), "rolled_back"
             )

@@ -9,7 +9,7 @@ from sqlmodel import col, select
 
 from bot import registry
 from bot.db import read_session, write_session
-from bot.detection import rollouts
+from bot.detection import lifecycle, rollouts
 from bot.errors import InvalidRequest
 from bot.models import (
     ACTIVE_INCIDENT,
@@ -25,6 +25,7 @@ from bot.slack import cards
 from bot.slack.blocks import HELP, history_blocks, status_blocks, to_dicts
 from bot.slack.deps import SlackDeps
 from bot.slack.listener import deferred
+from bot.slack.notifier import SlackNotifier
 from bot.slack.parse import parse, parse_deploy
 
 
@@ -73,6 +74,7 @@ def register(app: App, deps: SlackDeps) -> None:
                 dedup_window=deps.dedup_window,
             )
             _announce(session, deps, result)
+            lifecycle.after(session, result, SlackNotifier(deps))
         deps.worker.wake()
         respond(
             text=f"Rolled back {result.prompt} {result.from_version} → {result.to_version}. "
@@ -100,6 +102,8 @@ def register(app: App, deps: SlackDeps) -> None:
                     reason=request.reason or "via /deploy",
                     force=request.force,
                 )
+                lifecycle.after(session, result, SlackNotifier(deps))
+            deps.worker.wake()
             text = f"Deployed {result.prompt} {result.from_version} → {result.to_version}."
         respond(text=text, response_type="ephemeral")
 

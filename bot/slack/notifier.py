@@ -8,7 +8,7 @@ from sqlmodel import Session
 from bot.db import write_session
 from bot.detection.notify import Notice, NoticeKind
 from bot.detection.postmortem import postmortem
-from bot.models import AuditEntry, Incident, IncidentStatus, Rollout, utcnow
+from bot.models import Action, AuditEntry, Incident, IncidentStatus, Rollout, utcnow
 from bot.slack import cards, outbox
 from bot.slack.blocks import text_blocks, to_dicts
 from bot.slack.deps import SlackDeps
@@ -19,6 +19,7 @@ VERIFICATION = (
     NoticeKind.VERIFICATION_CHECK,
     NoticeKind.VERIFICATION_RECOVERED,
     NoticeKind.VERIFICATION_FAILED,
+    NoticeKind.VERIFICATION_NOT_JUDGED,
 )
 # Notices after which an incident may be closed: then its thread gets the post-mortem draft.
 CLOSING = (
@@ -145,10 +146,11 @@ class SlackNotifier:
             parent = cards.announce_rollback(session, self.deps.channel(prompt), entry, prompt)
         reason = f"verify:{audit_id}:{notice.kind.value}:{notice.details.get('check')}"
         cards.reply_under(session, parent, notice.text, reason)
-        if incident is not None and notice.kind in (*CLOSING, NoticeKind.VERIFICATION_FAILED):
+        ended = (*CLOSING, NoticeKind.VERIFICATION_FAILED, NoticeKind.VERIFICATION_NOT_JUDGED)
+        if incident is not None and notice.kind in ended:
             cards.post_or_update_card(session, incident, self.deps.channel(prompt), reason)
-        if notice.kind in (NoticeKind.VERIFICATION_FAILED, NoticeKind.SWITCH_LAGGING):
-            summary = f"*CRITICAL* {notice.title}: {notice.text}"
+        if notice.action == Action.PAGE.value:  # not recovered, apps lagging (typed, not by kind)
+            summary = f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}"
             oncall = self.deps.oncall.members(self.deps.group(prompt))
             if incident is not None:
                 cards.page(session, incident, oncall, summary, reason)

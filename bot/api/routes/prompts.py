@@ -9,8 +9,9 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy import Engine
 
 from bot import registry
-from bot.api.deps import ActorDep, EngineDep
+from bot.api.deps import ActorDep, EngineDep, NotifierDep
 from bot.db import read_session, write_session
+from bot.detection import lifecycle
 from bot.models import (
     PROMPT_NAME_MAX,
     PROMPT_NAME_PATTERN,
@@ -72,7 +73,12 @@ def create_version(
 
 @router.post("/{name}/deploy", summary="Make a version serve 100%")
 def deploy(
-    name: NamePath, body: DeployRequest, request: Request, engine: EngineDep, actor: ActorDep
+    name: NamePath,
+    body: DeployRequest,
+    request: Request,
+    engine: EngineDep,
+    actor: ActorDep,
+    notifier: NotifierDep,
 ) -> ChangeResult:
     """Route all of the prompt's traffic to the version."""
     with write_session(engine) as session:
@@ -84,13 +90,19 @@ def deploy(
             reason=body.reason,
             force=body.force,
         )
+        lifecycle.after(session, result, notifier)
     changed(request, name)
     return result
 
 
 @router.put("/{name}/split", summary="Share traffic across versions")
 def set_split(
-    name: NamePath, body: SplitRequest, request: Request, engine: EngineDep, actor: ActorDep
+    name: NamePath,
+    body: SplitRequest,
+    request: Request,
+    engine: EngineDep,
+    actor: ActorDep,
+    notifier: NotifierDep,
 ) -> ChangeResult:
     """Set the traffic split; percentages must sum to 100."""
     with write_session(engine) as session:
@@ -102,6 +114,7 @@ def set_split(
             reason=body.reason,
             force=body.force,
         )
+        lifecycle.after(session, result, notifier)
     changed(request, name)
     return result
 

@@ -7,9 +7,10 @@ from datetime import timedelta
 from fastapi import APIRouter, Request
 
 from bot import registry
-from bot.api.deps import ActorDep, EngineDep, SettingsDep
+from bot.api.deps import ActorDep, EngineDep, NotifierDep, SettingsDep
 from bot.api.routes.prompts import changed
 from bot.db import write_session
+from bot.detection import lifecycle
 from bot.models import ChangeResult, RollbackRequest
 
 router = APIRouter(prefix="/api", tags=["rollback"])
@@ -22,6 +23,7 @@ def rollback(
     engine: EngineDep,
     settings: SettingsDep,
     actor: ActorDep,
+    notifier: NotifierDep,
 ) -> ChangeResult:
     """Switch to `target_version`, or to the previous known-good version when it is omitted."""
     with write_session(engine) as session:
@@ -35,5 +37,6 @@ def rollback(
             expected_version=body.expected_version,
             dedup_window=timedelta(seconds=settings.rollback_dedup_seconds),
         )
+        lifecycle.after(session, result, notifier)
     changed(request, body.prompt)
     return result
