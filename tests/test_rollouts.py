@@ -7,7 +7,7 @@ from sqlalchemy import Engine
 
 from bot import registry
 from bot.db import read_session, write_session
-from bot.detection import rollouts
+from bot.detection import lifecycle, rollouts
 from bot.detection.notify import LogNotifier, NoticeKind
 from bot.detection.rollout_driver import RolloutDriver
 from bot.errors import Conflict
@@ -19,6 +19,7 @@ from tests.conftest import make_prompt
 from tests.detection_kit import POLICY_DIR, Clock, traffic
 
 ALICE = Actor("U1", Trigger.SLACK)
+BOB = Actor("bob", Trigger.API)
 STAGE = 60.0
 
 
@@ -240,3 +241,102 @@ def test_gradual_rollback_and_canary_from_the_cli(
         main(["prompts", "deploy", "customer-support", "v1.8.0", "--canary"])
     assert exited.value.code == 2
     assert "already running" in capsys.readouterr().err
+    main(["rollouts", "list"])
+    listed = capsys.readouterr().out
+    assert "running" in listed and "gradual rollback of customer-support" in listed
+    rollout_id = listed.splitlines()[1].split()[0]
+    main(["rollouts", "finish", rollout_id, "--operator", "dana"])
+    assert f"#{rollout_id} finished" in capsys.readouterr().out
+    assert _routing(engine) == ("v1.9.0", None)
+    main(["rollouts", "show", rollout_id])
+    shown = capsys.readouterr().out
+    assert "completed" in shown and "finished by dana via the CLI" in shown
+    main(["rollouts", "list"])
+    assert capsys.readouterr().out.strip() == "ID  STATUS  ROLLOUT  NOTE"
+
+
+# --- people's changes during a rollout stand ----------------------------------------------
+
+
+def _canary_at_5_percent(engine: Engine, clock: Clock) -> int:
+    """v1.9.0 stable, a canary of v2.0.0 moved on to 5%."""
+    rid = _start(engine, RolloutKind.CANARY, "v2.0.0", clock)
+    traffic(engine, version="v2.0.0", n=400, at=clock.now)
+    traffic(engine, version="v1.9.0", n=400, at=clock.now)
+    clock.advance(seconds=STAGE)
+    _driver(engine, clock)[0].run_due()
+    assert _routing(engine)[1] == {"v1.9.0": 95, "v2.0.0": 5}
+    return rid
+
+
+@pytest.mark.parametrize("change", ["deploy", "rollback"])
+def test_a_persons_change_during_a_canary_ends_it_and_stands(engine: Engine, change: str) -> None:
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0", "v2.1.0"), deploy=("v1.9.0",))
+    clock = Clock(utcnow())
+    rid = _canary_at_5_percent(engine, clock)
+    notifier = LogNotifier()
+    with write_session(engine) as session:
+        if change == "deploy":
+            lifecycle.deploy(
+                session, prompt="customer-support", version="v2.1.0", actor=BOB, notifier=notifier
+            )
+        else:
+            lifecycle.rollback(
+                session, prompt="customer-support", target=None, actor=BOB, notifier=notifier
+            )
+    stands = ("v2.1.0", None) if change == "deploy" else ("v1.9.0", None)
+    assert _routing(engine) == stands
+    rollout = _rollout(engine, rid)
+    assert rollout.status == RolloutStatus.SUPERSEDED
+    assert f"{change} to {stands[0]} by bob via the API" in (rollout.note or ""), rollout.note
+    assert [n.kind for n in notifier.sent if n.kind == NoticeKind.ROLLOUT_SUPERSEDED]
+    driver, _ = _driver(engine, clock)
+    for _ in range(4):  # the driver never moves traffic again
+        traffic(engine, version="v2.0.0", n=400, at=clock.now)
+        clock.advance(seconds=STAGE)
+        driver.run_due()
+    assert _routing(engine) == stands
+    with write_session(engine) as session:  # and the next rollout may start
+        rollouts.start(
+            session=session,
+            prompt="customer-support",
+            kind=RolloutKind.CANARY,
+            version="v2.1.0" if change == "rollback" else "v1.9.0",
+            actor=ALICE,
+            stage_seconds=STAGE,
+            now=clock.now,
+            reason="again",
+        )
+
+
+def test_a_rollback_during_a_canary_of_an_older_version_returns_to_the_stable_one(
+    engine: Engine,
+) -> None:
+    """The canary's version was registered before the stable one: the suspect is the canary,
+    not the newest version registered."""
+    make_prompt(engine, versions=("v2.0.0", "v1.9.0"), deploy=("v1.9.0",))  # canary older
+    clock = Clock(utcnow())
+    _canary_at_5_percent(engine, clock)
+    with write_session(engine) as session:
+        result = lifecycle.rollback(
+            session, prompt="customer-support", target=None, actor=BOB, notifier=LogNotifier()
+        )
+    assert (result.from_version, result.to_version) == ("v2.0.0", "v1.9.0")
+    assert _routing(engine) == ("v1.9.0", None)
+
+
+def test_a_change_behind_the_flows_back_supersedes_the_rollout_too(engine: Engine) -> None:
+    """Even a change made straight in the registry (no lifecycle flow) is never overwritten:
+    the driver compares the routing revision with the one the rollout last wrote."""
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0", "v2.1.0"), deploy=("v1.9.0",))
+    clock = Clock(utcnow())
+    rid = _canary_at_5_percent(engine, clock)
+    with write_session(engine) as session:
+        registry.deploy(session=session, prompt="customer-support", version="v2.1.0", actor=BOB)
+    clock.advance(seconds=STAGE)
+    traffic(engine, version="v2.0.0", n=400, at=clock.now)
+    driver, notifier = _driver(engine, clock)
+    driver.run_due()
+    assert _routing(engine) == ("v2.1.0", None)
+    assert _rollout(engine, rid).status == RolloutStatus.SUPERSEDED
+    assert [n.kind for n in notifier.sent] == [NoticeKind.ROLLOUT_SUPERSEDED]

@@ -8,7 +8,7 @@ import click
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from bot.cli import detection_cmds, ops, registry_cmds
+from bot.cli import detection_cmds, ops, registry_cmds, rollout_cmds
 from bot.cli.context import cli
 from bot.db import describe, is_transient
 from bot.errors import BotError
@@ -23,6 +23,7 @@ cli.add_command(detection_cmds.check)
 cli.add_command(detection_cmds.incidents)
 cli.add_command(registry_cmds.prompts)
 cli.add_command(registry_cmds.rollback)
+cli.add_command(rollout_cmds.rollouts_group)
 
 USAGE_EXIT = 2
 

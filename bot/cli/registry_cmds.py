@@ -204,15 +204,15 @@ def deploy(
         return
     body = DeployRequest(version=version, reason=reason, force=force)
     with write_session(state.engine()) as session:
-        result = registry.deploy(
-            session=session,
+        result = lifecycle.deploy(
+            session,
             prompt=name,
             version=body.version,
             actor=_actor(operator),
+            notifier=state.notifier(),
             reason=body.reason,
             force=body.force,
         )
-        lifecycle.after(session, result, state.notifier())
     _emit_change(result, as_json)
 
 
@@ -242,15 +242,15 @@ def split(
         parsed[label.strip()] = int(pct)
     body = SplitRequest(split=parsed, reason=reason, force=force)
     with write_session(state.engine()) as session:
-        result = registry.set_split(
-            session=session,
+        result = lifecycle.split(
+            session,
             prompt=name,
-            split=body.split,
+            shares=body.split,
             actor=_actor(operator),
+            notifier=state.notifier(),
             reason=body.reason,
             force=body.force,
         )
-        lifecycle.after(session, result, state.notifier())
     _emit_change(result, as_json)
 
 
@@ -344,17 +344,17 @@ def rollback(
     )
     dedup = timedelta(seconds=state.settings.rollback_dedup_seconds)
     with write_session(state.engine()) as session:
-        result = registry.rollback(
-            session=session,
+        result = lifecycle.rollback(
+            session,
             prompt=body.prompt,
             target=body.target_version,
             actor=_actor(operator),
+            notifier=state.notifier(),
             reason=body.reason,
             force=body.force,
             expected_version=body.expected_version,
             dedup_window=dedup,
         )
-        lifecycle.after(session, result, state.notifier())
     _emit_change(result, as_json)
     sys.stdout.flush()
 

@@ -8,27 +8,40 @@ looks tells the same story.
   thread says who did what, through what.
 - Verifications of earlier rollbacks of the prompt that are still running are cancelled
   silently: the newer change has its own, and the old version no longer serves.
+- A running canary or gradual rollback that did not make the change ends as superseded (the
+  person's change stands; the rollout never overwrites it) and its card says by whom.
+
+`rollback`, `deploy` and `split` here are what the surfaces call: the registry change, then
+this flow. A rollback without a target during a canary goes back to the canary's stable
+version (during a gradual rollback, on to the good version).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select, update
 
+from bot import registry
 from bot.detection import incidents as inc
+from bot.detection import rollouts
 from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.models import (
     ACTIVE_INCIDENT,
+    Action,
     AuditEntry,
     ChangeKind,
     ChangeResult,
     Incident,
     IncidentStatus,
+    Rollout,
+    Severity,
     Trigger,
     Verification,
     VerificationStatus,
 )
+from bot.registry.changes import Actor
+from bot.registry.lookup import get_prompt, last_routing_change
 
 VIA = {
     Trigger.API: "via the API",
@@ -44,6 +57,73 @@ def who(operator: str, trigger: Trigger) -> str:
     return VIA[trigger] if trigger == Trigger.AUTOMATIC else f"by {name} {VIA[trigger]}"
 
 
+def rollback(
+    session: Session,
+    *,
+    prompt: str,
+    target: str | None,
+    actor: Actor,
+    notifier: Notifier,
+    reason: str = "",
+    force: bool = False,
+    expected_version: str | None = None,
+    dedup_window: timedelta = timedelta(minutes=5),
+) -> ChangeResult:
+    """Roll `prompt` back (registry.rollback), then bring everything in line."""
+    if target is None and expected_version is None:
+        target, expected_version = rollouts.rollback_defaults(
+            session, get_prompt(session, prompt).id or 0
+        )
+    result = registry.rollback(
+        session=session,
+        prompt=prompt,
+        target=target,
+        actor=actor,
+        reason=reason,
+        force=force,
+        expected_version=expected_version,
+        dedup_window=dedup_window,
+    )
+    after(session, result, notifier)
+    return result
+
+
+def deploy(
+    session: Session,
+    *,
+    prompt: str,
+    version: str,
+    actor: Actor,
+    notifier: Notifier,
+    reason: str = "",
+    force: bool = False,
+) -> ChangeResult:
+    """Deploy `version` (registry.deploy), then bring everything in line."""
+    result = registry.deploy(
+        session=session, prompt=prompt, version=version, actor=actor, reason=reason, force=force
+    )
+    after(session, result, notifier)
+    return result
+
+
+def split(
+    session: Session,
+    *,
+    prompt: str,
+    shares: dict[str, int],
+    actor: Actor,
+    notifier: Notifier,
+    reason: str = "",
+    force: bool = False,
+) -> ChangeResult:
+    """Set a split (registry.set_split), then bring everything in line."""
+    result = registry.set_split(
+        session=session, prompt=prompt, split=shares, actor=actor, reason=reason, force=force
+    )
+    after(session, result, notifier)
+    return result
+
+
 def after(session: Session, result: ChangeResult, notifier: Notifier) -> list[Incident]:
     """`after_change` for a change the registry just made in `session` (every surface calls
     this right after registry.rollback / deploy / set_split, before committing)."""
@@ -55,12 +135,26 @@ def after(session: Session, result: ChangeResult, notifier: Notifier) -> list[In
     )
 
 
+def after_latest(session: Session, prompt: str, notifier: Notifier) -> list[Incident]:
+    """`after_change` for the prompt's latest routing change (a rollout's own stages, finish
+    and abort, whose changes the rollout module makes)."""
+    entry = last_routing_change(session, get_prompt(session, prompt))
+    if entry is None:
+        return []
+    detail = registry.prompt_detail(session=session, name=prompt)
+    serving = set(detail.split) if detail.split else {str(detail.active_version)}
+    return after_change(
+        session, entry=entry, serving=serving, notifier=notifier, now=entry.created_at
+    )
+
+
 def after_change(
     session: Session, *, entry: AuditEntry, serving: set[str], notifier: Notifier, now: datetime
 ) -> list[Incident]:
     """Bring the prompt's incidents and verifications in line with the change `entry`, which
     left `serving` live; returns the incidents it closed."""
     cancel_superseded_verifications(session, entry=entry, now=now)
+    supersede_rollout(session, entry=entry, notifier=notifier, now=now)
     return settle_incidents(session, entry=entry, serving=serving, notifier=notifier, now=now)
 
 
@@ -113,6 +207,44 @@ def settle_incidents(
         )
         closed.append(incident)
     return closed
+
+
+def supersede_rollout(
+    session: Session, *, entry: AuditEntry, notifier: Notifier, now: datetime
+) -> Rollout | None:
+    """End the prompt's rollout if `entry` is not its own change; say so on its card."""
+    running = rollouts.active_rollout(session, entry.prompt_id)
+    if running is None or running.revision == entry.revision:
+        return None
+    text = (
+        f"{rollouts.describe(running).capitalize()} superseded: {entry.kind.value} to "
+        f"{entry.to_version} {who(entry.operator, entry.trigger)}. That change stands; the "
+        "rollout will not move traffic again."
+    )
+    rollouts.supersede(running, now, text)
+    session.flush()
+    deliver(notifier, rollout_notice(NoticeKind.ROLLOUT_SUPERSEDED, running, text), session)
+    return running
+
+
+def rollout_notice(
+    kind: NoticeKind,
+    rollout: Rollout,
+    text: str,
+    severity: Severity = Severity.NONE,
+    action: Action | None = None,
+) -> Notice:
+    """A notice about a rollout, for its card and thread."""
+    return Notice(
+        kind=kind,
+        severity=severity,
+        title=f"{rollout.prompt} {rollout.kind.value}",
+        text=text,
+        prompt=rollout.prompt,
+        version=rollout.to_version,
+        action=action.value if action else None,
+        details={"rollout_id": rollout.id, "stage": rollout.stage, "status": rollout.status.value},
+    )
 
 
 def cancel_superseded_verifications(session: Session, *, entry: AuditEntry, now: datetime) -> int:

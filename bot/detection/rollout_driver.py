@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 
 from bot.db import read_session, write_session
 from bot.detection import rollouts
+from bot.detection.lifecycle import after_latest, rollout_notice, supersede_rollout
 from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.detection.verdict import decide
 from bot.errors import BotError, LeaseLost
@@ -29,6 +30,7 @@ from bot.models import (
 from bot.policy import PolicySet
 from bot.policy.schema import EffectivePolicy, Settings
 from bot.registry.changes import Actor
+from bot.registry.lookup import get_prompt, last_routing_change
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +125,21 @@ class RolloutDriver:
             rollout = rollouts.get_rollout(session, rollout_id)
             if rollout.status != RolloutStatus.RUNNING:
                 return
+            if rollouts.moved_by_someone_else(session, rollout):
+                # A change that did not go through the lifecycle flow: never overwrite it.
+                last = last_routing_change(session, get_prompt(session, rollout.prompt))
+                if last is not None:
+                    supersede_rollout(session, entry=last, notifier=self.notifier, now=now)
+                return
             if not isinstance(metrics, VersionMetrics):
                 return  # no figures: hold the stage, never move on missing data
+            before = rollout.revision
             if rollout.kind == RolloutKind.GRADUAL_ROLLBACK:
                 notice = self._gradual(session, rollout, metrics, elapsed, actor, now, settings)
             else:
                 notice = self._canary(session, rollout, metrics, elapsed, actor, now, policy)
+            if rollout.revision != before:  # the rollout moved traffic: incidents, cards
+                after_latest(session, rollout.prompt, self.notifier)
             if notice is not None:  # queued with the stage it reports: once, or not at all
                 deliver(self.notifier, notice, session)
             failpoint("rollout.before_commit")
@@ -233,13 +244,4 @@ def _claim(session: Session, rollout_id: int, now: datetime, claim_for: timedelt
 def _notice(
     kind: NoticeKind, rollout: Rollout, severity: Severity, text: str, action: Action | None = None
 ) -> Notice:
-    return Notice(
-        kind=kind,
-        severity=severity,
-        title=f"{rollout.prompt} {rollout.kind.value}",
-        text=text,
-        prompt=rollout.prompt,
-        version=rollout.to_version,
-        action=action.value if action else None,
-        details={"rollout_id": rollout.id, "stage": rollout.stage, "status": rollout.status.value},
-    )
+    return rollout_notice(kind, rollout, text, severity, action)

@@ -19,6 +19,7 @@ from bot.models import (
     Rollout,
     RolloutKind,
     RolloutStatus,
+    Routing,
 )
 from bot.registry.changes import Actor, preview_target
 from bot.registry.lookup import get_prompt
@@ -110,6 +111,7 @@ def start(
         operator=actor.operator,
         reason=reason,
         created_at=now,
+        revision=change.revision,
     )
     session.add(rollout)
     try:
@@ -128,7 +130,7 @@ def advance(*, session: Session, rollout: Rollout, actor: Actor, now: datetime) 
             session=session, rollout=rollout, actor=actor, now=now, note="all stages passed"
         )
     rollout.stage, rollout.stage_started_at = following, now
-    return registry.set_split(
+    result = registry.set_split(
         session=session,
         prompt=rollout.prompt,
         split={rollout.from_version: 100 - share, rollout.to_version: share},
@@ -136,6 +138,8 @@ def advance(*, session: Session, rollout: Rollout, actor: Actor, now: datetime) 
         reason=f"{rollout.kind.value} stage {following + 1}/{len(rollout.stages)}: "
         f"{share}% on {rollout.to_version}",
     )
+    rollout.revision = result.revision
+    return result
 
 
 def finish(
@@ -166,6 +170,7 @@ def finish(
             actor=actor,
             reason=f"canary promoted ({note})",
         )
+    rollout.revision = result.revision
     _close(rollout, RolloutStatus.COMPLETED, now, note)
     return result
 
@@ -192,8 +197,33 @@ def abort(
             expected_version=rollout.to_version,
             dedup_window=timedelta(0),
         )
+        rollout.revision = result.revision
     _close(rollout, RolloutStatus.ABORTED, now, note)
     return result
+
+
+def moved_by_someone_else(session: Session, rollout: Rollout) -> bool:
+    """Whether the prompt's routing changed since the rollout last set it."""
+    routing = session.get(Routing, rollout.prompt_id)
+    return rollout.revision is not None and (
+        routing is None or routing.revision != rollout.revision
+    )
+
+
+def supersede(rollout: Rollout, now: datetime, note: str) -> None:
+    """End the rollout because someone else changed the routing: their change stands."""
+    _close(rollout, RolloutStatus.SUPERSEDED, now, note)
+
+
+def rollback_defaults(session: Session, prompt_id: int) -> tuple[str | None, str | None]:
+    """(target, suspect) of a rollback without a target during a rollout: a canary goes back
+    to its stable version, a gradual rollback on to the good one; (None, None) otherwise."""
+    running = active_rollout(session, prompt_id)
+    if running is None:
+        return None, None
+    if running.kind == RolloutKind.CANARY:
+        return running.from_version, running.to_version
+    return running.to_version, running.from_version
 
 
 def pause(rollout: Rollout, note: str) -> None:

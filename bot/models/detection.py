@@ -313,6 +313,7 @@ class RolloutStatus(enum.StrEnum):
     PAUSED = "paused"  # a stage breached: on-call decides (finish or abort)
     COMPLETED = "completed"
     ABORTED = "aborted"
+    SUPERSEDED = "superseded"  # someone changed the routing the rollout set: their change stands
 
 
 ACTIVE_ROLLOUT = ("running", "paused")
@@ -348,6 +349,9 @@ class Rollout(SQLModel, table=True):
     operator: str = Field(max_length=200)
     reason: str = Field(default="", max_length=1000)
     note: str | None = Field(default=None, max_length=2000)
+    # The routing revision the rollout last wrote; any other revision means someone else
+    # changed the routing, and the rollout must not overwrite it.
+    revision: int | None = Field(default=None)
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -200,7 +200,10 @@ def rollback(
     serving = _serving(session, routing)
     if not serving:
         raise InvalidRequest(f"{prompt} has no active version yet; deploy one first")
-    suspect = _newest(session, row, list(serving))
+    # In a split the caller may say which version is the suspect (a canary's new version);
+    # otherwise it is the newest of those serving.
+    named = expected_version is not None and expected_version in serving
+    suspect = _newest(session, row, [str(expected_version)] if named else list(serving))
     last = last_routing_change(session, row)
     if expected_version is not None and expected_version != suspect.label:
         raise _changed_since(prompt, expected_version, suspect.label, last)

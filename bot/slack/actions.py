@@ -147,6 +147,7 @@ def register(app: App, deps: SlackDeps) -> None:
                     now=utcnow(),
                     note=f"aborted by {user}",
                 )
+            lifecycle.after_latest(session, prompt, SlackNotifier(deps))
             key = cards.post_or_update_rollout(
                 session, rollout, deps.channel(prompt), rollout.status.value
             )

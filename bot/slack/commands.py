@@ -64,17 +64,17 @@ def register(app: App, deps: SlackDeps) -> None:
             )
             return
         with write_session(deps.engine) as session:
-            result = registry.rollback(
-                session=session,
+            result = lifecycle.rollback(
+                session,
                 prompt=request.prompt,
                 target=request.version,
                 actor=Actor(operator=user, trigger=Trigger.SLACK),
+                notifier=SlackNotifier(deps),
                 reason=request.reason or "via /rollback",
                 force=request.force,
                 dedup_window=deps.dedup_window,
             )
             _announce(session, deps, result)
-            lifecycle.after(session, result, SlackNotifier(deps))
         deps.worker.wake()
         respond(
             text=f"Rolled back {result.prompt} {result.from_version} → {result.to_version}. "
@@ -94,15 +94,15 @@ def register(app: App, deps: SlackDeps) -> None:
             )
         else:
             with write_session(deps.engine) as session:
-                result = registry.deploy(
-                    session=session,
+                result = lifecycle.deploy(
+                    session,
                     prompt=request.prompt,
                     version=request.version or "",
                     actor=Actor(operator=user, trigger=Trigger.SLACK),
+                    notifier=SlackNotifier(deps),
                     reason=request.reason or "via /deploy",
                     force=request.force,
                 )
-                lifecycle.after(session, result, SlackNotifier(deps))
             deps.worker.wake()
             text = f"Deployed {result.prompt} {result.from_version} → {result.to_version}."
         respond(text=text, response_type="ephemeral")

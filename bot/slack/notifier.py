@@ -33,6 +33,7 @@ ROLLOUT = (
     NoticeKind.ROLLOUT_PAUSED,
     NoticeKind.ROLLOUT_COMPLETED,
     NoticeKind.ROLLOUT_ABORTED,
+    NoticeKind.ROLLOUT_SUPERSEDED,
 )
 THREAD_TEXT = {
     NoticeKind.ROLLED_BACK: "{text} Verification of the restored version reports in this thread.",

@@ -82,15 +82,15 @@ def deploy(
 ) -> ChangeResult:
     """Route all of the prompt's traffic to the version."""
     with write_session(engine) as session:
-        result = registry.deploy(
-            session=session,
+        result = lifecycle.deploy(
+            session,
             prompt=name,
             version=body.version,
             actor=actor,
+            notifier=notifier,
             reason=body.reason,
             force=body.force,
         )
-        lifecycle.after(session, result, notifier)
     changed(request, name)
     return result
 
@@ -106,15 +106,15 @@ def set_split(
 ) -> ChangeResult:
     """Set the traffic split; percentages must sum to 100."""
     with write_session(engine) as session:
-        result = registry.set_split(
-            session=session,
+        result = lifecycle.split(
+            session,
             prompt=name,
-            split=body.split,
+            shares=body.split,
             actor=actor,
+            notifier=notifier,
             reason=body.reason,
             force=body.force,
         )
-        lifecycle.after(session, result, notifier)
     changed(request, name)
     return result
 

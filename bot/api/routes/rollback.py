@@ -6,7 +6,6 @@ from datetime import timedelta
 
 from fastapi import APIRouter, Request
 
-from bot import registry
 from bot.api.deps import ActorDep, EngineDep, NotifierDep, SettingsDep
 from bot.api.routes.prompts import changed
 from bot.db import write_session
@@ -27,16 +26,16 @@ def rollback(
 ) -> ChangeResult:
     """Switch to `target_version`, or to the previous known-good version when it is omitted."""
     with write_session(engine) as session:
-        result = registry.rollback(
-            session=session,
+        result = lifecycle.rollback(
+            session,
             prompt=body.prompt,
             target=body.target_version,
             actor=actor,
+            notifier=notifier,
             reason=body.reason,
             force=body.force,
             expected_version=body.expected_version,
             dedup_window=timedelta(seconds=settings.rollback_dedup_seconds),
         )
-        lifecycle.after(session, result, notifier)
     changed(request, body.prompt)
     return result

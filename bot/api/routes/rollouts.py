@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from bot.api.deps import ActorDep, EngineDep
 from bot.api.routes.prompts import NamePath, changed
 from bot.db import read_session, write_session
-from bot.detection import rollouts
+from bot.detection import lifecycle, rollouts
 from bot.models import Rollout, RolloutPublic, RolloutRequest, utcnow
 from bot.policy import PolicySet, load_policies
 from bot.registry.changes import Actor
@@ -83,6 +83,7 @@ def abort_rollout(
 def _end(
     rollout_id: int, request: Request, engine: Engine, actor: Actor, *, finishing: bool
 ) -> RolloutPublic:
+    notifier = request.app.state.notifier
     end = rollouts.finish if finishing else rollouts.abort
     with write_session(engine) as session:
         rollout = rollouts.get_rollout(session, rollout_id)
@@ -94,6 +95,7 @@ def _end(
             now=utcnow(),
             note=f"{verb} by {actor.operator}",
         )
+        lifecycle.after_latest(session, rollout.prompt, notifier)
         public = _public(rollout)
     changed(request, public.prompt)
     return public
