@@ -27,3 +27,16 @@ def test_it_follows_the_wall_clock_when_nothing_steps() -> None:
     for second in range(1, 5):
         wall[0], mono[0] = T0 + timedelta(seconds=second), float(second)
         assert clock() == wall[0]
+
+
+def test_after_a_forward_jump_the_scheduler_runs_once_instead_of_replaying_every_missed_run() -> (
+    None
+):
+    from bot.detection.scheduler import EveryInterval
+
+    trigger = EveryInterval(seconds=0.5, timezone=UTC)
+    last_run = T0
+    now = T0 + timedelta(days=1)  # the clock jumped a day forward (or the process was frozen)
+    assert trigger.get_next_fire_time(last_run, now) == now
+    assert trigger.get_next_fire_time(now, now) == now + timedelta(seconds=0.5)
+    assert trigger.get_next_fire_time(T0, T0) == T0 + timedelta(seconds=0.5)

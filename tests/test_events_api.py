@@ -132,7 +132,12 @@ def test_a_batch_sent_again_with_its_batch_id_is_stored_once(
     first = client.post("/api/events", json=body)
     again = client.post("/api/events", json=body)
     other = client.post("/api/events", json={**body, "batch_id": "another"})
-    assert first.json() == {"accepted": 10, "buckets": 1, "duplicate": False}
+    assert first.json() == {
+        "accepted": 10,
+        "buckets": 1,
+        "duplicate": False,
+        "clock_offset_s": 0.0,
+    }
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert other.json()["duplicate"] is False
     assert _buckets(engine) == [(20, 20, 0)]
@@ -151,3 +156,23 @@ def test_a_malformed_batch_id_is_refused_and_nothing_stored(
     assert answer.status_code == 422
     assert "batch_id" in answer.text
     assert _buckets(engine) == []
+
+
+def test_a_sender_whose_clock_is_off_has_its_times_corrected(
+    client: TestClient, engine: Engine
+) -> None:
+    """The sender's clock is an hour behind: its `ts` and `sent_at` are both an hour in the
+    past; the outcomes land in the minute they really happened, and the answer says by how much
+    they were corrected."""
+    make_prompt(engine)
+    off = datetime.now(UTC) - timedelta(hours=1)
+    event = {"prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 5}
+    body = {"events": [{**event, "ts": off.isoformat()}] * 5, "sent_at": off.isoformat()}
+    answer = client.post("/api/events", json=body)
+    assert answer.status_code == 200, answer.text
+    assert 3590 < answer.json()["clock_offset_s"] < 3610
+    with read_session(engine) as session:
+        minute = session.execute(select(metric_bucket.c.minute)).scalar_one()
+    assert abs((minute - datetime.now(UTC)).total_seconds()) < 120  # now, not an hour ago
+    naive = client.post("/api/events", json={**body, "sent_at": "2026-12-02T10:00:00"})
+    assert naive.status_code == 422 and "sent_at" in naive.text
