@@ -160,7 +160,7 @@ class Checker:
                         f"{failures} checks in a row could not read metrics "
                         f"({self._last_error.get(name, 'no detail')}); no version is judged "
                         "or rolled back automatically until it recovers.",
-                        action=Action.PAGE.value,
+                        action=Action.PAGE,
                         details={"source": name, "failures": failures},
                     )
                 )
@@ -286,7 +286,7 @@ class Checker:
                 decision,
                 f"Nobody has acted for {waited} min (runbook limit {_minutes(limit)} min); "
                 f"paging on-call again (page {incident.pages}). {decision.reason}",
-                action=Action.PAGE.value,
+                action=Action.PAGE,
             )
         )
 
@@ -464,7 +464,7 @@ def _notice(
     decision: Decision,
     text: str | None = None,
     severity: Severity | None = None,
-    action: str | None = None,
+    action: Action | None = None,
 ) -> Notice:
     return Notice(
         kind=kind,
@@ -474,6 +474,6 @@ def _notice(
         prompt=incident.prompt,
         version=incident.version,
         incident_id=incident.id,
-        action=action or incident.action.value,
+        action=action or incident.action,
         details=decision.as_dict(),
     )

@@ -242,7 +242,7 @@ def rollout_notice(
         text=text,
         prompt=rollout.prompt,
         version=rollout.to_version,
-        action=action.value if action else None,
+        action=action,
         details={"rollout_id": rollout.id, "stage": rollout.stage, "status": rollout.status.value},
     )
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from sqlmodel import Session
 
-from bot.models import Severity
+from bot.models import Action, Severity
 
 log = logging.getLogger("bot.notify")
 
@@ -52,7 +52,7 @@ class Notice:
     prompt: str | None = None
     version: str | None = None
     incident_id: int | None = None
-    action: str | None = None  # page / alert / observe / rollback: who should be told how
+    action: Action | None = None  # page / alert / observe / rollback: who should be told how
     details: dict[str, Any] = field(default_factory=dict)
     key: str | None = None  # posts once per key (replicas seeing the same thing say it once)
 

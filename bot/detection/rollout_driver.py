@@ -6,11 +6,12 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from bot.db import read_session, write_session
 from bot.detection import rollouts
+from bot.detection.claims import claim_due
 from bot.detection.lifecycle import after_latest, rollout_notice, supersede_rollout
 from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.detection.verdict import decide
@@ -58,15 +59,9 @@ class RolloutDriver:
         """Judge every running rollout once; returns how many were looked at."""
         now = self.clock()
         with write_session(self.engine) as session:
-            ids = session.exec(
-                select(Rollout.id).where(
-                    Rollout.status == RolloutStatus.RUNNING,
-                    or_(col(Rollout.claimed_until).is_(None), col(Rollout.claimed_until) <= now),
-                )
-            ).all()
-            claimed = [
-                rid for rid in ids if rid is not None and _claim(session, rid, now, self.claim_for)
-            ]
+            due = [col(Rollout.status) == RolloutStatus.RUNNING]
+            rows = claim_due(session, Rollout, due=due, now=now, claim_for=self.claim_for)
+            claimed = [row.id or 0 for row in rows]
         for rollout_id in claimed:
             try:
                 self._step(rollout_id, now)
@@ -227,18 +222,6 @@ class RolloutDriver:
             f"Stage {rollout.stage + 1}/{len(rollout.stages)}: "
             f"{rollout.stages[rollout.stage]}% on {rollout.to_version} ({figures}).",
         )
-
-
-def _claim(session: Session, rollout_id: int, now: datetime, claim_for: timedelta) -> bool:
-    """Take the rollout for this pass unless another replica holds it."""
-    free = or_(col(Rollout.claimed_until).is_(None), col(Rollout.claimed_until) <= now)
-    taken = session.execute(
-        update(Rollout)
-        .where(col(Rollout.id) == rollout_id, free)
-        .values(claimed_until=now + claim_for)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def _notice(

@@ -29,13 +29,21 @@ CANARY_STAGES = [1, 5, 25, 100]
 
 
 def describe(rollout: Rollout) -> str:
-    """'gradual rollback of customer-support v2.0.0 → v1.9.0, stage 2/4 (50% on v1.9.0)'."""
+    """'gradual rollback of customer-support v2.0.0 → v1.9.0, stage 2/4 (50% on v1.9.0)';
+    once ended, where the traffic was left ('completed: 100% on v1.9.0')."""
     kind = "gradual rollback" if rollout.kind == RolloutKind.GRADUAL_ROLLBACK else "canary"
+    head = f"{kind} of {rollout.prompt} {rollout.from_version} → {rollout.to_version}"
     share = rollout.stages[rollout.stage]
-    return (
-        f"{kind} of {rollout.prompt} {rollout.from_version} → {rollout.to_version}, "
-        f"stage {rollout.stage + 1}/{len(rollout.stages)} ({share}% on {rollout.to_version})"
-    )
+    stage = f"stage {rollout.stage + 1}/{len(rollout.stages)} ({share}% on {rollout.to_version})"
+    if rollout.status == RolloutStatus.COMPLETED:
+        return f"{head}, completed: 100% on {rollout.to_version}"
+    if rollout.status == RolloutStatus.ABORTED:
+        if rollout.kind == RolloutKind.CANARY:
+            return f"{head}, aborted: 100% back on {rollout.from_version}"
+        return f"{head}, stopped at {stage}: the split stays until someone changes it"
+    if rollout.status == RolloutStatus.SUPERSEDED:
+        return f"{head}, superseded at {stage}"
+    return f"{head}, {stage}"
 
 
 def get_rollout(session: Session, rollout_id: int) -> Rollout:

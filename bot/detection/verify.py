@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from bot.db import write_session
+from bot.detection.claims import claim_due
 from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.detection.pagerduty import PagerDuty
 from bot.detection.verdict import decide
@@ -82,32 +83,17 @@ class Verifier:
 
     def _claim(self, now: datetime) -> list[Verification]:
         with write_session(self.engine) as session:
-            rows = session.exec(
-                select(Verification).where(
-                    Verification.status == VerificationStatus.RUNNING,
+            return claim_due(
+                session,
+                Verification,
+                due=[
+                    col(Verification.status) == VerificationStatus.RUNNING,
                     col(Verification.next_check_at) <= now,
-                    or_(
-                        col(Verification.claimed_until).is_(None),
-                        col(Verification.claimed_until) <= now,
-                    ),
-                )
-            ).all()
-            claimed = []
-            for row in rows:
-                taken = session.execute(
-                    update(Verification)
-                    .where(
-                        col(Verification.id) == row.id,
-                        col(Verification.checks_done) == row.checks_done,
-                    )
-                    .values(claimed_until=now + self.claim_for)
-                    .execution_options(synchronize_session=False)
-                )
-                if taken.rowcount == 1:  # type: ignore[attr-defined]
-                    claimed.append(row)
-            for row in claimed:
-                session.expunge(row)
-            return claimed
+                ],
+                now=now,
+                claim_for=self.claim_for,
+                also=lambda row: col(Verification.checks_done) == row.checks_done,
+            )
 
     def _check(self, v: Verification, now: datetime) -> None:
         settings = self.policies.for_prompt(v.prompt).settings
@@ -178,7 +164,7 @@ class Verifier:
                         severity=Severity.HIGH
                         if kind == NoticeKind.SWITCH_LAGGING
                         else Severity.NONE,
-                        action=Action.PAGE.value if kind == NoticeKind.SWITCH_LAGGING else None,
+                        action=Action.PAGE if kind == NoticeKind.SWITCH_LAGGING else None,
                     ),
                 )
             if status == VerificationStatus.RECOVERED:
@@ -310,7 +296,7 @@ class Verifier:
             text,
             figures,
             severity=Severity.CRITICAL if judged else Severity.HIGH,
-            action=Action.PAGE.value if paged else None,
+            action=Action.PAGE if paged else None,
         )
 
     def _notice(
@@ -321,7 +307,7 @@ class Verifier:
         text: str,
         figures: dict[str, Any],
         severity: Severity = Severity.NONE,
-        action: str | None = None,
+        action: Action | None = None,
     ) -> Notice:
         return Notice(
             kind=kind,

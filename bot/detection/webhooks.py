@@ -17,10 +17,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine, update
 from sqlmodel import col, select
 
 from bot.db import upsert_insert, write_session
+from bot.detection.claims import claim_due
 from bot.models import (
     AuditEntry,
     ChangeKind,
@@ -103,30 +104,19 @@ class WebhookDispatcher:
 
     def _deliver_due(self) -> int:
         now = self.clock()
-        free = or_(
-            col(WebhookDelivery.claimed_until).is_(None), col(WebhookDelivery.claimed_until) <= now
-        )
         with write_session(self.engine) as session:
-            due = session.exec(
-                select(WebhookDelivery)
-                .where(
-                    WebhookDelivery.status == OutboxStatus.PENDING,
+            rows = claim_due(
+                session,
+                WebhookDelivery,
+                due=[
+                    col(WebhookDelivery.status) == OutboxStatus.PENDING,
                     col(WebhookDelivery.next_attempt_at) <= now,
-                    free,
-                )
-                .order_by(col(WebhookDelivery.id))
-                .limit(50)
-            ).all()
-            claimed = []
-            for row in due:
-                taken = session.execute(
-                    update(WebhookDelivery)
-                    .where(col(WebhookDelivery.id) == row.id, free)
-                    .values(claimed_until=now + CLAIM_FOR)
-                    .execution_options(synchronize_session=False)
-                )
-                if taken.rowcount == 1:  # type: ignore[attr-defined]
-                    claimed.append((row.id, row.url, row.payload, row.attempts))
+                ],
+                now=now,
+                claim_for=CLAIM_FOR,
+                limit=50,
+            )
+            claimed = [(row.id, row.url, row.payload, row.attempts) for row in rows]
         for delivery_id, url, payload, attempts in claimed:
             self._deliver(delivery_id or 0, url, payload, attempts)
         return len(claimed)

@@ -96,7 +96,7 @@ class SlackNotifier:
                 cards.thread_reply(
                     session, incident, template.format(text=notice.text), notice.kind.value
                 )
-            if notice.action == "page" or notice.kind == NoticeKind.ROLLBACK_FAILED:
+            if notice.action == Action.PAGE or notice.kind == NoticeKind.ROLLBACK_FAILED:
                 summary = (
                     f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}\n"
                     f"See the incident #{incident.id} card in {channel}."
@@ -123,7 +123,7 @@ class SlackNotifier:
             session, rollout, self.deps.channel(rollout.prompt), reason
         )
         cards.reply_under(session, key, notice.text, reason)
-        if notice.action == "page":
+        if notice.action == Action.PAGE:
             summary = f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}"
             for user in sorted(self.deps.oncall.members(self.deps.group(rollout.prompt))):
                 outbox.enqueue(
@@ -150,7 +150,7 @@ class SlackNotifier:
         ended = (*CLOSING, NoticeKind.VERIFICATION_FAILED, NoticeKind.VERIFICATION_NOT_JUDGED)
         if incident is not None and notice.kind in ended:
             cards.post_or_update_card(session, incident, self.deps.channel(prompt), reason)
-        if notice.action == Action.PAGE.value:  # not recovered, apps lagging (typed, not by kind)
+        if notice.action == Action.PAGE:  # not recovered, apps lagging
             summary = f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}"
             oncall = self.deps.oncall.members(self.deps.group(prompt))
             if incident is not None:

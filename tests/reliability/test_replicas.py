@@ -30,6 +30,7 @@ from tests.reliability.kit import (
     ledger,
     post_events,
     record,
+    restored_traffic,
     seed_prompt,
     wait_rollback,
     wait_settled,
@@ -69,16 +70,17 @@ def test_alerted_once_rolled_back_once_verified_once_across_a_leader_sigkill(
     first, second = pair
     seed_prompt(second)
     assert post_events(second, events("v2.0.0", 1000, 80)).status_code == 200
-    wait_until(
-        lambda: ledger(engine, slack).count(f"Check 3/{CHECKS}:"), timeout=30, what="check 3"
-    )
-    killed_at = time.monotonic()
-    takeover_s = _takeover(first, second)
-    wait_until(
-        lambda: ledger(engine, slack).count(f"Check 4/{CHECKS}:"), timeout=30, what="check 4"
-    )
-    next_check_s = time.monotonic() - killed_at
-    found = wait_settled(engine, slack, timeout=60)
+    with restored_traffic(second, first):  # every check judged, so every check is posted
+        wait_until(
+            lambda: ledger(engine, slack).count(f"Check 3/{CHECKS}:"), timeout=30, what="check 3"
+        )
+        killed_at = time.monotonic()
+        takeover_s = _takeover(first, second)
+        wait_until(
+            lambda: ledger(engine, slack).count(f"Check 4/{CHECKS}:"), timeout=30, what="check 4"
+        )
+        next_check_s = time.monotonic() - killed_at
+        found = wait_settled(engine, slack, timeout=60)
     counts = assert_consistent(found)
     assert found.active == "v1.9.0" and counts["rollbacks"] == 1
     assert len(found.incidents) == 1

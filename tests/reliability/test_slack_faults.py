@@ -22,6 +22,7 @@ from tests.reliability.kit import (
     ledger,
     post_events,
     record,
+    restored_traffic,
     seed_prompt,
     wait_rollback,
     wait_settled,
@@ -70,10 +71,11 @@ def test_half_of_calls_failing_and_429_bursts_deliver_everything_once(
     slack.set_flaky(0.5, lost=0.5)
     for method in ("chat.postMessage", "chat.update", "conversations.open"):
         slack.fail_next(method, count=3, status=429, retry_after=1)
-    rollback_s = _roll_back_on_time(bot, engine, slack)
-    assert rollback_s < ON_TIME_S
-    rolled_back_at = time.monotonic()
-    found = wait_settled(engine, slack, timeout=150)
+    with restored_traffic(bot):  # every check judged, so every check is posted
+        rollback_s = _roll_back_on_time(bot, engine, slack)
+        assert rollback_s < ON_TIME_S
+        rolled_back_at = time.monotonic()
+        found = wait_settled(engine, slack, timeout=150)
     counts = assert_consistent(found)
     _assert_story(found, slack)
     delivered_s = time.monotonic() - rolled_back_at
@@ -101,13 +103,14 @@ def test_slack_down_for_a_minute_delays_messages_not_the_rollback(
     bot.start()
     slack.set_down(True)
     down_at = time.monotonic()
-    rollback_s = _roll_back_on_time(bot, engine, slack)
-    assert rollback_s < ON_TIME_S
-    wait_until(
-        lambda: all(v.status != "running" for v in ledger(engine, slack).verifications),
-        timeout=30,
-        what="verification to finish while Slack is down",
-    )
+    with restored_traffic(bot):
+        rollback_s = _roll_back_on_time(bot, engine, slack)
+        assert rollback_s < ON_TIME_S
+        wait_until(
+            lambda: all(v.status != "running" for v in ledger(engine, slack).verifications),
+            timeout=30,
+            what="verification to finish while Slack is down",
+        )
     time.sleep(max(0.0, 60 - (time.monotonic() - down_at)))
     failed_calls = sum(c.faulted for c in slack.calls)
     slack.set_down(False)
