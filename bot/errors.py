@@ -4,6 +4,7 @@ BotError
 ├── ConfigError                  a setting is missing or malformed (start-up stops)
 ├── DatabaseUnavailable          the database cannot be reached or is locked (retry later)
 ├── LeaseLost                    a leader-only write from a process that lost the lease
+├── NotAuthorized                a Slack user who is not on call for the prompt
 ├── SchemaOutOfDate              the database needs `rollback-bot db upgrade`
 │   └── SchemaTooNew             a later release migrated it; this one cannot use it
 └── RegistryError
@@ -48,6 +49,12 @@ class LeaseLost(BotError):
     """This process acted as leader but no longer holds the lease: its write was refused."""
 
     code = "lease_lost"
+
+
+class NotAuthorized(BotError):
+    """The person may not do this (not on call for the prompt); nothing was done."""
+
+    code = "not_authorized"
 
 
 class SchemaOutOfDate(BotError):

@@ -49,8 +49,7 @@ def _authorized(
     with read_session(deps.engine) as session:
         prompt = get_incident(session, incident_id).prompt
     # Checked outside any write transaction: it may ask Slack for a user group's members.
-    if not deps.oncall.allowed(user, deps.group(prompt)):
-        raise InvalidRequest(deps.refusal())
+    deps.authorize(user, prompt)
     if check is not None:
         with read_session(deps.engine) as session:
             check(session, get_incident(session, incident_id))
@@ -126,8 +125,7 @@ def register(app: App, deps: SlackDeps) -> None:
             raise InvalidRequest("this button is malformed") from None
         with read_session(deps.engine) as session:
             prompt = rollouts.get_rollout(session, rollout_id).prompt
-        if not deps.oncall.allowed(user, deps.group(prompt)):
-            raise InvalidRequest(deps.refusal())
+        deps.authorize(user, prompt)
         actor = Actor(operator=user, trigger=Trigger.SLACK)
         with write_session(deps.engine) as session:
             rollout = rollouts.get_rollout(session, rollout_id)

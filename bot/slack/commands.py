@@ -10,7 +10,6 @@ from sqlmodel import col, select
 from bot import registry
 from bot.db import read_session, write_session
 from bot.detection import lifecycle, rollouts
-from bot.errors import InvalidRequest
 from bot.models import (
     ACTIVE_INCIDENT,
     AuditEntry,
@@ -48,8 +47,7 @@ def register(app: App, deps: SlackDeps) -> None:
             respond(text=f"{request.prompt} history", blocks=blocks, response_type="ephemeral")
             return
         user = command["user_id"]
-        if not deps.oncall.allowed(user, deps.group(request.prompt)):
-            raise InvalidRequest(deps.refusal())
+        deps.authorize(user, request.prompt)
         if request.gradual:
             respond(
                 text=_start_rollout(
@@ -86,8 +84,7 @@ def register(app: App, deps: SlackDeps) -> None:
         request = parse_deploy(command.get("text", ""))
         assert request.prompt is not None
         user = command["user_id"]
-        if not deps.oncall.allowed(user, deps.group(request.prompt)):
-            raise InvalidRequest(deps.refusal())
+        deps.authorize(user, request.prompt)
         if request.canary:
             text = _start_rollout(
                 deps, RolloutKind.CANARY, request.prompt, request.version, user, request.reason

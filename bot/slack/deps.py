@@ -9,6 +9,7 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from bot.config import Settings
+from bot.errors import NotAuthorized
 from bot.policy import PolicySet
 from bot.slack.oncall import OnCall
 from bot.slack.outbox import OutboxWorker
@@ -42,6 +43,12 @@ class SlackDeps:
     def quiet_for(self, prompt: str) -> timedelta:
         """How long "Investigate" silences new alerts for an incident of `prompt`."""
         return self.policies.for_prompt(prompt).settings.quiet
+
+    def authorize(self, user: str, prompt: str) -> None:
+        """Raise NotAuthorized unless `user` is on call for `prompt` (the one check every
+        command and button that changes something goes through)."""
+        if not self.oncall.allowed(user, self.group(prompt)):
+            raise NotAuthorized(self.refusal())
 
     def refusal(self) -> str:
         """Why a user who is not on call cannot act."""
