@@ -515,13 +515,13 @@ def test_gradual_rollback_from_slash_command_then_finish_now(
         split = registry.prompt_detail(session=session, name="customer-support").split
     assert split == {"v2.0.0": 75, "v1.9.0": 25}
     post = _rollout_post(slack)
-    value = next(
-        e["value"]
-        for b in post["blocks"]
-        if b["type"] == "actions"
-        for e in b["elements"]
-        if e["action_id"] == "rollout_finish"
-    )
+    buttons = {
+        e["action_id"]: e for b in post["blocks"] if b["type"] == "actions" for e in b["elements"]
+    }
+    # Each says what it will do to the traffic before anyone clicks.
+    assert "v2.0.0 keeps 75% of the traffic" in buttons["rollout_abort"]["confirm"]["text"]["text"]
+    assert "ends as a rollback of v2.0.0" in buttons["rollout_finish"]["confirm"]["text"]["text"]
+    value = buttons["rollout_finish"]["value"]
     assert slack.sender.click("rollout_finish", value, "U1", post["ts"], "C1").status_code == 200
     deadline = time.monotonic() + 5
     while _active(engine) != "v1.9.0" or _routing_split(engine) is not None:
@@ -535,6 +535,7 @@ def test_gradual_rollback_from_slash_command_then_finish_now(
         )
     )
     assert "Finish now" not in json.dumps(updated["blocks"])
+    assert "completed: 100% on v1.9.0" in json.dumps(updated["blocks"])  # not "stage 1/4"
 
 
 def _routing_split(engine: Engine):

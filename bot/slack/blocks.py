@@ -188,6 +188,8 @@ class RolloutCard:
     progress: str  # "stage 2/4 (50% on v1.9.0)"
     status: str
     note: str | None = None
+    finish_text: str = "Move all traffic to the target now?"  # the confirm dialogs say
+    abort_text: str = "Stop the rollout?"  # what each button will do to the traffic
 
 
 def rollout_card(card: RolloutCard) -> list[Block]:
@@ -209,9 +211,24 @@ def rollout_card(card: RolloutCard) -> list[Block]:
                         action_id=FINISH_ROLLOUT_ACTION,
                         value=value,
                         style="primary",
+                        confirm=ConfirmObject(
+                            title="Finish now?",
+                            text=card.finish_text[:300],
+                            confirm="Finish now",
+                            deny="Cancel",
+                        ),
                     ),
                     ButtonElement(
-                        text="Abort", action_id=ABORT_ROLLOUT_ACTION, value=value, style="danger"
+                        text="Abort",
+                        action_id=ABORT_ROLLOUT_ACTION,
+                        value=value,
+                        style="danger",
+                        confirm=ConfirmObject(
+                            title="Abort?",
+                            text=card.abort_text[:300],
+                            confirm="Abort",
+                            deny="Cancel",
+                        ),
                     ),
                 ],
             )

@@ -163,6 +163,7 @@ def post_or_update_rollout(session: Session, rollout: Rollout, channel: str, rea
         progress=describe(rollout).split(", ", 1)[-1],
         status=rollout.status.value,
         note=rollout.note,
+        **_confirm_texts(rollout),
     )
     message = {"text": f"{title}: {card.progress}", "blocks": to_dicts(rollout_card(card))}
     key = rollout_key(rollout.id or 0)
@@ -178,3 +179,20 @@ def post_or_update_rollout(session: Session, rollout: Rollout, channel: str, rea
             parent_key=key,
         )
     return key
+
+
+def _confirm_texts(rollout: Rollout) -> dict[str, str]:
+    """What Finish now and Abort will do to the traffic, said before anyone clicks."""
+    left = 100 - rollout.stages[rollout.stage]
+    if rollout.kind == RolloutKind.GRADUAL_ROLLBACK:
+        return {
+            "finish_text": f"Move all of {rollout.prompt}'s traffic to {rollout.to_version} now? "
+            f"It ends as a rollback of {rollout.from_version}, verified like any other.",
+            "abort_text": f"Stop here? {rollout.from_version} keeps {left}% of the traffic until "
+            "someone changes the split (or rolls back).",
+        }
+    return {
+        "finish_text": f"Promote {rollout.to_version} to 100% of {rollout.prompt}'s traffic now?",
+        "abort_text": f"Send all of {rollout.prompt}'s traffic back to {rollout.from_version}? "
+        "It is recorded as a rollback, verified like any other.",
+    }
