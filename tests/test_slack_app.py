@@ -619,3 +619,17 @@ def test_a_rollback_from_any_surface_updates_the_card_and_the_postmortem(
     with read_session(engine) as session:
         draft = postmortem(session=session, incident_id=incident.id or 0)
     assert "no rollback" not in draft and "rolled back v2.0.0 → v1.9.0" in draft, draft
+
+
+def test_a_gradual_rollback_of_an_incidents_version_is_told_in_its_thread(
+    slack: Harness, engine: Engine
+) -> None:
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    assert slack.sender.command("customer-support v1.9.0 --gradual").status_code == 200
+    replies = slack.fake.wait_for(lambda _: slack.fake.thread(card["ts"])[1:] or None)
+    assert replies[0]["text"].startswith(
+        "Gradual rollback of customer-support v2.0.0 → v1.9.0, stage 1/4 (25% on v1.9.0) "
+        "started by <@U1> in Slack"
+    ), replies
+    assert _incident(engine).status == IncidentStatus.OPEN  # v2.0.0 still serves 75%

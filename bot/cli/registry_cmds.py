@@ -372,13 +372,14 @@ def _start_rollout(
     stage = load_policies(state.settings.rollback_policy_dir).for_prompt(prompt).settings
     seconds = stage.rollout_stage(kind.value).total_seconds()
     with write_session(state.engine()) as session:
-        rollout, _ = rollouts.start(
-            session=session,
+        rollout = lifecycle.start_rollout(
+            session,
             prompt=prompt,
             kind=kind,
             version=version,
             actor=_actor(operator),
             stage_seconds=seconds,
+            notifier=state.notifier(),
             now=utcnow(),
             reason=reason,
         )

@@ -35,6 +35,7 @@ from bot.models import (
     Incident,
     IncidentStatus,
     Rollout,
+    RolloutKind,
     Severity,
     Trigger,
     Verification,
@@ -122,6 +123,61 @@ def split(
     )
     after(session, result, notifier)
     return result
+
+
+def start_rollout(
+    session: Session,
+    *,
+    prompt: str,
+    kind: RolloutKind,
+    version: str | None,
+    actor: Actor,
+    stage_seconds: float,
+    notifier: Notifier,
+    now: datetime,
+    reason: str = "",
+) -> Rollout:
+    """Start a gradual rollback or canary (its first stage at once), bring everything in line,
+    and tell the open incident of the version being moved off, in its thread."""
+    rollout, change = rollouts.start(
+        session=session,
+        prompt=prompt,
+        kind=kind,
+        version=version,
+        actor=actor,
+        stage_seconds=stage_seconds,
+        now=now,
+        reason=reason,
+    )
+    after(session, change, notifier)
+    incident = session.exec(
+        select(Incident).where(
+            Incident.prompt_id == rollout.prompt_id,
+            Incident.version == rollout.from_version,
+            col(Incident.status).in_(list(ACTIVE_INCIDENT)),
+        )
+    ).first()
+    if incident is not None:
+        by = who(actor.operator, actor.trigger)
+        text = (
+            f"{rollouts.describe(rollout).capitalize()} started {by}; "
+            f"{int(stage_seconds // 60)} min a stage. Its stages, Finish now and Abort are on "
+            "its own post in this channel."
+        )
+        deliver(
+            notifier,
+            Notice(
+                kind=NoticeKind.ROLLOUT_FOR_INCIDENT,
+                severity=incident.severity,
+                title=f"{incident.prompt} {incident.version}",
+                text=text,
+                prompt=incident.prompt,
+                version=incident.version,
+                incident_id=incident.id,
+            ),
+            session,
+        )
+    return rollout
 
 
 def after(session: Session, result: ChangeResult, notifier: Notifier) -> list[Incident]:

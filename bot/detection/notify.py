@@ -36,6 +36,7 @@ class NoticeKind(enum.StrEnum):
     ROLLOUT_COMPLETED = "rollout_completed"
     ROLLOUT_ABORTED = "rollout_aborted"
     ROLLOUT_SUPERSEDED = "rollout_superseded"  # a person's change replaced the rollout's split
+    ROLLOUT_FOR_INCIDENT = "rollout_for_incident"  # told in the thread of the incident it treats
     METRICS_SOURCE_DOWN = "metrics_source_down"
     METRICS_SOURCE_RECOVERED = "metrics_source_recovered"
     POLICY_REJECTED = "policy_rejected"  # an edited policy is invalid: the last good one stays

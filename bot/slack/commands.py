@@ -114,13 +114,14 @@ def _start_rollout(
     """Start a staged move, announce it with its buttons, and say what will happen."""
     stage = deps.policies.for_prompt(prompt).settings.rollout_stage(kind.value)
     with write_session(deps.engine) as session:
-        rollout, _ = rollouts.start(
-            session=session,
+        rollout = lifecycle.start_rollout(
+            session,
             prompt=prompt,
             kind=kind,
             version=version,
             actor=Actor(operator=user, trigger=Trigger.SLACK),
             stage_seconds=stage.total_seconds(),
+            notifier=SlackNotifier(deps),
             now=utcnow(),
             reason=reason,
         )

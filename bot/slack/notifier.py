@@ -41,6 +41,7 @@ THREAD_TEXT = {
     NoticeKind.OBSERVATION_ENDED: "{text}",
     NoticeKind.INCIDENT_RESOLVED: "Resolved: {text}",
     NoticeKind.ROLLBACK_FAILED: ":rotating_light: {text}",
+    NoticeKind.ROLLOUT_FOR_INCIDENT: "{text}",
 }
 
 

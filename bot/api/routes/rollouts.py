@@ -42,13 +42,14 @@ def start_rollout(
         else settings.rollout_stage(body.kind.value)
     )
     with write_session(engine) as session:
-        rollout, _ = rollouts.start(
-            session=session,
+        rollout = lifecycle.start_rollout(
+            session,
             prompt=name,
             kind=body.kind,
             version=body.version,
             actor=actor,
             stage_seconds=stage.total_seconds(),
+            notifier=request.app.state.notifier,
             now=utcnow(),
             reason=body.reason,
         )
