@@ -23,12 +23,12 @@ from _server import header, scratch_schema
 from sqlalchemy import insert
 
 from bot.db import make_engine, write_session
-from bot.detection.checker import Checker
-from bot.detection.notify import LogNotifier
+from bot.judging.checker import Checker
 from bot.metrics.builtin import BuiltinSource
 from bot.metrics.ingest import minute_of
 from bot.migrate import upgrade
 from bot.models import HISTOGRAM_COLUMNS, Prompt, PromptVersion, Routing, metric_bucket, utcnow
+from bot.notify import LogNotifier
 from bot.policy import load_policies
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"

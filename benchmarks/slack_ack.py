@@ -27,8 +27,8 @@ from _server import api, header, server  # noqa: E402
 from sqlmodel import select  # noqa: E402
 
 from bot.db import make_engine, write_session  # noqa: E402
-from bot.detection.incidents import open_incident  # noqa: E402
-from bot.detection.verdict import Decision  # noqa: E402
+from bot.incidents.records import open_incident  # noqa: E402
+from bot.judging.verdict import Decision  # noqa: E402
 from bot.metrics import Target  # noqa: E402
 from bot.models import Action, Prompt, PromptVersion, Severity, utcnow  # noqa: E402
 from tests.slack_kit import FakeSlack, SlackSender  # noqa: E402

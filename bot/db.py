@@ -97,7 +97,7 @@ def read_session(engine: Engine) -> Iterator[Session]:
 
 
 # Checked inside every write transaction just before it commits, when set for this thread:
-# the leader's rounds set it to verify that they still hold the lease (bot/detection/lease.py),
+# the leader's rounds set it to verify that they still hold the lease (bot/runtime/lease.py),
 # so a paused ex-leader's stale step is refused in the very transaction that would apply it.
 COMMIT_GUARD: ContextVar[Callable[[Session], None] | None] = ContextVar(
     "rollback_bot_commit_guard", default=None

@@ -9,11 +9,11 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from bot.db import read_session, write_session
-from bot.detection.checker import Checker
-from bot.detection.notify import LogNotifier
+from bot.judging.checker import Checker
 from bot.metrics.builtin import BuiltinSource
 from bot.metrics.ingest import ingest
 from bot.models import Event, EventBatch, Routing
+from bot.notify import LogNotifier
 from bot.policy import PolicySet, load_policies
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"

@@ -10,8 +10,8 @@ import time
 from datetime import timedelta
 
 from bot.db import make_engine
-from bot.detection import lease
 from bot.models import utcnow
+from bot.runtime import lease
 
 if __name__ == "__main__":
     url, name, ttl = sys.argv[1], sys.argv[2], float(sys.argv[3])

@@ -29,10 +29,10 @@ from sqlmodel import select
 
 from bot import registry
 from bot.db import make_engine, read_session, write_session
-from bot.detection.notify import Notice
 from bot.metrics.ingest import ingest
 from bot.migrate import upgrade
 from bot.models import EVENTS_MAX, Event, EventBatch, Incident
+from bot.notify import Notice
 from bot.registry import changes
 from tests.conftest import OPERATOR, make_prompt
 from tests.detection_kit import Clock, activated_at, make_checker

@@ -9,9 +9,9 @@ from sqlmodel import select
 
 from bot import registry
 from bot.db import read_session
-from bot.detection.notify import NoticeKind
 from bot.metrics.builtin import BuiltinSource
 from bot.models import Action, Health, Incident, IncidentStatus, Severity
+from bot.notify import NoticeKind
 from bot.policy import load_policies
 from bot.policy.schema import SettingsPatch
 from tests.conftest import make_prompt, roll_back
@@ -259,7 +259,7 @@ def test_restored_version_is_not_judged_against_the_bad_one(engine: Engine) -> N
 
 def test_investigate_keeps_escalations_quiet(engine: Engine) -> None:
     from bot.db import write_session
-    from bot.detection.actions import investigate
+    from bot.incidents.actions import investigate
 
     clock = _deployed(engine)
     clock.advance(hours=2)
@@ -308,7 +308,7 @@ def test_high_severity_is_paged_again_when_nobody_acts(engine: Engine) -> None:
 
 def test_no_repage_once_someone_investigates(engine: Engine) -> None:
     from bot.db import write_session
-    from bot.detection.actions import investigate
+    from bot.incidents.actions import investigate
 
     clock = _deployed(engine)
     checker, notifier = make_checker(engine, clock)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bot.detection.notify import LogNotifier, NoticeKind
+from bot.notify import LogNotifier, NoticeKind
 from bot.policy import load_policies
 from bot.policy.reload import PolicyReloader
 from tests.reliability.kit import FAST_POLICY, wait_until, write_policy

@@ -7,14 +7,15 @@ from sqlalchemy import Engine
 
 from bot import registry
 from bot.db import read_session, write_session
-from bot.detection import lifecycle, rollouts
-from bot.detection.notify import LogNotifier, NoticeKind
-from bot.detection.rollout_driver import RolloutDriver
 from bot.errors import Conflict
+from bot.incidents import lifecycle
 from bot.metrics.builtin import BuiltinSource
 from bot.models import Health, Rollout, RolloutKind, RolloutStatus, Trigger, utcnow
+from bot.notify import LogNotifier, NoticeKind
 from bot.policy import load_policies
 from bot.registry.changes import Actor
+from bot.rollouts import stages as rollouts
+from bot.rollouts.driver import RolloutDriver
 from tests.conftest import make_prompt
 from tests.detection_kit import POLICY_DIR, Clock, traffic
 

@@ -20,8 +20,8 @@ from bot import registry
 from bot.api.app import create_app
 from bot.config import load_settings
 from bot.db import read_session
-from bot.detection.checker import Checker
-from bot.detection.postmortem import postmortem
+from bot.incidents.postmortem import postmortem
+from bot.judging.checker import Checker
 from bot.metrics.builtin import BuiltinSource
 from bot.models import Incident, IncidentStatus, OutboxStatus, SlackOutbox, utcnow
 from bot.policy import load_policies
@@ -439,7 +439,7 @@ def test_a_prompt_policy_routes_its_incidents_and_on_call(
 
 
 def _verify(engine: Engine, harness: Harness, at) -> None:
-    from bot.detection.verify import Verifier
+    from bot.verification.verifier import Verifier
 
     Verifier(
         engine=engine,

@@ -10,15 +10,15 @@ import pytest
 from sqlalchemy import Engine
 
 from bot.db import write_session
-from bot.detection import rollouts
-from bot.detection.checker import Checker
-from bot.detection.pagerduty import PagerDuty
-from bot.detection.rollout_driver import RolloutDriver
-from bot.detection.verify import Verifier
+from bot.integrations.pagerduty import PagerDuty
+from bot.judging.checker import Checker
 from bot.metrics.builtin import BuiltinSource
 from bot.models import RolloutKind, Trigger, utcnow
 from bot.policy import load_policies
 from bot.registry.changes import Actor
+from bot.rollouts import stages as rollouts
+from bot.rollouts.driver import RolloutDriver
+from bot.verification.verifier import Verifier
 from tests.conftest import make_prompt
 from tests.detection_kit import POLICY_DIR, Clock, activated_at, traffic
 from tests.pagerduty_kit import FakePagerDuty

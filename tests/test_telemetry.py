@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from bot.detection.verify import Verifier
 from bot.metrics.builtin import BuiltinSource
 from bot.policy import load_policies
+from bot.verification.verifier import Verifier
 from tests.conftest import make_prompt
 from tests.detection_kit import POLICY_DIR, Clock, activated_at, make_checker, traffic
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.detection.verdict import decide, wilson_interval
+from bot.judging.verdict import decide, wilson_interval
 from bot.metrics import Baseline, MetricsUnavailable, VersionMetrics, WindowStats
 from bot.models import Action, Severity
 from bot.policy import EffectivePolicy, load_policies

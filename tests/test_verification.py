@@ -11,10 +11,8 @@ from sqlmodel import select
 
 from bot import registry
 from bot.db import read_session, write_session
-from bot.detection import lifecycle
-from bot.detection.notify import LogNotifier, NoticeKind
-from bot.detection.pagerduty import PagerDuty
-from bot.detection.verify import Verifier
+from bot.incidents import lifecycle
+from bot.integrations.pagerduty import PagerDuty
 from bot.metrics.builtin import BuiltinSource
 from bot.models import (
     Incident,
@@ -25,8 +23,10 @@ from bot.models import (
     VerificationStatus,
     utcnow,
 )
+from bot.notify import LogNotifier, NoticeKind
 from bot.policy import load_policies
 from bot.registry.changes import Actor
+from bot.verification.verifier import Verifier
 from tests.conftest import OPERATOR, make_prompt
 from tests.detection_kit import POLICY_DIR, Clock, activated_at, make_checker, traffic
 from tests.pagerduty_kit import FakePagerDuty
@@ -200,7 +200,7 @@ def test_postmortem_draft_from_the_record(
     engine: Engine, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, db_url: str
 ) -> None:
     from bot.cli import main
-    from bot.detection.postmortem import postmortem
+    from bot.incidents.postmortem import postmortem
 
     clock, _ = _rolled_back(engine)
     clock.advance(seconds=5)

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from bot import registry
 from bot.db import read_session, write_session
-from bot.detection.webhooks import WebhookDispatcher
+from bot.integrations.webhooks import WebhookDispatcher
 from bot.models import Trigger, utcnow
 from bot.policy import load_policies
 from bot.registry.changes import Actor

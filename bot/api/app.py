@@ -15,9 +15,9 @@ from bot.api.limits import BodySizeLimit
 from bot.api.routes import events, health, prompts, rollback, rollouts, stream
 from bot.api.routes import slack as slack_routes
 from bot.config import Settings
-from bot.detection.notify import LogNotifier
-from bot.detection.scheduler import CheckerService
+from bot.notify import LogNotifier
 from bot.policy import PolicySet
+from bot.runtime.scheduler import CheckerService
 from bot.slack.app import SlackService
 
 

@@ -10,8 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
 from bot.config import Settings
-from bot.detection.notify import Notifier
 from bot.models import Trigger
+from bot.notify import Notifier
 from bot.registry.changes import Actor
 
 _bearer = HTTPBearer(auto_error=False, description="ROLLBACK_API_TOKEN (or a named token)")

@@ -16,8 +16,8 @@ from sqlalchemy import Engine
 from bot import __version__
 from bot.config import Settings, load_settings
 from bot.db import make_engine
-from bot.detection.notify import LogNotifier, Notifier
 from bot.migrate import ensure_current
+from bot.notify import LogNotifier, Notifier
 
 log = logging.getLogger(__name__)
 

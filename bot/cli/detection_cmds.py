@@ -10,15 +10,15 @@ from sqlmodel import col, select
 
 from bot.cli.context import CliState, emit_table, json_option, pass_state
 from bot.db import read_session
-from bot.detection import lease
-from bot.detection.checker import Checker
-from bot.detection.incidents import get_incident
-from bot.detection.notify import LogNotifier
-from bot.detection.postmortem import postmortem
-from bot.detection.scheduler import LEASE, build_sources
 from bot.errors import BotError
+from bot.incidents.postmortem import postmortem
+from bot.incidents.records import get_incident
+from bot.judging.checker import Checker
 from bot.models import Incident, utcnow
+from bot.notify import LogNotifier
 from bot.policy import load_policies
+from bot.runtime import lease
+from bot.runtime.scheduler import LEASE, build_sources
 
 
 @click.group()

@@ -29,10 +29,10 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from bot.api.app import create_app
-    from bot.detection.notify import LogNotifier
-    from bot.detection.scheduler import CheckerService
+    from bot.notify import LogNotifier
     from bot.policy import load_policies
     from bot.policy.reload import PolicyReloader
+    from bot.runtime.scheduler import CheckerService
     from bot.slack.app import start_slack
 
     settings = state.settings

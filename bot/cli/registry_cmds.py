@@ -11,8 +11,8 @@ import click
 from bot import registry
 from bot.cli.context import CliState, emit_json, emit_table, json_option, pass_state
 from bot.db import read_session, write_session
-from bot.detection import lifecycle, rollouts
 from bot.errors import InvalidRequest
+from bot.incidents import lifecycle
 from bot.models import (
     ChangeResult,
     DeployRequest,
@@ -28,6 +28,7 @@ from bot.models import (
 )
 from bot.policy import load_policies
 from bot.registry.changes import Actor
+from bot.rollouts import stages as rollouts
 
 
 def _default_operator() -> str:

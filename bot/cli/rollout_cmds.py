@@ -8,8 +8,9 @@ from sqlmodel import col, select
 from bot.cli.context import CliState, emit_json, emit_table, json_option, pass_state
 from bot.cli.registry_cmds import _actor, operator_option
 from bot.db import read_session, write_session
-from bot.detection import lifecycle, rollouts
+from bot.incidents import lifecycle
 from bot.models import ACTIVE_ROLLOUT, Rollout, RolloutPublic, utcnow
+from bot.rollouts import stages as rollouts
 
 
 def _public(rollout: Rollout) -> RolloutPublic:

@@ -21,10 +21,10 @@ from bot.api.app import create_app
 from bot.config import load_settings
 from bot.db import make_engine, read_session
 from bot.demo.slack_standin import SlackStandIn
-from bot.detection.scheduler import CheckerService
 from bot.migrate import upgrade
 from bot.models import OutboxStatus, SlackOutbox, Verification, VerificationStatus, utcnow
 from bot.policy import load_policies
+from bot.runtime.scheduler import CheckerService
 from bot.slack.app import SlackService
 
 POLICIES = Path(__file__).resolve().parent.parent.parent / "policies"

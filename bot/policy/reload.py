@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
 from bot.models import Severity
+from bot.notify import Notice, NoticeKind, Notifier, deliver
 from bot.policy.loader import PolicyError, load_policies
 from bot.policy.schema import PolicySet
 from bot.telemetry import POLICY_RELOADS

@@ -10,13 +10,14 @@ from slack_bolt import App, Respond
 from sqlmodel import Session
 
 from bot.db import read_session, write_session
-from bot.detection import lifecycle, rollouts
-from bot.detection.actions import check_can_roll_back, investigate, rollback_incident
-from bot.detection.incidents import get_incident
 from bot.errors import InvalidRequest
 from bot.faults import failpoint
+from bot.incidents import lifecycle
+from bot.incidents.actions import check_can_roll_back, investigate, rollback_incident
+from bot.incidents.records import get_incident
 from bot.models import Incident, RolloutKind, Trigger, utcnow
 from bot.registry.changes import Actor
+from bot.rollouts import stages as rollouts
 from bot.slack import cards
 from bot.slack.blocks import (
     ABORT_ROLLOUT_ACTION,

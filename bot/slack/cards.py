@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from bot.detection.actions import rollback_target
-from bot.detection.rollouts import describe
 from bot.errors import BotError
+from bot.incidents.actions import rollback_target
 from bot.models import (
     ACTIVE_INCIDENT,
     AuditEntry,
@@ -16,6 +15,7 @@ from bot.models import (
     RolloutKind,
     Trigger,
 )
+from bot.rollouts.stages import describe
 from bot.slack import outbox
 from bot.slack.blocks import (
     IncidentCard,

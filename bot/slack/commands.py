@@ -9,7 +9,7 @@ from sqlmodel import col, select
 
 from bot import registry
 from bot.db import read_session, write_session
-from bot.detection import lifecycle, rollouts
+from bot.incidents import lifecycle
 from bot.models import (
     ACTIVE_INCIDENT,
     AuditEntry,
@@ -20,6 +20,7 @@ from bot.models import (
     utcnow,
 )
 from bot.registry.changes import Actor
+from bot.rollouts import stages as rollouts
 from bot.slack import cards
 from bot.slack.blocks import HELP, history_blocks, status_blocks, to_dicts
 from bot.slack.deps import SlackDeps

@@ -6,9 +6,9 @@ from sqlalchemy import event
 from sqlmodel import Session
 
 from bot.db import write_session
-from bot.detection.notify import Notice, NoticeKind
-from bot.detection.postmortem import postmortem
+from bot.incidents.postmortem import postmortem
 from bot.models import Action, AuditEntry, Incident, IncidentStatus, Rollout, utcnow
+from bot.notify import Notice, NoticeKind
 from bot.slack import cards, outbox
 from bot.slack.blocks import text_blocks, to_dicts
 from bot.slack.deps import SlackDeps

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from bot import registry
 from bot.api.deps import ActorDep, EngineDep, NotifierDep
 from bot.db import read_session, write_session
-from bot.detection import lifecycle
+from bot.incidents import lifecycle
 from bot.models import (
     PROMPT_NAME_MAX,
     PROMPT_NAME_PATTERN,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from bot.api.deps import ActorDep, EngineDep, NotifierDep, SettingsDep
 from bot.api.routes.prompts import changed
 from bot.db import write_session
-from bot.detection import lifecycle
+from bot.incidents import lifecycle
 from bot.models import ChangeResult, RollbackRequest
 
 router = APIRouter(prefix="/api", tags=["rollback"])

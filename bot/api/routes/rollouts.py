@@ -10,10 +10,11 @@ from sqlalchemy import Engine
 from bot.api.deps import ActorDep, EngineDep
 from bot.api.routes.prompts import NamePath, changed
 from bot.db import read_session, write_session
-from bot.detection import lifecycle, rollouts
+from bot.incidents import lifecycle
 from bot.models import Rollout, RolloutPublic, RolloutRequest, utcnow
 from bot.policy import PolicySet, load_policies
 from bot.registry.changes import Actor
+from bot.rollouts import stages as rollouts
 
 router = APIRouter(prefix="/api", tags=["rollouts"])
 

@@ -6,8 +6,8 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from bot.detection.verdict import ACTION_ORDER, SEVERITY_ORDER, Decision
 from bot.errors import NotFound
+from bot.judging.verdict import ACTION_ORDER, SEVERITY_ORDER, Decision
 from bot.metrics import Target
 from bot.models import ACTIVE_INCIDENT, Action, Incident, IncidentStatus, Severity
 

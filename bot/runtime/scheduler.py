@@ -16,21 +16,21 @@ from sqlalchemy import Engine
 from bot.clock import StepWatch
 from bot.config import Settings
 from bot.db import write_session
-from bot.detection import lease
-from bot.detection.checker import Checker
-from bot.detection.notify import Notifier
-from bot.detection.pagerduty import PagerDuty
-from bot.detection.rollout_driver import RolloutDriver
-from bot.detection.verify import Verifier
-from bot.detection.webhooks import WebhookDispatcher
 from bot.errors import BotError, LeaseLost
+from bot.integrations.pagerduty import PagerDuty
+from bot.integrations.webhooks import WebhookDispatcher
+from bot.judging.checker import Checker
 from bot.liveness import Loop
 from bot.metrics import MetricsSource
 from bot.metrics.builtin import BuiltinSource
 from bot.metrics.ingest import prune
 from bot.models import utcnow
+from bot.notify import Notifier
 from bot.policy import PolicySet
+from bot.rollouts.driver import RolloutDriver
+from bot.runtime import lease
 from bot.telemetry import LEADER
+from bot.verification.verifier import Verifier
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select, update
 
 from bot import registry
-from bot.detection import incidents as inc
-from bot.detection import rollouts
-from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
+from bot.incidents import records as inc
 from bot.models import (
     ACTIVE_INCIDENT,
     Action,
@@ -41,8 +39,10 @@ from bot.models import (
     Verification,
     VerificationStatus,
 )
+from bot.notify import Notice, NoticeKind, Notifier, deliver
 from bot.registry.changes import Actor
 from bot.registry.lookup import get_prompt, last_routing_change
+from bot.rollouts import stages as rollouts
 
 VIA = {
     Trigger.API: "via the API",

@@ -1,6 +1,6 @@
 """Staged traffic moves: a gradual (reverse-canary) rollback, and a canary rollout.
 
-Each is a row in `rollout` driven by the scheduler (bot.detection.rollout_driver); every
+Each is a row in `rollout` driven by the scheduler (bot.rollouts.driver); every
 traffic change goes through the registry, so it is audited like any other.
 """
 

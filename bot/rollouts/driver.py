@@ -10,13 +10,10 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from bot.db import read_session, write_session
-from bot.detection import rollouts
-from bot.detection.claims import claim_due
-from bot.detection.lifecycle import after_latest, rollout_notice, supersede_rollout
-from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
-from bot.detection.verdict import decide
 from bot.errors import BotError, LeaseLost
 from bot.faults import failpoint
+from bot.incidents.lifecycle import after_latest, rollout_notice, supersede_rollout
+from bot.judging.verdict import decide
 from bot.metrics import MetricsSource, Target, VersionMetrics, collect_safely
 from bot.models import (
     Action,
@@ -28,10 +25,13 @@ from bot.models import (
     Trigger,
     utcnow,
 )
+from bot.notify import Notice, NoticeKind, Notifier, deliver
 from bot.policy import PolicySet
 from bot.policy.schema import EffectivePolicy, Settings
 from bot.registry.changes import Actor
 from bot.registry.lookup import get_prompt, last_routing_change
+from bot.rollouts import stages as rollouts
+from bot.runtime.claims import claim_due
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from sqlalchemy import Engine, update
 from sqlmodel import col, select
 
 from bot.db import upsert_insert, write_session
-from bot.detection.claims import claim_due
 from bot.models import (
     AuditEntry,
     ChangeKind,
@@ -32,6 +31,7 @@ from bot.models import (
     utcnow,
 )
 from bot.policy import PolicySet
+from bot.runtime.claims import claim_due
 
 log = logging.getLogger(__name__)
 

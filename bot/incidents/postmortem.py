@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from bot.detection.incidents import get_incident
+from bot.incidents.records import get_incident
 from bot.models import AuditEntry, ChangeKind, Incident, Verification
 
 QUESTIONS = (

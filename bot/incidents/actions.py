@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 from sqlmodel import Session
 
 from bot import registry
-from bot.detection import incidents as inc
-from bot.detection.incidents import get_incident
 from bot.errors import AlreadyRolledBack, Conflict
+from bot.incidents import records as inc
+from bot.incidents.records import get_incident
 from bot.models import (
     ACTIVE_INCIDENT,
     AuditEntry,

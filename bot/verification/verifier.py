@@ -16,11 +16,9 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from bot.db import write_session
-from bot.detection.claims import claim_due
-from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
-from bot.detection.pagerduty import PagerDuty
-from bot.detection.verdict import decide
 from bot.faults import failpoint
+from bot.integrations.pagerduty import PagerDuty
+from bot.judging.verdict import decide
 from bot.metrics import MetricsSource, MetricsUnavailable, Target, collect_safely
 from bot.models import (
     Action,
@@ -33,7 +31,9 @@ from bot.models import (
     VersionSeen,
     utcnow,
 )
+from bot.notify import Notice, NoticeKind, Notifier, deliver
 from bot.policy import PolicySet
+from bot.runtime.claims import claim_due
 
 log = logging.getLogger(__name__)
 

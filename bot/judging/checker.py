@@ -14,13 +14,12 @@ from sqlmodel import Session
 
 from bot import registry, telemetry
 from bot.db import read_session, write_session
-from bot.detection import incidents as inc
-from bot.detection import lifecycle
-from bot.detection.notify import Notice, NoticeKind, Notifier, deliver
-from bot.detection.targets import LiveVersion, load_live_versions, routing_revisions
-from bot.detection.verdict import Decision, decide
 from bot.errors import BotError, ConcurrentChange, Conflict, LeaseLost
 from bot.faults import failpoint
+from bot.incidents import lifecycle
+from bot.incidents import records as inc
+from bot.judging.targets import LiveVersion, load_live_versions, routing_revisions
+from bot.judging.verdict import Decision, decide
 from bot.metrics import MetricsSource, MetricsUnavailable, VersionMetrics, collect_safely
 from bot.models import (
     Action,
@@ -33,6 +32,7 @@ from bot.models import (
     Trigger,
     utcnow,
 )
+from bot.notify import Notice, NoticeKind, Notifier, deliver
 from bot.policy import PolicySet
 from bot.registry.changes import Actor
 

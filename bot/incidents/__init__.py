@@ -1,0 +1,2 @@
+"""Incidents: their records, what people do with them, the lifecycle after any routing
+change, and post-mortem drafts."""

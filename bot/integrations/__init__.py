@@ -1,0 +1,1 @@
+"""Outbound integrations beside Slack: PagerDuty and signed webhooks."""

@@ -1,0 +1,1 @@
+"""Verification after every rollback: the restored version checked on a schedule."""
