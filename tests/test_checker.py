@@ -346,3 +346,24 @@ def test_a_failed_automatic_rollback_is_a_critical_incident_of_its_own(engine: E
     [incident] = _incidents(engine)
     assert (incident.status, incident.severity) == (IncidentStatus.OPEN, Severity.CRITICAL)
     assert incident.summary.startswith("automatic rollback failed")
+
+
+def test_a_rollback_made_behind_the_flows_still_closes_and_links_the_incident(
+    engine: Engine,
+) -> None:
+    """A change made straight in the registry (no lifecycle flow): the next pass closes the
+    incident through the same flow, linked to that rollback, and tells its card."""
+    clock = _deployed(engine)
+    traffic(engine, version="v2.0.0", n=1000, errors=30, at=clock.now)  # HIGH: paged
+    checker, notifier = make_checker(engine, clock)
+    checker.tick()
+    [incident] = _incidents(engine)
+    assert incident.status == IncidentStatus.OPEN
+    roll_back(engine)
+    with read_session(engine) as session:
+        entry = registry.history(session=session, name="customer-support")[0]
+    checker.tick()
+    [incident] = _incidents(engine)
+    assert (incident.status, incident.rollback_audit_id) == (IncidentStatus.ROLLED_BACK, entry.id)
+    assert notifier.sent[-1].kind == NoticeKind.ROLLED_BACK
+    assert notifier.sent[-1].text.startswith("Rolled back v2.0.0 → v1.9.0 by ")

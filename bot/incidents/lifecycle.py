@@ -279,15 +279,19 @@ def supersede_rollout(
     )
     rollouts.supersede(running, now, text)
     session.flush()
-    deliver(notifier, rollout_notice(NoticeKind.ROLLOUT_SUPERSEDED, running, text), session)
+    deliver(
+        notifier,
+        rollout_notice(NoticeKind.ROLLOUT_SUPERSEDED, running, Severity.NONE, text),
+        session,
+    )
     return running
 
 
 def rollout_notice(
     kind: NoticeKind,
     rollout: Rollout,
+    severity: Severity,
     text: str,
-    severity: Severity = Severity.NONE,
     action: Action | None = None,
 ) -> Notice:
     """A notice about a rollout, for its card and thread."""

@@ -27,7 +27,6 @@ from bot.models import (
     Health,
     Incident,
     IncidentStatus,
-    PromptVersion,
     Severity,
     Trigger,
     utcnow,
@@ -194,15 +193,11 @@ class Checker:
                 if now_at.get(lv.target.prompt_id, lv.revision) != lv.revision:
                     continue
                 self._judge_one(session, lv, decision, incident, now, plan)
-            for incident in active.values():  # versions that stopped serving
-                version = session.get(PromptVersion, incident.version_id)
-                rolled = version is not None and version.health == Health.BAD
-                inc.close(
-                    incident,
-                    status=IncidentStatus.ROLLED_BACK if rolled else IncidentStatus.RESOLVED,
-                    now=now,
-                    note="version no longer serving",
-                )
+            # Versions that stopped serving through a change that did not run the lifecycle
+            # flow (every surface runs it; this catches anything else): the same flow closes
+            # their incidents, links the rollback and updates their cards.
+            for prompt in sorted({incident.prompt for incident in active.values()}):
+                lifecycle.after_latest(session, prompt, self.notifier)
             session.flush()
             for notice in plan.pending:  # queued with the incidents they report, or not at all
                 self._tell(notice, plan, session)

@@ -160,7 +160,7 @@ class RolloutDriver:
             rollouts.abort(
                 session=session, rollout=rollout, actor=actor, now=now, note=decision.reason
             )
-            return _notice(
+            return rollout_notice(
                 NoticeKind.ROLLOUT_ABORTED,
                 rollout,
                 Severity.HIGH,
@@ -197,7 +197,9 @@ class RolloutDriver:
                 f"Paused at {rollouts.describe(rollout)}: the prompt's error rate is "
                 f"{rate:.1f}% (n={requests}), above {limit:g}%. Finish the rollback now or abort."
             )
-            return _notice(NoticeKind.ROLLOUT_PAUSED, rollout, Severity.HIGH, text, Action.PAGE)
+            return rollout_notice(
+                NoticeKind.ROLLOUT_PAUSED, rollout, Severity.HIGH, text, Action.PAGE
+            )
         if elapsed:
             rollouts.advance(session=session, rollout=rollout, actor=actor, now=now)
             return self._moved(rollout, metrics)
@@ -209,22 +211,16 @@ class RolloutDriver:
             f"(n={metrics.current.requests})"
         )
         if rollout.status == RolloutStatus.COMPLETED:
-            return _notice(
+            return rollout_notice(
                 NoticeKind.ROLLOUT_COMPLETED,
                 rollout,
                 Severity.NONE,
                 f"Completed: all traffic on {rollout.to_version} ({figures}).",
             )
-        return _notice(
+        return rollout_notice(
             NoticeKind.ROLLOUT_STAGE,
             rollout,
             Severity.NONE,
             f"Stage {rollout.stage + 1}/{len(rollout.stages)}: "
             f"{rollout.stages[rollout.stage]}% on {rollout.to_version} ({figures}).",
         )
-
-
-def _notice(
-    kind: NoticeKind, rollout: Rollout, severity: Severity, text: str, action: Action | None = None
-) -> Notice:
-    return rollout_notice(kind, rollout, text, severity, action)
