@@ -341,3 +341,18 @@ def test_a_change_behind_the_flows_back_supersedes_the_rollout_too(engine: Engin
     assert _routing(engine) == ("v2.1.0", None)
     assert _rollout(engine, rid).status == RolloutStatus.SUPERSEDED
     assert [n.kind for n in notifier.sent] == [NoticeKind.ROLLOUT_SUPERSEDED]
+
+
+def test_the_rollouts_cli_names_a_rollout_that_does_not_exist(
+    engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    for command in (["show", "999"], ["finish", "999"], ["abort", "999"], ["show", "x"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["rollouts", *command])
+        assert exited.value.code == 2, command
+        err = capsys.readouterr().err
+        assert "no rollout #999" in err or "'x' is not a valid integer" in err, err
+        assert "Traceback" not in err

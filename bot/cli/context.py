@@ -29,6 +29,7 @@ class CliState:
     overrides: dict[str, Any] = field(default_factory=dict)
     _settings: Settings | None = None
     _engine: Engine | None = None
+    _notifier: Notifier | None = None
 
     @property
     def settings(self) -> Settings:
@@ -39,7 +40,12 @@ class CliState:
 
     def notifier(self) -> Notifier:
         """Where a change made here is told: the Slack outbox when Slack is configured (the
-        running server delivers it), else the log."""
+        running server delivers it), else the log; built once per invocation."""
+        if self._notifier is None:
+            self._notifier = self._build_notifier()
+        return self._notifier
+
+    def _build_notifier(self) -> Notifier:
         settings = self.settings
         if settings.slack_bot_token is None:
             return LogNotifier()

@@ -142,7 +142,11 @@ class SlackStatus:
         failures = 0
         while not self._stop.is_set():
             before = self.state
-            state = self.probe()
+            try:
+                state = self.probe()
+            except Exception:  # this thread must outlive anything a probe runs into
+                log.exception("probing Slack failed; trying again")
+                state = SlackState.UNREACHABLE
             if state == SlackState.OK:
                 failures, wait = 0, self.recheck_seconds
             elif state == SlackState.REFUSED:
