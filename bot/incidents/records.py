@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from bot.errors import NotFound
-from bot.judging.verdict import ACTION_ORDER, SEVERITY_ORDER, Decision
+from bot.judging.verdict import Decision
 from bot.metrics import Target
 from bot.models import ACTIVE_INCIDENT, Action, Incident, IncidentStatus, Severity
 
@@ -63,9 +63,9 @@ def open_incident(
 
 def is_stronger(decision: Decision, incident: Incident) -> bool:
     """Whether the decision asks for more than the incident already did."""
-    return (SEVERITY_ORDER.index(decision.severity), ACTION_ORDER.index(decision.action)) > (
-        SEVERITY_ORDER.index(incident.severity),
-        ACTION_ORDER.index(incident.action),
+    return (decision.severity.rank, decision.action.rank) > (
+        incident.severity.rank,
+        incident.action.rank,
     )
 
 

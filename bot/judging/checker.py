@@ -18,9 +18,10 @@ from bot.errors import BotError, ConcurrentChange, Conflict, LeaseLost
 from bot.faults import failpoint
 from bot.incidents import lifecycle
 from bot.incidents import records as inc
+from bot.judging.analysis import Measured, assess, measure
 from bot.judging.targets import LiveVersion, load_live_versions, routing_revisions
-from bot.judging.verdict import Decision, decide
-from bot.metrics import MetricsSource, MetricsUnavailable, VersionMetrics, collect_safely
+from bot.judging.verdict import Decision
+from bot.metrics import MetricsSource, MetricsUnavailable
 from bot.models import (
     Action,
     ChangeResult,
@@ -93,13 +94,12 @@ class Checker:
         return [
             (
                 lv,
-                decide(
-                    prompt=lv.target.prompt,
-                    version=lv.target.version,
-                    metrics=metrics[lv.target.version_id],
-                    policy=lv.policy,
+                assess(
+                    lv.target,
+                    metrics[lv.target.version_id],
+                    lv.policy,
                     age=now - lv.age_reference if lv.age_reference else None,
-                ),
+                ).decision,
             )
             for lv in live
         ]
@@ -127,16 +127,14 @@ class Checker:
 
     # --- metrics ---------------------------------------------------------------------------
 
-    def _collect(
-        self, live: list[LiveVersion], now: datetime
-    ) -> dict[int, VersionMetrics | MetricsUnavailable]:
+    def _collect(self, live: list[LiveVersion], now: datetime) -> dict[int, Measured]:
         by_source: dict[str, list[LiveVersion]] = defaultdict(list)
         for lv in live:
             by_source[lv.policy.settings.source].append(lv)
-        result: dict[int, VersionMetrics | MetricsUnavailable] = {}
+        result: dict[int, Measured] = {}
         for name, group in by_source.items():
             targets = [lv.target for lv in group]
-            found = collect_safely(self.sources, name, targets, now)
+            found = measure(self.sources, name, targets, now)
             failed = [m for m in found.values() if isinstance(m, MetricsUnavailable)]
             self._failures[name] = (
                 self._failures[name] + 1 if failed and len(failed) == len(targets) else 0
@@ -313,7 +311,7 @@ class Checker:
         action = Action.PAGE if persist == Action.ROLLBACK else persist
         inc.escalate(
             incident,
-            severity=max(incident.severity, Severity.HIGH, key=_rank),
+            severity=max(incident.severity, Severity.HIGH, key=lambda s: s.rank),
             action=action,
             now=now,
         )
@@ -447,10 +445,6 @@ class Checker:
 
 def _minutes(delta: timedelta) -> int:
     return int(delta.total_seconds() // 60)
-
-
-def _rank(severity: Severity) -> int:
-    return [Severity.NONE, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL].index(severity)
 
 
 def _notice(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -12,8 +12,11 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from bot.metrics import Target
-from bot.models import Health, Prompt, PromptVersion, Routing
+from bot.models import Health, Prompt, PromptVersion, Rollout, Routing, Verification
 from bot.policy import EffectivePolicy, PolicySet
+from bot.policy.schema import Settings
+
+MIN_STAGE_WINDOW = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,42 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
             )
             live.append(LiveVersion(canary, policy, version.health, updated_at, revision))
     return live
+
+
+def verification_target(v: Verification, version_id: int, settings: Settings) -> Target:
+    """The restored version after a rollback: only its own traffic from the switch on."""
+    return Target(
+        prompt=v.prompt,
+        version=v.version,
+        version_id=version_id,
+        prompt_id=v.prompt_id,
+        share_pct=100,
+        serving_since=v.started_at,
+        window=settings.verify_window,
+        since=v.started_at,
+        pre_since=v.pre_switch,
+        baseline_window=settings.baseline_window,
+        min_requests=settings.min_requests,
+    )
+
+
+def rollout_target(rollout: Rollout, ids: Mapping[str, int | None], settings: Settings) -> Target:
+    """A rollout's new version over its stage, compared with the version it replaces over the
+    same window."""
+    return Target(
+        prompt=rollout.prompt,
+        version=rollout.to_version,
+        version_id=ids[rollout.to_version] or 0,
+        prompt_id=rollout.prompt_id,
+        share_pct=0,
+        serving_since=rollout.created_at,
+        window=max(MIN_STAGE_WINDOW, timedelta(seconds=rollout.stage_seconds)),
+        baseline_window=settings.baseline_window,
+        min_requests=settings.min_requests,
+        baseline_version=rollout.from_version,
+        baseline_version_id=ids[rollout.from_version],
+        baseline_until=None,
+    )
 
 
 def _stored(

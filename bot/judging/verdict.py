@@ -11,16 +11,6 @@ from bot.metrics import MetricsUnavailable, VersionMetrics
 from bot.models import Action, Severity
 from bot.policy.schema import EffectivePolicy, Metric, Rule
 
-SEVERITY_ORDER = [Severity.NONE, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL]
-ACTION_ORDER = [
-    Action.NONE,
-    Action.INSUFFICIENT_DATA,
-    Action.METRICS_UNAVAILABLE,
-    Action.OBSERVE,
-    Action.ALERT,
-    Action.PAGE,
-    Action.ROLLBACK,
-]
 BREACH_ACTIONS = (Action.OBSERVE, Action.ALERT, Action.PAGE, Action.ROLLBACK)
 
 
@@ -142,8 +132,10 @@ def decide(
     metrics: VersionMetrics | MetricsUnavailable,
     policy: EffectivePolicy,
     age: timedelta | None,
+    min_requests: int | None = None,
 ) -> Decision:
-    """Judge one version. Missing or thin data never yields a rollback."""
+    """Judge one version. Missing or thin data never yields a rollback. `min_requests`
+    overrides the policy's sample size (a verification judges from fewer requests)."""
     if isinstance(metrics, MetricsUnavailable):
         return Decision(
             prompt, version, Severity.NONE, Action.METRICS_UNAVAILABLE, reason=metrics.message
@@ -151,15 +143,15 @@ def decide(
     figures = figures_of(metrics, policy)
     if age is not None:
         figures["age_s"] = round(age.total_seconds())
-    if metrics.current.requests < policy.settings.min_requests:
+    needed = policy.settings.min_requests if min_requests is None else min_requests
+    if metrics.current.requests < needed:
         return Decision(
             prompt,
             version,
             Severity.NONE,
             Action.INSUFFICIENT_DATA,
             figures=figures,
-            reason=f"{metrics.current.requests} requests in the window; "
-            f"{policy.settings.min_requests} needed to judge",
+            reason=f"{metrics.current.requests} requests in the window; {needed} needed to judge",
         )
     fired = [f for rule in policy.rules if (f := _fire(rule, figures, policy)) is not None]
     fired += _new_version_breaches(figures, policy, age, {f.metric for f in fired})
@@ -172,9 +164,7 @@ def decide(
             figures=figures,
             reason="all metrics within policy",
         )
-    fired.sort(
-        key=lambda f: (SEVERITY_ORDER.index(f.severity), ACTION_ORDER.index(f.action)), reverse=True
-    )
+    fired.sort(key=lambda f: (f.severity.rank, f.action.rank), reverse=True)
     top = fired[0]
     return Decision(
         prompt,

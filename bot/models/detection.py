@@ -89,6 +89,11 @@ class Severity(enum.StrEnum):
     HIGH = "high"
     CRITICAL = "critical"
 
+    @property
+    def rank(self) -> int:
+        """The one severity order: NONE < MEDIUM < HIGH < CRITICAL."""
+        return list(Severity).index(self)
+
 
 class Action(enum.StrEnum):
     """What the checker does about a verdict, weakest first."""
@@ -100,6 +105,11 @@ class Action(enum.StrEnum):
     ALERT = "alert"
     PAGE = "page"
     ROLLBACK = "rollback"
+
+    @property
+    def rank(self) -> int:
+        """The one action order, weakest first (as declared)."""
+        return list(Action).index(self)
 
 
 class IncidentStatus(enum.StrEnum):

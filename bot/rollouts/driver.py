@@ -6,15 +6,16 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from bot.db import read_session, write_session
 from bot.errors import BotError, LeaseLost
 from bot.faults import failpoint
 from bot.incidents.lifecycle import after_latest, rollout_notice, supersede_rollout
-from bot.judging.verdict import decide
-from bot.metrics import MetricsSource, Target, VersionMetrics, collect_safely
+from bot.judging.analysis import Assessment, Outcome, measure_and_assess
+from bot.judging.targets import rollout_target
+from bot.metrics import MetricsSource
 from bot.models import (
     Action,
     PromptVersion,
@@ -27,16 +28,15 @@ from bot.models import (
 )
 from bot.notify import Notice, NoticeKind, Notifier, deliver
 from bot.policy import PolicySet
-from bot.policy.schema import EffectivePolicy, Settings
+from bot.policy.schema import EffectivePolicy
 from bot.registry.changes import Actor
 from bot.registry.lookup import get_prompt, last_routing_change
 from bot.rollouts import stages as rollouts
-from bot.runtime.claims import claim_due
+from bot.runtime.claims import claim_due, release
 
 log = logging.getLogger(__name__)
 
 CLAIM_FOR = timedelta(seconds=30)
-MIN_WINDOW = timedelta(minutes=1)
 
 
 class RolloutDriver:
@@ -71,15 +71,7 @@ class RolloutDriver:
                 log.warning("rollout #%s step failed: %s", rollout_id, exc.message)
             finally:
                 with write_session(self.engine) as session:
-                    session.execute(  # only our own claim: never another process's
-                        update(Rollout)
-                        .where(
-                            col(Rollout.id) == rollout_id,
-                            col(Rollout.claimed_until) == now + self.claim_for,
-                        )
-                        .values(claimed_until=None)
-                        .execution_options(synchronize_session=False)
-                    )
+                    release(session, Rollout, rollout_id, now + self.claim_for)
         return len(claimed)
 
     def _step(self, rollout_id: int, now: datetime) -> None:
@@ -95,23 +87,8 @@ class RolloutDriver:
                 )
             }
         policy = self.policies.for_prompt(rollout.prompt)
-        settings = policy.settings
-        window = max(MIN_WINDOW, timedelta(seconds=rollout.stage_seconds))
-        target = Target(
-            prompt=rollout.prompt,
-            version=rollout.to_version,
-            version_id=ids[rollout.to_version] or 0,
-            prompt_id=rollout.prompt_id,
-            share_pct=0,
-            serving_since=rollout.created_at,
-            window=window,
-            baseline_window=settings.baseline_window,
-            min_requests=settings.min_requests,
-            baseline_version=rollout.from_version,
-            baseline_version_id=ids[rollout.from_version],
-            baseline_until=None,
-        )
-        metrics = collect_safely(self.sources, settings.source, [target], now)[target.version_id]
+        target = rollout_target(rollout, ids, policy.settings)
+        found = measure_and_assess(self.sources, target, policy, now, age=now - rollout.created_at)
         actor = Actor(operator="system", trigger=Trigger.AUTOMATIC, rule=rollout.kind.value)
         elapsed = now - rollout.stage_started_at >= timedelta(seconds=rollout.stage_seconds)
         if elapsed:
@@ -126,13 +103,13 @@ class RolloutDriver:
                 if last is not None:
                     supersede_rollout(session, entry=last, notifier=self.notifier, now=now)
                 return
-            if not isinstance(metrics, VersionMetrics):
+            if found.metrics is None:
                 return  # no figures: hold the stage, never move on missing data
             before = rollout.revision
             if rollout.kind == RolloutKind.GRADUAL_ROLLBACK:
-                notice = self._gradual(session, rollout, metrics, elapsed, actor, now, settings)
+                notice = self._gradual(session, rollout, found, elapsed, actor, now, policy)
             else:
-                notice = self._canary(session, rollout, metrics, elapsed, actor, now, policy)
+                notice = self._canary(session, rollout, found, elapsed, actor, now)
             if rollout.revision != before:  # the rollout moved traffic: incidents, cards
                 after_latest(session, rollout.prompt, self.notifier)
             if notice is not None:  # queued with the stage it reports: once, or not at all
@@ -143,20 +120,13 @@ class RolloutDriver:
         self,
         session: Session,
         rollout: Rollout,
-        metrics: VersionMetrics,
+        found: Assessment,
         elapsed: bool,
         actor: Actor,
         now: datetime,
-        policy: EffectivePolicy,
     ) -> Notice | None:
-        decision = decide(
-            prompt=rollout.prompt,
-            version=rollout.to_version,
-            metrics=metrics,
-            policy=policy,
-            age=now - rollout.created_at,
-        )
-        if decision.breach:
+        decision = found.decision
+        if found.outcome == Outcome.BREACH:
             rollouts.abort(
                 session=session, rollout=rollout, actor=actor, now=now, note=decision.reason
             )
@@ -168,23 +138,25 @@ class RolloutDriver:
                 f"All traffic is back on {rollout.from_version}.",
                 Action.PAGE,
             )
-        if elapsed and decision.action == Action.NONE:
+        if elapsed and found.outcome == Outcome.HEALTHY:
             rollouts.advance(session=session, rollout=rollout, actor=actor, now=now)
-            return self._moved(rollout, metrics)
+            return self._moved(rollout, found)
         return None
 
     def _gradual(
         self,
         session: Session,
         rollout: Rollout,
-        metrics: VersionMetrics,
+        found: Assessment,
         elapsed: bool,
         actor: Actor,
         now: datetime,
-        settings: Settings,
+        policy: EffectivePolicy,
     ) -> Notice | None:
         # The runbook watches the whole prompt: both versions' traffic together.
-        current, baseline = metrics.current, metrics.baseline
+        settings = policy.settings
+        assert found.metrics is not None  # the caller holds stages without figures
+        current, baseline = found.metrics.current, found.metrics.baseline
         other_requests = (baseline.requests or 0) if baseline else 0
         other_rate = (baseline.error_rate_pct or 0.0) if baseline else 0.0
         requests = current.requests + other_requests
@@ -202,14 +174,11 @@ class RolloutDriver:
             )
         if elapsed:
             rollouts.advance(session=session, rollout=rollout, actor=actor, now=now)
-            return self._moved(rollout, metrics)
+            return self._moved(rollout, found)
         return None
 
-    def _moved(self, rollout: Rollout, metrics: VersionMetrics) -> Notice:
-        figures = (
-            f"{rollout.to_version}: {metrics.current.error_rate_pct or 0:.1f}% errors "
-            f"(n={metrics.current.requests})"
-        )
+    def _moved(self, rollout: Rollout, found: Assessment) -> Notice:
+        figures = f"{rollout.to_version}: {found.error_rate_pct:.1f}% errors (n={found.requests})"
         if rollout.status == RolloutStatus.COMPLETED:
             return rollout_notice(
                 NoticeKind.ROLLOUT_COMPLETED,

@@ -23,7 +23,7 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
-from sqlalchemy import Engine, func, or_, update
+from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
 from bot.db import read_session, upsert_insert, write_session
@@ -31,6 +31,7 @@ from bot.errors import BotError
 from bot.faults import failpoint
 from bot.liveness import Loop
 from bot.models import OutboxStatus, SlackOutbox, utcnow
+from bot.runtime.claims import release, take
 from bot.slack import posted
 from bot.slack.status import TOKEN_REFUSED, SlackStatus
 from bot.telemetry import SLACK_ERRORS, SLACK_GIVEN_UP
@@ -191,15 +192,8 @@ class OutboxWorker:
             return
         with write_session(self.engine) as session:
             for row in rows:
-                session.execute(
-                    update(SlackOutbox)
-                    .where(
-                        col(SlackOutbox.id) == row.id,
-                        col(SlackOutbox.claimed_until) == row.claimed_until,
-                    )
-                    .values(claimed_until=None)
-                    .execution_options(synchronize_session=False)
-                )
+                if row.claimed_until is not None:
+                    release(session, SlackOutbox, row.id, row.claimed_until)
 
     def _renew(self, row: SlackOutbox) -> bool:
         """Extend this worker's claim on `row` just before sending it; False if it lapsed and
@@ -272,19 +266,7 @@ class OutboxWorker:
                     blocked |= groups
                     continue
                 blocked |= groups
-                claimed = session.execute(
-                    update(SlackOutbox)
-                    .where(
-                        col(SlackOutbox.id) == row.id,
-                        or_(
-                            col(SlackOutbox.claimed_until).is_(None),
-                            col(SlackOutbox.claimed_until) <= now,
-                        ),
-                    )
-                    .values(claimed_until=now + CLAIM_FOR)
-                    .execution_options(synchronize_session=False)
-                )
-                if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                if take(session, row, now=now, until=now + CLAIM_FOR):
                     if row.parent_key:
                         parent = sent[row.parent_key]
                         row.payload = {

@@ -18,8 +18,9 @@ from sqlmodel import Session, col, select
 from bot.db import write_session
 from bot.faults import failpoint
 from bot.integrations.pagerduty import PagerDuty
-from bot.judging.verdict import decide
-from bot.metrics import MetricsSource, MetricsUnavailable, Target, collect_safely
+from bot.judging.analysis import Outcome, measure_and_assess
+from bot.judging.targets import verification_target
+from bot.metrics import MetricsSource
 from bot.models import (
     Action,
     Incident,
@@ -210,47 +211,29 @@ class Verifier:
 
     def _measure(self, v: Verification, now: datetime) -> tuple[str, CheckOutcome, dict[str, Any]]:
         policy = self.policies.for_prompt(v.prompt)
-        settings = policy.settings
         with write_session(self.engine) as session:
             version = session.exec(
                 select(PromptVersion).where(
                     PromptVersion.prompt_id == v.prompt_id, PromptVersion.label == v.version
                 )
             ).one()
-        target = Target(
-            prompt=v.prompt,
-            version=v.version,
-            version_id=version.id or 0,
-            prompt_id=v.prompt_id,
-            share_pct=100,
-            serving_since=v.started_at,
-            window=settings.verify_window,
-            since=v.started_at,  # only the restored version's traffic after the switch
-            pre_since=v.pre_switch,
-            baseline_window=settings.baseline_window,
-            min_requests=settings.min_requests,
+        target = verification_target(v, version.id or 0, policy.settings)
+        found = measure_and_assess(
+            self.sources, target, policy, now, age=None, min_requests=MIN_REQUESTS
         )
-        metrics = collect_safely(self.sources, settings.source, [target], now)[target.version_id]
-        if isinstance(metrics, MetricsUnavailable):
-            return f"metrics unavailable ({metrics.message})", CheckOutcome.UNAVAILABLE, {}
-        current = metrics.current
-        figures = {
-            "requests": current.requests,
-            "error_rate_pct": current.error_rate_pct,
-            "latency_p99_ms": current.latency_p99_ms,
-            "quality": current.quality,
-        }
-        if current.requests < MIN_REQUESTS:
-            line = f"waiting for traffic on {v.version} since the rollback (n={current.requests})"
+        figures = found.figures()
+        if found.outcome == Outcome.UNAVAILABLE:
+            reason = found.decision.reason
+            return f"metrics unavailable ({reason})", CheckOutcome.UNAVAILABLE, figures
+        if found.outcome == Outcome.NOT_ENOUGH_DATA:
+            line = f"waiting for traffic on {v.version} since the rollback (n={found.requests})"
             return line, CheckOutcome.NO_TRAFFIC, figures
-        rate = current.error_rate_pct or 0.0
-        decision = decide(
-            prompt=v.prompt, version=v.version, metrics=metrics, policy=policy, age=None
-        )
-        recovered = rate < settings.recovered_error_rate_pct and not decision.breach
-        extra = "" if not decision.breach else f"; still breaching: {decision.reason}"
+        rate = found.error_rate_pct
+        breach = found.outcome == Outcome.BREACH
+        recovered = rate < policy.settings.recovered_error_rate_pct and not breach
+        extra = f"; still breaching: {found.decision.reason}" if breach else ""
         outcome = CheckOutcome.RECOVERED if recovered else CheckOutcome.FAILING
-        return f"error rate {rate:.1f}% (n={current.requests}){extra}", outcome, figures
+        return f"error rate {rate:.1f}% (n={found.requests}){extra}", outcome, figures
 
     def _recovered(
         self, v: Verification, incident: Incident | None, now: datetime, figures: dict[str, Any]
