@@ -26,7 +26,7 @@ from bot.slack.blocks import (
     INVESTIGATE_ACTION,
     ROLLBACK_ACTION,
 )
-from bot.slack.commands import _start_rollout
+from bot.slack.commands import start_rollout
 from bot.slack.deps import SlackDeps
 from bot.slack.listener import deferred
 from bot.slack.notifier import SlackNotifier
@@ -57,110 +57,110 @@ def _authorized(
     return user, incident_id, target, prompt
 
 
+def on_rollback(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None:
+    user, incident_id, target, _ = _authorized(deps, body, check_can_roll_back)
+    with write_session(deps.engine) as session:
+        incident, result = rollback_incident(
+            session=session,
+            incident_id=incident_id,
+            actor=Actor(operator=user, trigger=Trigger.SLACK),
+            now=utcnow(),
+            target=target,
+            dedup_window=deps.dedup_window,
+        )
+        lifecycle.after(session, result, SlackNotifier(deps))  # the prompt's other ones
+        cards.post_or_update_card(session, incident, deps.channel(incident.prompt), "rolled_back")
+        cards.thread_reply(
+            session,
+            incident,
+            f"Rolled back `{result.from_version}` → `{result.to_version}` by <@{user}>. "
+            "Verification of the restored version reports in this thread.",
+            "rolled_back",
+        )
+        failpoint("rollback.before_commit")
+    failpoint("rollback.committed")
+    deps.worker.wake()
+
+
+def on_investigate(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None:
+    user, incident_id, _, prompt = _authorized(deps, body)
+    quiet = deps.quiet_for(prompt)
+    with write_session(deps.engine) as session:
+        incident = investigate(
+            session=session, incident_id=incident_id, user=user, quiet=quiet, now=utcnow()
+        )
+        cards.post_or_update_card(session, incident, deps.channel(incident.prompt), "investigating")
+        cards.thread_reply(
+            session,
+            incident,
+            f"<@{user}> is investigating. No new alert for this incident for "
+            f"{int(quiet.total_seconds() // 60)} min; Rollback stays available on the card.",
+            "investigating",
+        )
+    deps.worker.wake()
+
+
+def on_gradual(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None:
+    user, incident_id, target, prompt = _authorized(deps, body)
+    text = start_rollout(
+        deps,
+        RolloutKind.GRADUAL_ROLLBACK,
+        prompt,
+        target,
+        user,
+        f"from incident #{incident_id}",
+    )
+    respond(text=text, response_type="ephemeral", replace_original=False)
+
+
+def on_rollout(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None:
+    user = body["user"]["id"]
+    try:
+        rollout_id = int(json.loads(body["actions"][0]["value"])["rollout"])
+        finishing = body["actions"][0]["action_id"] == FINISH_ROLLOUT_ACTION
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise InvalidRequest("this button is malformed") from None
+    with read_session(deps.engine) as session:
+        prompt = rollouts.get_rollout(session, rollout_id).prompt
+    deps.authorize(user, prompt)
+    actor = Actor(operator=user, trigger=Trigger.SLACK)
+    with write_session(deps.engine) as session:
+        rollout = rollouts.get_rollout(session, rollout_id)
+        if finishing:
+            rollouts.finish(
+                session=session,
+                rollout=rollout,
+                actor=actor,
+                now=utcnow(),
+                note=f"finished now by {user}",
+            )
+        else:
+            rollouts.abort(
+                session=session,
+                rollout=rollout,
+                actor=actor,
+                now=utcnow(),
+                note=f"aborted by {user}",
+            )
+        lifecycle.after_latest(session, prompt, SlackNotifier(deps))
+        key = cards.post_or_update_rollout(
+            session, rollout, deps.channel(prompt), rollout.status.value
+        )
+        verb = "finished" if finishing else "aborted"
+        cards.reply_under(
+            session,
+            key,
+            f"<@{user}> {verb} it: {rollouts.describe(rollout)}.",
+            f"{verb}:{user}",
+        )
+    deps.worker.wake()
+
+
 def register(app: App, deps: SlackDeps) -> None:
     """Attach the button listeners."""
 
-    def on_rollback(body: dict[str, Any], respond: Respond) -> None:
-        user, incident_id, target, _ = _authorized(deps, body, check_can_roll_back)
-        with write_session(deps.engine) as session:
-            incident, result = rollback_incident(
-                session=session,
-                incident_id=incident_id,
-                actor=Actor(operator=user, trigger=Trigger.SLACK),
-                now=utcnow(),
-                target=target,
-                dedup_window=deps.dedup_window,
-            )
-            lifecycle.after(session, result, SlackNotifier(deps))  # the prompt's other ones
-            cards.post_or_update_card(
-                session, incident, deps.channel(incident.prompt), "rolled_back"
-            )
-            cards.thread_reply(
-                session,
-                incident,
-                f"Rolled back `{result.from_version}` → `{result.to_version}` by <@{user}>. "
-                "Verification of the restored version reports in this thread.",
-                "rolled_back",
-            )
-            failpoint("rollback.before_commit")
-        failpoint("rollback.committed")
-        deps.worker.wake()
-
-    def on_investigate(body: dict[str, Any], respond: Respond) -> None:
-        user, incident_id, _, prompt = _authorized(deps, body)
-        quiet = deps.quiet_for(prompt)
-        with write_session(deps.engine) as session:
-            incident = investigate(
-                session=session, incident_id=incident_id, user=user, quiet=quiet, now=utcnow()
-            )
-            cards.post_or_update_card(
-                session, incident, deps.channel(incident.prompt), "investigating"
-            )
-            cards.thread_reply(
-                session,
-                incident,
-                f"<@{user}> is investigating. No new alert for this incident for "
-                f"{int(quiet.total_seconds() // 60)} min; Rollback stays available on the card.",
-                "investigating",
-            )
-        deps.worker.wake()
-
-    def on_gradual(body: dict[str, Any], respond: Respond) -> None:
-        user, incident_id, target, prompt = _authorized(deps, body)
-        text = _start_rollout(
-            deps,
-            RolloutKind.GRADUAL_ROLLBACK,
-            prompt,
-            target,
-            user,
-            f"from incident #{incident_id}",
-        )
-        respond(text=text, response_type="ephemeral", replace_original=False)
-
-    def on_rollout(body: dict[str, Any], respond: Respond) -> None:
-        user = body["user"]["id"]
-        try:
-            rollout_id = int(json.loads(body["actions"][0]["value"])["rollout"])
-            finishing = body["actions"][0]["action_id"] == FINISH_ROLLOUT_ACTION
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise InvalidRequest("this button is malformed") from None
-        with read_session(deps.engine) as session:
-            prompt = rollouts.get_rollout(session, rollout_id).prompt
-        deps.authorize(user, prompt)
-        actor = Actor(operator=user, trigger=Trigger.SLACK)
-        with write_session(deps.engine) as session:
-            rollout = rollouts.get_rollout(session, rollout_id)
-            if finishing:
-                rollouts.finish(
-                    session=session,
-                    rollout=rollout,
-                    actor=actor,
-                    now=utcnow(),
-                    note=f"finished now by {user}",
-                )
-            else:
-                rollouts.abort(
-                    session=session,
-                    rollout=rollout,
-                    actor=actor,
-                    now=utcnow(),
-                    note=f"aborted by {user}",
-                )
-            lifecycle.after_latest(session, prompt, SlackNotifier(deps))
-            key = cards.post_or_update_rollout(
-                session, rollout, deps.channel(prompt), rollout.status.value
-            )
-            verb = "finished" if finishing else "aborted"
-            cards.reply_under(
-                session,
-                key,
-                f"<@{user}> {verb} it: {rollouts.describe(rollout)}.",
-                f"{verb}:{user}",
-            )
-        deps.worker.wake()
-
-    app.action(ROLLBACK_ACTION)(deferred(on_rollback, deps.pool))
-    app.action(GRADUAL_ACTION)(deferred(on_gradual, deps.pool))
-    app.action(FINISH_ROLLOUT_ACTION)(deferred(on_rollout, deps.pool))
-    app.action(ABORT_ROLLOUT_ACTION)(deferred(on_rollout, deps.pool))
-    app.action(INVESTIGATE_ACTION)(deferred(on_investigate, deps.pool))
+    app.action(ROLLBACK_ACTION)(deferred(on_rollback, deps))
+    app.action(GRADUAL_ACTION)(deferred(on_gradual, deps))
+    app.action(FINISH_ROLLOUT_ACTION)(deferred(on_rollout, deps))
+    app.action(ABORT_ROLLOUT_ACTION)(deferred(on_rollout, deps))
+    app.action(INVESTIGATE_ACTION)(deferred(on_investigate, deps))

@@ -29,87 +29,89 @@ from bot.slack.notifier import SlackNotifier
 from bot.slack.parse import parse, parse_deploy
 
 
+def rollback_command(deps: SlackDeps, command: dict[str, Any], respond: Respond) -> None:
+    request = parse(command.get("text", ""))
+    if request.verb == "help":
+        respond(text=HELP, response_type="ephemeral")
+        return
+    assert request.prompt is not None
+    if request.verb == "status":
+        respond(**_status(deps, request.prompt), response_type="ephemeral")
+        return
+    if request.verb == "history":
+        with read_session(deps.engine) as session:
+            entries = registry.history(session=session, name=request.prompt, limit=10)
+        blocks = to_dicts(history_blocks(request.prompt, entries))
+        respond(text=f"{request.prompt} history", blocks=blocks, response_type="ephemeral")
+        return
+    user = command["user_id"]
+    deps.authorize(user, request.prompt)
+    if request.gradual:
+        respond(
+            text=start_rollout(
+                deps,
+                RolloutKind.GRADUAL_ROLLBACK,
+                request.prompt,
+                request.version,
+                user,
+                request.reason,
+            ),
+            response_type="ephemeral",
+        )
+        return
+    with write_session(deps.engine) as session:
+        result = lifecycle.rollback(
+            session,
+            prompt=request.prompt,
+            target=request.version,
+            actor=Actor(operator=user, trigger=Trigger.SLACK),
+            notifier=SlackNotifier(deps),
+            reason=request.reason or "via /rollback",
+            force=request.force,
+            dedup_window=deps.dedup_window,
+        )
+        _announce(session, deps, result)
+    deps.worker.wake()
+    respond(
+        text=f"Rolled back {result.prompt} {result.from_version} → {result.to_version}. "
+        f"Announced in {deps.channel(result.prompt)}.",
+        response_type="ephemeral",
+    )
+
+
+def deploy_command(deps: SlackDeps, command: dict[str, Any], respond: Respond) -> None:
+    request = parse_deploy(command.get("text", ""))
+    assert request.prompt is not None
+    user = command["user_id"]
+    deps.authorize(user, request.prompt)
+    if request.canary:
+        text = start_rollout(
+            deps, RolloutKind.CANARY, request.prompt, request.version, user, request.reason
+        )
+    else:
+        with write_session(deps.engine) as session:
+            result = lifecycle.deploy(
+                session,
+                prompt=request.prompt,
+                version=request.version or "",
+                actor=Actor(operator=user, trigger=Trigger.SLACK),
+                notifier=SlackNotifier(deps),
+                reason=request.reason or "via /deploy",
+                force=request.force,
+            )
+        deps.worker.wake()
+        text = f"Deployed {result.prompt} {result.from_version} → {result.to_version}."
+    respond(text=text, response_type="ephemeral")
+
+
 def register(app: App, deps: SlackDeps) -> None:
     """Attach the /rollback listener."""
 
-    def rollback_command(command: dict[str, Any], respond: Respond) -> None:
-        request = parse(command.get("text", ""))
-        if request.verb == "help":
-            respond(text=HELP, response_type="ephemeral")
-            return
-        assert request.prompt is not None
-        if request.verb == "status":
-            respond(**_status(deps, request.prompt), response_type="ephemeral")
-            return
-        if request.verb == "history":
-            with read_session(deps.engine) as session:
-                entries = registry.history(session=session, name=request.prompt, limit=10)
-            blocks = to_dicts(history_blocks(request.prompt, entries))
-            respond(text=f"{request.prompt} history", blocks=blocks, response_type="ephemeral")
-            return
-        user = command["user_id"]
-        deps.authorize(user, request.prompt)
-        if request.gradual:
-            respond(
-                text=_start_rollout(
-                    deps,
-                    RolloutKind.GRADUAL_ROLLBACK,
-                    request.prompt,
-                    request.version,
-                    user,
-                    request.reason,
-                ),
-                response_type="ephemeral",
-            )
-            return
-        with write_session(deps.engine) as session:
-            result = lifecycle.rollback(
-                session,
-                prompt=request.prompt,
-                target=request.version,
-                actor=Actor(operator=user, trigger=Trigger.SLACK),
-                notifier=SlackNotifier(deps),
-                reason=request.reason or "via /rollback",
-                force=request.force,
-                dedup_window=deps.dedup_window,
-            )
-            _announce(session, deps, result)
-        deps.worker.wake()
-        respond(
-            text=f"Rolled back {result.prompt} {result.from_version} → {result.to_version}. "
-            f"Announced in {deps.channel(result.prompt)}.",
-            response_type="ephemeral",
-        )
-
-    def deploy_command(command: dict[str, Any], respond: Respond) -> None:
-        request = parse_deploy(command.get("text", ""))
-        assert request.prompt is not None
-        user = command["user_id"]
-        deps.authorize(user, request.prompt)
-        if request.canary:
-            text = _start_rollout(
-                deps, RolloutKind.CANARY, request.prompt, request.version, user, request.reason
-            )
-        else:
-            with write_session(deps.engine) as session:
-                result = lifecycle.deploy(
-                    session,
-                    prompt=request.prompt,
-                    version=request.version or "",
-                    actor=Actor(operator=user, trigger=Trigger.SLACK),
-                    notifier=SlackNotifier(deps),
-                    reason=request.reason or "via /deploy",
-                    force=request.force,
-                )
-            deps.worker.wake()
-            text = f"Deployed {result.prompt} {result.from_version} → {result.to_version}."
-        respond(text=text, response_type="ephemeral")
-
-    app.command("/rollback")(deferred(rollback_command, deps.pool))
-    app.command("/deploy")(deferred(deploy_command, deps.pool))
+    app.command("/rollback")(deferred(rollback_command, deps))
+    app.command("/deploy")(deferred(deploy_command, deps))
 
 
-def _start_rollout(
+def start_rollout(
     deps: SlackDeps, kind: RolloutKind, prompt: str, version: str | None, user: str, reason: str
 ) -> str:
     """Start a staged move, announce it with its buttons, and say what will happen."""

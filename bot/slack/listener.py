@@ -1,12 +1,13 @@
 """How every Slack listener runs: ack at once, work later, errors answered in one place.
 
-Listeners are registered as `deferred(work, pool)` with Bolt's process-before-response mode:
-the listener Bolt calls acks from the request itself, before any database or Slack call, and
-hands `work(body, respond)` to the work pool. (Bolt's own lazy listeners would do the same but
-deep-copy the whole request, message blocks included, for each one: most of the time a click
-takes before its ack.) `run_guarded` turns a known error into a friendly ephemeral answer and
-logs an unknown one with an id the user can quote. `@app.error` remains for errors raised
-before any listener runs.
+Listeners are module-level functions `work(deps, body, respond)` — callable from a test with
+no HTTP and no Bolt, as in the Bolt starter template — registered as `deferred(work, deps)`
+with Bolt's process-before-response mode: the listener Bolt calls acks from the request itself,
+before any database or Slack call, and hands the work to the deps' work pool. (Bolt's own
+lazy listeners would do the same but deep-copy the whole request, message blocks included,
+for each one: most of the time a click takes before its ack.) `run_guarded` turns a known
+error into a friendly ephemeral answer and logs an unknown one with an id the user can quote.
+`@app.error` remains for errors raised before any listener runs.
 """
 
 from __future__ import annotations
@@ -14,24 +15,30 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Executor
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App, Respond
 
 from bot.errors import BotError
 
+if TYPE_CHECKING:
+    from bot.slack.deps import SlackDeps
+
 log = logging.getLogger(__name__)
 
 Work = Callable[[dict[str, Any], Respond], None]
+Listener = Callable[["SlackDeps", dict[str, Any], Respond], None]
 
 
-def deferred(work: Work, pool: Executor) -> Callable[..., None]:
-    """A Bolt listener that acknowledges within Slack's 3 seconds, then runs `work` on `pool`."""
+def deferred(work: Listener, deps: SlackDeps) -> Callable[..., None]:
+    """A Bolt listener that acknowledges within Slack's 3 seconds, then runs `work` on the
+    deps' work pool."""
+    bound = partial(work, deps)
 
     def listener(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
-        pool.submit(run_guarded, work, body, respond)
+        deps.pool.submit(run_guarded, bound, body, respond)
 
     listener.__name__ = listener.__qualname__ = work.__name__  # how Bolt names it in its logs
     return listener

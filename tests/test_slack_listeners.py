@@ -1,0 +1,165 @@
+"""The Slack listeners as plain functions: no HTTP, no Bolt, no Slack. What a command or click
+changes in the registry and queues for Slack is checked straight from the database."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from slack_sdk import WebClient
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from bot import registry
+from bot.config import load_settings
+from bot.db import read_session, write_session
+from bot.errors import NotAuthorized
+from bot.incidents.records import get_incident
+from bot.models import (
+    Action,
+    Incident,
+    IncidentStatus,
+    PromptVersion,
+    Severity,
+    SlackOutbox,
+    utcnow,
+)
+from bot.policy import load_policies
+from bot.slack import actions, commands
+from bot.slack.deps import SlackDeps
+from bot.slack.listener import run_guarded
+from bot.slack.oncall import OnCall
+from bot.slack.outbox import OutboxWorker
+from tests.conftest import make_prompt
+
+POLICIES = load_policies(Path(__file__).resolve().parent.parent / "policies")
+
+
+class Replies:
+    """Stands in for Bolt's `respond`: keeps what the user was told."""
+
+    def __init__(self) -> None:
+        self.said: list[dict[str, Any]] = []
+
+    def __call__(self, **kwargs: Any) -> None:
+        self.said.append(kwargs)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(str(s.get("text")) for s in self.said)
+
+
+@pytest.fixture
+def deps(engine: Engine, db_url: str):
+    settings = load_settings(database_url=db_url, slack_oncall_users="U1")
+    nowhere = WebClient(base_url="http://127.0.0.1:9/", timeout=1)  # never called here
+    with ThreadPoolExecutor(1) as pool:
+        yield SlackDeps(
+            engine=engine,
+            settings=settings,
+            policies=POLICIES,
+            oncall=OnCall(users=frozenset({"U1"}), usergroup="", client=nowhere),
+            worker=OutboxWorker(engine=engine, client=nowhere),
+            pool=pool,
+        )
+
+
+def queued(engine: Engine) -> list[SlackOutbox]:
+    with read_session(engine) as session:
+        return list(session.exec(select(SlackOutbox).order_by(SlackOutbox.id)))
+
+
+def test_rollback_command_rolls_back_and_queues_the_announcement(deps, engine) -> None:
+    make_prompt(engine)
+    said = Replies()
+    commands.rollback_command(
+        deps, {"text": "customer-support v1.9.0 bad answers", "user_id": "U1"}, said
+    )
+    with read_session(engine) as session:
+        assert (
+            registry.prompt_detail(session=session, name="customer-support").active_version
+            == "v1.9.0"
+        )
+    assert "Rolled back customer-support v2.0.0 → v1.9.0" in said.text
+    posts = queued(engine)
+    assert posts and "<@U1> rolled back *customer-support*" in posts[0].payload["text"]
+    assert any("Verification of v1.9.0" in json.dumps(p.payload) for p in posts)
+
+
+def test_a_person_not_on_call_changes_nothing(deps, engine) -> None:
+    make_prompt(engine)
+    with pytest.raises(NotAuthorized):
+        commands.rollback_command(deps, {"text": "customer-support", "user_id": "U9"}, Replies())
+    said = Replies()
+    run_guarded(
+        lambda body, respond: commands.rollback_command(deps, body, respond),
+        {"text": "customer-support", "user_id": "U9"},
+        said,
+    )
+    assert "only on-call engineers" in said.text and said.said[0]["response_type"] == "ephemeral"
+    with read_session(engine) as session:
+        assert (
+            registry.prompt_detail(session=session, name="customer-support").active_version
+            == "v2.0.0"
+        )
+    assert queued(engine) == []
+
+
+def test_help_and_bad_input_are_answered_without_a_change(deps, engine) -> None:
+    make_prompt(engine)
+    said = Replies()
+    commands.rollback_command(deps, {"text": "help", "user_id": "U9"}, said)
+    assert "/rollback" in said.text
+    said = Replies()
+    run_guarded(
+        lambda body, respond: commands.rollback_command(deps, body, respond),
+        {"text": "no-such-prompt", "user_id": "U1"},
+        said,
+    )
+    assert said.text.startswith(":warning:") and "no-such-prompt" in said.text
+    assert queued(engine) == []
+
+
+def test_rollback_button_closes_the_incident_and_updates_its_card(deps, engine) -> None:
+    make_prompt(engine)
+    now = utcnow()
+    with write_session(engine) as session:
+        version = session.exec(select(PromptVersion).where(PromptVersion.label == "v2.0.0")).one()
+        incident = Incident(
+            prompt_id=version.prompt_id,
+            version_id=version.id,
+            prompt="customer-support",
+            version="v2.0.0",
+            severity=Severity.HIGH,
+            action=Action.PAGE,
+            status=IncidentStatus.OPEN,
+            summary="error_rate_high",
+            opened_at=now,
+            updated_at=now,
+            last_breach_at=now,
+        )
+        session.add(incident)
+        session.flush()
+        incident_id = incident.id
+    body = {
+        "user": {"id": "U1"},
+        "actions": [{"action_id": "rollback", "value": json.dumps({"incident": incident_id})}],
+    }
+    actions.on_rollback(deps, body, Replies())
+    with read_session(engine) as session:
+        assert get_incident(session, incident_id).status == IncidentStatus.ROLLED_BACK
+        assert (
+            registry.prompt_detail(session=session, name="customer-support").active_version
+            == "v1.9.0"
+        )
+    texts = [json.dumps(p.payload) for p in queued(engine)]
+    assert any("Rolled back `v2.0.0`" in t and "<@U1>" in t for t in texts)
+    # A second click (a retry, a colleague) is told who did it and changes nothing more.
+    said = Replies()
+    run_guarded(lambda b, r: actions.on_rollback(deps, b, r), body, said)
+    assert "U1" in said.text and "None" not in said.text
+    with read_session(engine) as session:
+        assert len(registry.history(session=session, name="customer-support", limit=50)) == 4
