@@ -20,7 +20,7 @@ from _server import header, scratch_schema
 from bot import registry
 from bot.db import make_engine, write_session
 from bot.migrate import upgrade
-from bot.models import Trigger
+from bot.models import Trigger, utcnow
 from bot.registry.changes import Actor
 
 ACTOR = Actor(operator="bench", trigger=Trigger.API)
@@ -39,9 +39,12 @@ def measure(url: str, n: int) -> list[float]:
                 version=label,
                 template=label * 50,
                 created_by="bench",
+                now=utcnow(),
             )
     with write_session(engine) as session:
-        registry.deploy(session=session, prompt="customer-support", version="v1.9.0", actor=ACTOR)
+        registry.deploy(
+            session=session, prompt="customer-support", version="v1.9.0", actor=ACTOR, now=utcnow()
+        )
     timings = []
     for _ in range(n):
         with write_session(engine) as session:
@@ -50,6 +53,7 @@ def measure(url: str, n: int) -> list[float]:
                 prompt="customer-support",
                 version="v2.0.0",
                 actor=ACTOR,
+                now=utcnow(),
                 force=True,
             )
         started = time.perf_counter()
@@ -59,6 +63,7 @@ def measure(url: str, n: int) -> list[float]:
                 prompt="customer-support",
                 target=None,
                 actor=ACTOR,
+                now=utcnow(),
                 reason="benchmark",
                 dedup_window=timedelta(0),
             )

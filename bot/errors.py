@@ -28,9 +28,11 @@ class BotError(Exception):
 
     code = "error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, slack_text: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The same message as Slack should show it (people as mentions), when it differs.
+        self.slack_text = slack_text or message
 
 
 class ConfigError(BotError):

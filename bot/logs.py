@@ -50,3 +50,10 @@ def configure(level: str, *, json_lines: bool | None = None) -> None:
     logging.getLogger("slack_bolt.App").addFilter(
         lambda record: "`token` will be unused" not in record.getMessage()
     )
+    # APScheduler logs every run of every job at INFO (each second: the verifier, the rollout
+    # driver...), which buried the notices; and "maximum number of running instances
+    # reached" at WARNING when a round outlasts its interval, which only means the next run
+    # waits. Each loop reports itself instead (bot.liveness: /healthz, /metrics, and a line
+    # when a loop fails), so only APScheduler's own errors are kept.
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.ERROR
+    logging.getLogger("apscheduler").setLevel(quiet)

@@ -72,6 +72,15 @@ def deliver(notifier: Notifier, notice: Notice, session: Session | None = None) 
     With `session` the notice commits with the change it reports (a crash loses neither or
     both); a failing notifier is rolled back to a savepoint and logged, the change still commits.
     """
+    if not isinstance(notifier, LogNotifier):  # that one writes its own line
+        log.info(
+            "notice %s [%s] %s: %s",
+            notice.kind.value,
+            notice.severity.value,
+            notice.title,
+            notice.text[:300],
+            extra={"incident": notice.incident_id, "prompt": notice.prompt},
+        )
     try:
         if session is None:
             notifier.send(notice)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from bot.api.app import create_app
 from bot.config import Settings, load_settings
 from bot.db import make_engine, write_session
 from bot.migrate import upgrade
-from bot.models import Trigger
+from bot.models import Trigger, utcnow
 from bot.registry.changes import Actor
 
 API_TOKEN = "test-token-0123456789abcdef"
@@ -127,8 +127,10 @@ def make_prompt(
     name: str = "customer-support",
     versions: tuple[str, ...] = ("v1.8.0", "v1.9.0", "v2.0.0"),
     deploy: tuple[str, ...] | None = None,
+    now: datetime | None = None,
 ) -> None:
-    """Register `versions` of `name`, then deploy `deploy` in order (default: all of them)."""
+    """Register `versions` of `name`, then deploy `deploy` in order (default: all of them),
+    at `now` (default: the time of each step)."""
     with write_session(engine) as session:
         for label in versions:
             registry.create_version(
@@ -137,10 +139,13 @@ def make_prompt(
                 version=label,
                 template=f"{name} {label}: {{q}}",
                 created_by="tester",
+                now=now or utcnow(),
             )
     for label in versions if deploy is None else deploy:
         with write_session(engine) as session:
-            registry.deploy(session=session, prompt=name, version=label, actor=OPERATOR)
+            registry.deploy(
+                session=session, prompt=name, version=label, actor=OPERATOR, now=now or utcnow()
+            )
 
 
 def roll_back(engine: Engine, name: str = "customer-support") -> None:
@@ -151,6 +156,7 @@ def roll_back(engine: Engine, name: str = "customer-support") -> None:
             prompt=name,
             target=None,
             actor=OPERATOR,
+            now=utcnow(),
             reason="by hand",
             dedup_window=timedelta(0),
         )

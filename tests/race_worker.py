@@ -15,7 +15,7 @@ from collections import Counter
 from bot import registry
 from bot.db import make_engine, write_session
 from bot.errors import BotError
-from bot.models import Trigger
+from bot.models import Trigger, utcnow
 from bot.registry.changes import Actor
 
 
@@ -38,6 +38,7 @@ def race(url: str, threads: int, start_at: float, target: str | None, tag: str) 
                     prompt="customer-support",
                     target=target,
                     actor=Actor(operator=f"{tag}-{i}", trigger=Trigger.SLACK),
+                    now=utcnow(),
                     reason="race",
                 )
             outcome = "success"

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
-from unittest.mock import patch
 
 from sqlalchemy import Engine, func
 from sqlmodel import select
@@ -33,7 +32,6 @@ from bot.metrics.ingest import ingest
 from bot.migrate import upgrade
 from bot.models import EVENTS_MAX, Event, EventBatch, Incident
 from bot.notify import Notice
-from bot.registry import changes
 from tests.conftest import OPERATOR, make_prompt
 from tests.detection_kit import Clock, activated_at, make_checker
 
@@ -171,9 +169,7 @@ def simulate(
     clock = Clock(switch - BASELINE_HOUR)
     engine = make_engine(f"sqlite:///{db_path}")
     try:
-        # The registry has no clock parameter: it stamps deploys and rollbacks with utcnow().
-        with patch.object(changes, "utcnow", clock):
-            return _run(engine, scenario, rng, clock, minutes=minutes, tick_s=tick_s, seed=seed)
+        return _run(engine, scenario, rng, clock, minutes=minutes, tick_s=tick_s, seed=seed)
     finally:
         engine.dispose()
 
@@ -189,14 +185,14 @@ def _run(
     seed: int,
 ) -> Outcome:
     upgrade(engine)
-    make_prompt(engine, versions=(OLD, NEW), deploy=(OLD,))
+    make_prompt(engine, versions=(OLD, NEW), deploy=(OLD,), now=clock.now)
     history = arrivals(
         scenario.healthy(), rng, version=OLD, start=clock.now, seconds=BASELINE_HOUR.seconds
     )
     clock.advance(seconds=BASELINE_HOUR.seconds)
     store(engine, history, now=clock.now)
     with write_session(engine) as session:
-        registry.deploy(session=session, prompt=PROMPT, version=NEW, actor=OPERATOR)
+        registry.deploy(session=session, prompt=PROMPT, version=NEW, actor=OPERATOR, now=clock.now)
     switch = activated_at(engine)
     assert switch == clock.now
     total = len(history)

@@ -16,6 +16,7 @@ from bot import registry
 from bot.db import is_transient, make_engine, ping, write_session
 from bot.errors import DatabaseUnavailable
 from bot.migrate import upgrade
+from bot.models import utcnow
 
 
 def test_a_sqlite_connection_opened_while_the_file_was_read_only_is_replaced(
@@ -38,7 +39,12 @@ def test_a_sqlite_connection_opened_while_the_file_was_read_only_is_replaced(
     def register(version: str) -> None:
         with write_session(engine) as session:
             registry.create_version(
-                session=session, prompt="p", version=version, template="t", created_by="me"
+                session=session,
+                prompt="p",
+                version=version,
+                template="t",
+                created_by="me",
+                now=utcnow(),
             )
 
     with pytest.raises(DatabaseUnavailable, match="readonly"):
@@ -104,6 +110,7 @@ def test_a_full_disk_answers_503_and_writes_resume_when_space_is_freed(tmp_path:
                         version=f"v{n}",
                         template="x" * 20_000,
                         created_by="me",
+                        now=utcnow(),
                     )
             except DatabaseUnavailable as exc:
                 refused = exc
@@ -112,7 +119,12 @@ def test_a_full_disk_answers_503_and_writes_resume_when_space_is_freed(tmp_path:
         filler.unlink()
         with write_session(engine) as session:
             registry.create_version(
-                session=session, prompt="p", version="after", template="t", created_by="me"
+                session=session,
+                prompt="p",
+                version="after",
+                template="t",
+                created_by="me",
+                now=utcnow(),
             )
         engine.dispose()
     finally:

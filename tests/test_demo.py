@@ -22,5 +22,5 @@ def test_demo_shows_alert_rollback_verification_and_postmortem() -> None:
     assert "Check 1/6: " in out  # on a busy machine it may come before v1.9.0's first traffic
     assert re.search(r"Check \d/6: error rate \d+\.\d% \(n=\d+\)", out)
     assert "Recovered: v1.9.0 is healthy" in out
-    assert "# Post-mortem draft: customer-support v2.0.0" in out
+    assert "*Post-mortem draft: customer-support v2.0.0" in out
     assert "Demo finished in" in out

@@ -34,3 +34,29 @@ def test_every_setting_is_documented() -> None:
     reference = (ROOT / "docs/configuration.md").read_text()
     for name in Settings.model_fields:
         assert f"`{name.upper()}`" in reference, name
+
+
+def test_socket_mode_manifest_is_the_http_one_without_urls() -> None:
+    import yaml
+
+    http = yaml.safe_load((ROOT / "manifest.yml").read_text())
+    socket = yaml.safe_load((ROOT / "docs/manifest-socket-mode.yml").read_text())
+    assert socket["settings"]["socket_mode_enabled"] is True
+    assert "request_url" not in socket["settings"]["interactivity"]
+    assert all("url" not in command for command in socket["features"]["slash_commands"])
+    for command in http["features"]["slash_commands"]:
+        del command["url"]
+    del http["settings"]["interactivity"]["request_url"]
+    http["settings"]["socket_mode_enabled"] = True
+    assert socket == http
+
+
+def test_slash_command_help_lists_every_usage() -> None:
+    import yaml
+
+    from bot.slack.blocks import HELP
+
+    manifest = yaml.safe_load((ROOT / "manifest.yml").read_text())
+    hints = " ".join(c["usage_hint"] for c in manifest["features"]["slash_commands"])
+    for flag in ("--force", "--gradual", "--canary", "status", "history", "help"):
+        assert flag in HELP and flag in hints, flag

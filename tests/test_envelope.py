@@ -34,3 +34,10 @@ def test_wrong_shapes_are_named() -> None:
     assert problem(_click() | {"user": None}) is not None
     no_user = {k: v for k, v in _command().items() if k != "user_id"}
     assert problem(no_user) == "user_id: Field required"
+
+
+def test_a_modal_payload_needs_its_view() -> None:
+    submitted = {"type": "view_submission", "user": {"id": "U1"}}
+    assert problem(submitted | {"view": {"id": "V1", "type": "modal", "callback_id": "x"}}) is None
+    assert problem(submitted) == "view: Field required"
+    assert problem(submitted | {"view": {"callback_id": "x"}}) == "view.type: Field required"

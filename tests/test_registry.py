@@ -19,7 +19,7 @@ from bot.errors import (
     VersionMarkedBad,
     VersionNotFound,
 )
-from bot.models import ChangeKind, Health, Trigger
+from bot.models import ChangeKind, Health, Trigger, utcnow
 from bot.registry.changes import Actor
 from tests.conftest import OPERATOR, make_prompt
 
@@ -30,7 +30,12 @@ SYSTEM = Actor(operator="system", trigger=Trigger.AUTOMATIC, rule="error_rate_cr
 def _rollback(engine: Engine, target: str | None = None, actor: Actor = ALICE, **kw: object):
     with write_session(engine) as session:
         return registry.rollback(
-            session=session, prompt="customer-support", target=target, actor=actor, **kw
+            session=session,
+            prompt="customer-support",
+            target=target,
+            actor=actor,
+            now=utcnow(),
+            **kw,
         )
 
 
@@ -96,6 +101,7 @@ def test_default_target_skips_versions_marked_bad(engine: Engine) -> None:
             version="v1.9.0",
             health=Health.BAD,
             actor=OPERATOR,
+            now=utcnow(),
             reason="refund bug",
         )
     assert _rollback(engine).to_version == "v1.8.0"
@@ -157,7 +163,11 @@ def test_rollback_to_bad_version_needs_force(engine: Engine) -> None:
     _rollback(engine)
     with write_session(engine) as session:
         registry.deploy(
-            session=session, prompt="customer-support", version="v1.8.0", actor=OPERATOR
+            session=session,
+            prompt="customer-support",
+            version="v1.8.0",
+            actor=OPERATOR,
+            now=utcnow(),
         )
     with pytest.raises(VersionMarkedBad, match="v2.0.0 is marked bad"):
         _rollback(engine, target="v2.0.0")
@@ -170,7 +180,11 @@ def test_deploy_of_bad_version_needs_force(engine: Engine) -> None:
     _rollback(engine)
     with write_session(engine) as session, pytest.raises(VersionMarkedBad):
         registry.deploy(
-            session=session, prompt="customer-support", version="v2.0.0", actor=OPERATOR
+            session=session,
+            prompt="customer-support",
+            version="v2.0.0",
+            actor=OPERATOR,
+            now=utcnow(),
         )
 
 
@@ -181,7 +195,11 @@ def test_expected_version_mismatch_reports_the_rollback(engine: Engine) -> None:
         _rollback(engine, target="v1.8.0", expected_version="v2.0.0")
     with write_session(engine) as session:
         registry.deploy(
-            session=session, prompt="customer-support", version="v1.8.0", actor=OPERATOR
+            session=session,
+            prompt="customer-support",
+            version="v1.8.0",
+            actor=OPERATOR,
+            now=utcnow(),
         )
     with pytest.raises(ConcurrentChange, match="no longer on v1.9.0: now on v1.8.0"):
         _rollback(engine, expected_version="v1.9.0")
@@ -191,7 +209,9 @@ def test_unknown_prompt_suggests_close_names(engine: Engine) -> None:
     make_prompt(engine)
     with pytest.raises(PromptNotFound, match="did you mean customer-support"):
         with write_session(engine) as session:
-            registry.rollback(session=session, prompt="customer-suport", target=None, actor=ALICE)
+            registry.rollback(
+                session=session, prompt="customer-suport", target=None, actor=ALICE, now=utcnow()
+            )
 
 
 def test_unknown_version_lists_recent_versions(engine: Engine) -> None:
@@ -211,6 +231,7 @@ def test_versions_are_immutable(engine: Engine) -> None:
             version="v1.9.0",
             template="x",
             created_by="t",
+            now=utcnow(),
         )
 
 
@@ -218,7 +239,7 @@ def test_versions_are_immutable(engine: Engine) -> None:
 def test_bad_prompt_names_are_refused(engine: Engine, name: str) -> None:
     with write_session(engine) as session, pytest.raises(InvalidRequest, match="prompt name"):
         registry.create_version(
-            session=session, prompt=name, version="v1", template="x", created_by="t"
+            session=session, prompt=name, version="v1", template="x", created_by="t", now=utcnow()
         )
     with read_session(engine) as session:
         assert registry.list_prompts(session=session) == []
@@ -241,6 +262,7 @@ def test_canary_split_and_rollback_from_it(engine: Engine) -> None:
             prompt="customer-support",
             split={"v1.9.0": 90, "v2.0.0": 10},
             actor=OPERATOR,
+            now=utcnow(),
             reason="canary",
         )
     assert result.split == {"v1.9.0": 90, "v2.0.0": 10}
@@ -261,6 +283,7 @@ def test_split_to_one_version_is_a_full_switch(engine: Engine) -> None:
             prompt="customer-support",
             split={"v1.9.0": 0, "v2.0.0": 100},
             actor=OPERATOR,
+            now=utcnow(),
         )
     detail = _detail(engine)
     assert (detail.active_version, detail.split) == ("v2.0.0", None)
@@ -270,7 +293,11 @@ def test_split_must_sum_to_100_and_name_known_versions(engine: Engine) -> None:
     make_prompt(engine)
     with write_session(engine) as session, pytest.raises(InvalidRequest, match="sum to 100"):
         registry.set_split(
-            session=session, prompt="customer-support", split={"v1.9.0": 50}, actor=OPERATOR
+            session=session,
+            prompt="customer-support",
+            split={"v1.9.0": 50},
+            actor=OPERATOR,
+            now=utcnow(),
         )
     with write_session(engine) as session, pytest.raises(VersionNotFound):
         registry.set_split(
@@ -278,6 +305,7 @@ def test_split_must_sum_to_100_and_name_known_versions(engine: Engine) -> None:
             prompt="customer-support",
             split={"v1.9.0": 50, "v7": 50},
             actor=OPERATOR,
+            now=utcnow(),
         )
     assert _detail(engine).split is None
 

@@ -279,11 +279,21 @@ def test_a_persons_change_during_a_canary_ends_it_and_stands(engine: Engine, cha
     with write_session(engine) as session:
         if change == "deploy":
             lifecycle.deploy(
-                session, prompt="customer-support", version="v2.1.0", actor=BOB, notifier=notifier
+                session,
+                prompt="customer-support",
+                version="v2.1.0",
+                actor=BOB,
+                now=utcnow(),
+                notifier=notifier,
             )
         else:
             lifecycle.rollback(
-                session, prompt="customer-support", target=None, actor=BOB, notifier=notifier
+                session,
+                prompt="customer-support",
+                target=None,
+                actor=BOB,
+                now=utcnow(),
+                notifier=notifier,
             )
     stands = ("v2.1.0", None) if change == "deploy" else ("v1.9.0", None)
     assert _routing(engine) == stands
@@ -320,7 +330,12 @@ def test_a_rollback_during_a_canary_of_an_older_version_returns_to_the_stable_on
     _canary_at_5_percent(engine, clock)
     with write_session(engine) as session:
         result = lifecycle.rollback(
-            session, prompt="customer-support", target=None, actor=BOB, notifier=LogNotifier()
+            session,
+            prompt="customer-support",
+            target=None,
+            actor=BOB,
+            now=utcnow(),
+            notifier=LogNotifier(),
         )
     assert (result.from_version, result.to_version) == ("v2.0.0", "v1.9.0")
     assert _routing(engine) == ("v1.9.0", None)
@@ -333,7 +348,9 @@ def test_a_change_behind_the_flows_back_supersedes_the_rollout_too(engine: Engin
     clock = Clock(utcnow())
     rid = _canary_at_5_percent(engine, clock)
     with write_session(engine) as session:
-        registry.deploy(session=session, prompt="customer-support", version="v2.1.0", actor=BOB)
+        registry.deploy(
+            session=session, prompt="customer-support", version="v2.1.0", actor=BOB, now=utcnow()
+        )
     clock.advance(seconds=STAGE)
     traffic(engine, version="v2.0.0", n=400, at=clock.now)
     driver, notifier = _driver(engine, clock)

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -55,8 +57,8 @@ def _incident(engine: Engine) -> Incident:
 
 
 def _checker_pass(engine: Engine, harness: Harness, errors: int, n: int = 1000) -> None:
-    """Deployed v2.0.0 two minutes ago with `errors` in `n`; one checker pass to Slack."""
-    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    """Deployed v2.0.0 two minutes ago with `errors` in `n`; one checker pass to Slack, now."""
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"), now=utcnow() - timedelta(minutes=2))
     clock = Clock(activated_at(engine))
     traffic(engine, version="v2.0.0", n=n, errors=errors, at=clock.now)  # before any rollback
     clock.advance(minutes=2)
@@ -136,6 +138,51 @@ def test_a_timestamp_that_is_not_a_number_gets_401(slack: Harness, engine: Engin
     for stamp in ("soon", "", "1e9", "-5", "0x10"):
         response = slack.sender.post(body, headers={"X-Slack-Request-Timestamp": stamp})
         assert response.status_code == 401, (stamp, response.text)
+    assert _active(engine) == "v2.0.0"
+    assert slack.fake.calls_to("chat.postMessage") == []
+
+
+def test_ssl_check_is_answered_200_and_changes_nothing(slack: Harness, engine: Engine) -> None:
+    """Slack probes a slash command's URL with an unsigned `ssl_check=1` form post."""
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    response = slack.sender.post(b"ssl_check=1&token=verification-token", signed=False)
+    assert response.status_code == 200 and response.text == ""
+    # Unsigned, it is only ever an ssl_check: a command next to it is still refused.
+    body = b"ssl_check=1&" + slash_command_body("/rollback", "customer-support v1.9.0")
+    assert slack.sender.post(body, signed=False).status_code == 200
+    assert _active(engine) == "v2.0.0"
+    assert slack.fake.calls_to("chat.postMessage") == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "event_callback", "event": {"type": "app_mention", "text": "hi"}},
+        {
+            "type": "view_submission",
+            "user": {"id": "U1"},
+            "view": {"id": "V1", "type": "modal", "callback_id": "old_modal", "state": {}},
+        },
+        {"type": "block_actions", "user": {"id": "U1"}, "actions": [{"action_id": "gone"}]},
+        {"type": "shortcut", "user": {"id": "U1"}, "callback_id": "unknown"},
+    ],
+    ids=["event", "view-submission", "unknown-action", "shortcut"],
+)
+def test_a_signed_request_nothing_handles_is_acknowledged(
+    slack: Harness, engine: Engine, body: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack would retry an event, or show an error on a button, for anything but a 2xx."""
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    raw = (
+        json.dumps({**body, "team_id": "T1", "api_app_id": "A1"}).encode()
+        if body["type"] == "event_callback"
+        else b"payload=" + urllib.parse.quote(json.dumps(body)).encode()
+    )
+    headers = {"Content-Type": "application/json"} if body["type"] == "event_callback" else {}
+    with caplog.at_level("INFO", logger="bot.api.routes.slack"):
+        response = slack.sender.post(raw, headers=headers)
+    assert response.status_code == 200, response.text
+    assert any("not handled" in r.getMessage() for r in caplog.records)
     assert _active(engine) == "v2.0.0"
     assert slack.fake.calls_to("chat.postMessage") == []
 
@@ -243,7 +290,7 @@ def test_double_click_rolls_back_once_and_tells_the_second(slack: Harness, engin
     _wait_card(slack, lambda m: not _buttons(m))
     assert [e.kind for e in _history(engine)].count("rollback") == 1
     assert len(answers) == 1
-    assert "already rolled back v2.0.0 \u2192 v1.9.0 by U1" in answers[0]["text"]
+    assert "already rolled back v2.0.0 \u2192 v1.9.0 by <@U1> (slack)" in answers[0]["text"]
     assert answers[0]["response_type"] == "ephemeral"
 
 
@@ -308,6 +355,44 @@ def test_slash_rollback_to_a_version_is_announced(slack: Harness, engine: Engine
     )
     thread = slack.fake.wait_for(lambda _: slack.fake.thread(post["ts"])[1:] or None)
     assert "Verification of v1.8.0" in thread[0]["text"]
+    assert answer["text"].endswith("Announced in #incidents.")  # the post was there by then
+
+
+def test_slash_deploy_is_announced_like_a_rollback(slack: Harness, engine: Engine) -> None:
+    make_prompt(engine, deploy=("v1.9.0",))
+    answer = _answer(slack, "customer-support v2.0.0 new refund wording", command="/deploy")
+    assert answer["text"] == ("Deployed customer-support v1.9.0 → v2.0.0. Announced in #incidents.")
+    assert _active(engine) == "v2.0.0"
+    post = slack.fake.wait_for(lambda _: slack.fake.messages("C1") or None)[0]
+    assert post["text"] == (
+        ":rocket: <@U1> deployed *customer-support* `v1.9.0` → `v2.0.0`: new refund wording"
+    )
+
+
+def test_announced_is_said_only_once_slack_has_the_post(slack: Harness, engine: Engine) -> None:
+    make_prompt(engine)
+    slack.fake.set_down(True)
+    try:
+        answer = _answer(slack, "customer-support v1.9.0 during an outage")
+        # The answer goes to the response_url (the stand-in keeps taking those); the channel
+        # post waits in the outbox, and the user is not told it is there.
+        assert answer["text"].endswith(
+            "It will be announced in #incidents as soon as Slack takes the message."
+        )
+        assert slack.fake.messages("C1") == []
+    finally:
+        slack.fake.set_down(False)
+    slack.service.worker.wake()
+    post = slack.fake.wait_for(lambda _: slack.fake.messages("C1") or None, timeout=15)[0]
+    assert "rolled back *customer-support*" in post["text"]
+
+
+def test_an_overlong_reason_is_refused_with_the_limit(slack: Harness, engine: Engine) -> None:
+    make_prompt(engine)
+    answer = _answer(slack, "customer-support v1.9.0 " + "x" * 1001)
+    assert answer["text"].startswith(":warning: the reason is 1001 characters; at most 1000")
+    assert _active(engine) == "v2.0.0"
+    assert slack.fake.messages("C1") == []
 
 
 def test_slash_rollback_without_version_goes_to_previous_known_good(
@@ -316,7 +401,7 @@ def test_slash_rollback_without_version_goes_to_previous_known_good(
     make_prompt(engine)
     assert "v2.0.0 → v1.9.0" in _answer(slack, "customer-support")["text"]
     again = _answer(slack, "customer-support")
-    assert "already rolled back v2.0.0 → v1.9.0 by U1" in again["text"]
+    assert "already rolled back v2.0.0 → v1.9.0 by <@U1> (slack)" in again["text"]
     assert [e.kind for e in _history(engine)].count("rollback") == 1
 
 
@@ -469,8 +554,15 @@ def test_verification_reports_in_the_card_thread_and_resolves_the_card(
     assert replies[1] == "Check 1/12: error rate 0.5% (n=200)"
     assert replies[2].startswith("Recovered: v1.9.0 is healthy (0.5% errors, n=200)")
     _wait_card(slack, lambda m: "Resolved" in json.dumps(m["blocks"]))
-    draft = slack.fake.wait_for(lambda _: slack.fake.thread(card["ts"])[4:] or None)[0]["text"]
-    assert draft.startswith("# Post-mortem draft: customer-support v2.0.0")
+    draft = slack.fake.wait_for(
+        lambda _: [
+            m["text"] for m in slack.fake.thread(card["ts"]) if "Post-mortem" in m["text"]
+        ]
+    )[0]
+    # Slack mrkdwn, not GitHub Markdown: no headings, no double asterisks, people as mentions.
+    assert draft.startswith("*Post-mortem draft: customer-support v2.0.0")
+    assert "*Timeline*" in draft and "*Who did what*" in draft
+    assert "#" not in draft.replace("incident #", "") and "**" not in draft
 
 
 def test_verification_of_a_slash_rollback_threads_under_its_announcement(
@@ -601,7 +693,7 @@ def test_a_rollback_from_any_surface_updates_the_card_and_the_postmortem(
         _cli_rollback(slack, db_url)
         who = "by carol via the CLI"
     else:
-        assert slack.sender.command("customer-support").status_code == 200
+        _answer(slack, "customer-support")  # its answer first, so the late click's is next
         who = "by <@U1> in Slack"
     updated = _wait_card(slack, lambda m: not _buttons(m))
     assert _active(engine) == "v1.9.0"

@@ -77,7 +77,11 @@ def test_every_rollback_schedules_a_verification(engine: Engine) -> None:
     make_prompt(engine)
     with write_session(engine) as session:
         result = registry.rollback(
-            session=session, prompt="customer-support", target=None, actor=Actor("bob", Trigger.CLI)
+            session=session,
+            prompt="customer-support",
+            target=None,
+            actor=Actor("bob", Trigger.CLI),
+            now=utcnow(),
         )
     v = _verification(engine)
     assert (v.audit_id, v.version, v.from_version, v.status) == (
@@ -224,6 +228,19 @@ def test_postmortem_draft_from_the_record(
     monkeypatch.setenv("DATABASE_URL", db_url)
     main(["incidents", "show", str(incident.id), "--markdown"])
     assert capsys.readouterr().out.strip() == draft
+    # The same record in Slack mrkdwn: the same timeline, Slack's emphasis, no headings.
+    with read_session(engine) as session:
+        slack = postmortem(session=session, incident_id=incident.id, style="slack")
+    assert slack.startswith(
+        f"*Post-mortem draft: customer-support v2.0.0 (incident #{incident.id})*"
+    )
+    assert "- *Deployed*" in slack and "- *Verified*" in slack and "*Timeline*" in slack
+    assert "**" not in slack and "\n#" not in slack
+    assert [line.split(" ", 2)[-1] for line in slack.splitlines() if line.startswith("- ")] == [
+        line.split(" ", 2)[-1].replace("**", "*")
+        for line in draft.splitlines()
+        if line.startswith("- ")
+    ]
 
 
 def test_apps_still_serving_the_bad_version_after_the_deadline_are_reported(
@@ -255,10 +272,16 @@ def test_traffic_from_before_the_rollback_never_counts_as_recovery(engine: Engin
     traffic(engine, version="v1.9.0", n=600, errors=3, at=before)
     with write_session(engine) as session:
         registry.deploy(
-            session=session, prompt="customer-support", version="v2.0.0", actor=OPERATOR
+            session=session,
+            prompt="customer-support",
+            version="v2.0.0",
+            actor=OPERATOR,
+            now=utcnow(),
         )
     with write_session(engine) as session:
-        registry.rollback(session=session, prompt="customer-support", target=None, actor=OPERATOR)
+        registry.rollback(
+            session=session, prompt="customer-support", target=None, actor=OPERATOR, now=utcnow()
+        )
     every = load_policies(POLICY_DIR).defaults.verify_every
     clock = Clock(utcnow() + timedelta(seconds=1))
     verifier, notifier = _verifier(engine, clock)
@@ -285,6 +308,7 @@ def test_a_verification_superseded_by_a_later_rollback_ends_without_a_word(
                 prompt="customer-support",
                 target=target,
                 actor=OPERATOR,
+                now=utcnow(),
                 force=True,
             )
             lifecycle.after(session, result, LogNotifier())

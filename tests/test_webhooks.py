@@ -105,12 +105,14 @@ def test_routing_changes_are_signed_retried_and_recorded(
             prompt="customer-support",
             version="v2.0.0",
             actor=Actor("U1", Trigger.SLACK),
+            now=utcnow(),
         )
         registry.rollback(
             session=session,
             prompt="customer-support",
             target=None,
             actor=Actor("system", Trigger.AUTOMATIC, rule="error_rate_critical"),
+            now=utcnow(),
         )
     for _ in range(6):
         dispatcher.run_due()
@@ -139,7 +141,11 @@ def test_prompts_without_webhooks_send_nothing(
     dispatcher.run_due()
     with write_session(engine) as session:
         registry.deploy(
-            session=session, prompt="billing", version="b1", actor=Actor("U1", Trigger.SLACK)
+            session=session,
+            prompt="billing",
+            version="b1",
+            actor=Actor("U1", Trigger.SLACK),
+            now=utcnow(),
         )
     assert dispatcher.run_due() == 0
     assert receiver.received == []

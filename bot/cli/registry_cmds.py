@@ -116,6 +116,7 @@ def add(
             version=body.version,
             template=body.template,
             created_by=operator,
+            now=utcnow(),
             baseline=body.baseline,
         )
     if as_json:
@@ -210,6 +211,7 @@ def deploy(
             prompt=name,
             version=body.version,
             actor=_actor(operator),
+            now=utcnow(),
             notifier=state.notifier(),
             reason=body.reason,
             force=body.force,
@@ -248,6 +250,7 @@ def split(
             prompt=name,
             shares=body.split,
             actor=_actor(operator),
+            now=utcnow(),
             notifier=state.notifier(),
             reason=body.reason,
             force=body.force,
@@ -275,6 +278,7 @@ def mark(
             version=version,
             health=body.health,
             actor=_actor(operator),
+            now=utcnow(),
             reason=body.reason,
         )
     if as_json:
@@ -350,6 +354,7 @@ def rollback(
             prompt=body.prompt,
             target=body.target_version,
             actor=_actor(operator),
+            now=utcnow(),
             notifier=state.notifier(),
             reason=body.reason,
             force=body.force,

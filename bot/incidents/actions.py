@@ -37,6 +37,7 @@ def rollback_incident(
         prompt=incident.prompt,
         target=target,
         actor=actor,
+        now=now,
         reason=f"incident #{incident.id}: {incident.summary}"[:1000],
         expected_version=incident.version,
         dedup_window=dedup_window,
@@ -56,8 +57,12 @@ def check_can_roll_back(session: Session, incident: Incident) -> None:
     """Raise AlreadyRolledBack (naming who did it) or Conflict unless the incident is active."""
     if incident.status == IncidentStatus.ROLLED_BACK:
         entry = session.get(AuditEntry, incident.rollback_audit_id or -1)
-        done = describe_change(entry) if entry else f"rolled back by {incident.resolved_by}"
-        raise AlreadyRolledBack(f"{incident.prompt} was already {done}")
+        if entry is None:
+            raise AlreadyRolledBack(f"{incident.prompt} was already rolled back")
+        raise AlreadyRolledBack(
+            f"{incident.prompt} was already {describe_change(entry)}",
+            slack_text=f"{incident.prompt} was already {describe_change(entry, slack=True)}",
+        )
     if incident.status not in ACTIVE_INCIDENT:
         raise Conflict(
             f"incident #{incident.id} is {incident.status.value}; "

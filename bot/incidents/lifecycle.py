@@ -18,11 +18,12 @@ version (during a gradual rollback, on to the good version).
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select, update
 
-from bot import registry
+from bot import people, registry
 from bot.incidents import records as inc
 from bot.models import (
     ACTIVE_INCIDENT,
@@ -32,30 +33,20 @@ from bot.models import (
     ChangeResult,
     Incident,
     IncidentStatus,
+    Prompt,
     Rollout,
     RolloutKind,
     Severity,
-    Trigger,
     Verification,
     VerificationStatus,
 )
 from bot.notify import Notice, NoticeKind, Notifier, deliver
+from bot.people import plain
 from bot.registry.changes import Actor
 from bot.registry.lookup import get_prompt, last_routing_change
 from bot.rollouts import stages as rollouts
 
-VIA = {
-    Trigger.API: "via the API",
-    Trigger.CLI: "via the CLI",
-    Trigger.SLACK: "in Slack",
-    Trigger.AUTOMATIC: "automatically",
-}
-
-
-def who(operator: str, trigger: Trigger) -> str:
-    """A person as Slack shows them (a mention for Slack users), with the surface used."""
-    name = f"<@{operator}>" if trigger == Trigger.SLACK else operator
-    return VIA[trigger] if trigger == Trigger.AUTOMATIC else f"by {name} {VIA[trigger]}"
+log = logging.getLogger(__name__)
 
 
 def rollback(
@@ -65,6 +56,7 @@ def rollback(
     target: str | None,
     actor: Actor,
     notifier: Notifier,
+    now: datetime,
     reason: str = "",
     force: bool = False,
     expected_version: str | None = None,
@@ -84,6 +76,7 @@ def rollback(
         force=force,
         expected_version=expected_version,
         dedup_window=dedup_window,
+        now=now,
     )
     after(session, result, notifier)
     return result
@@ -96,12 +89,19 @@ def deploy(
     version: str,
     actor: Actor,
     notifier: Notifier,
+    now: datetime,
     reason: str = "",
     force: bool = False,
 ) -> ChangeResult:
     """Deploy `version` (registry.deploy), then bring everything in line."""
     result = registry.deploy(
-        session=session, prompt=prompt, version=version, actor=actor, reason=reason, force=force
+        session=session,
+        prompt=prompt,
+        version=version,
+        actor=actor,
+        now=now,
+        reason=reason,
+        force=force,
     )
     after(session, result, notifier)
     return result
@@ -114,12 +114,19 @@ def split(
     shares: dict[str, int],
     actor: Actor,
     notifier: Notifier,
+    now: datetime,
     reason: str = "",
     force: bool = False,
 ) -> ChangeResult:
     """Set a split (registry.set_split), then bring everything in line."""
     result = registry.set_split(
-        session=session, prompt=prompt, split=shares, actor=actor, reason=reason, force=force
+        session=session,
+        prompt=prompt,
+        split=shares,
+        actor=actor,
+        now=now,
+        reason=reason,
+        force=force,
     )
     after(session, result, notifier)
     return result
@@ -158,7 +165,7 @@ def start_rollout(
         )
     ).first()
     if incident is not None:
-        by = who(actor.operator, actor.trigger)
+        by = people.by(actor.operator, actor.trigger)
         text = (
             f"{rollouts.describe(rollout).capitalize()} started {by}; "
             f"{int(stage_seconds // 60)} min a stage. Its stages, Finish now and Abort are on "
@@ -209,6 +216,16 @@ def after_change(
 ) -> list[Incident]:
     """Bring the prompt's incidents and verifications in line with the change `entry`, which
     left `serving` live; returns the incidents it closed."""
+    log.info(
+        "%s %s: %s → %s %s (audit #%s)",
+        entry.kind.value,
+        prompt.name if (prompt := session.get(Prompt, entry.prompt_id)) else entry.prompt_id,
+        entry.from_version,
+        ", ".join(sorted(serving)),
+        plain(people.by(entry.operator, entry.trigger)),
+        entry.id,
+        extra={"audit_id": entry.id},
+    )
     cancel_superseded_verifications(session, entry=entry, now=now)
     supersede_rollout(session, entry=entry, notifier=notifier, now=now)
     return settle_incidents(session, entry=entry, serving=serving, notifier=notifier, now=now)
@@ -228,7 +245,7 @@ def settle_incidents(
     for incident in open_ones:
         if incident.version in serving:
             continue
-        by = who(entry.operator, entry.trigger)
+        by = people.by(entry.operator, entry.trigger)
         rolled_back = entry.kind == ChangeKind.ROLLBACK and entry.from_version == incident.version
         if rolled_back:
             text = f"Rolled back {entry.from_version} → {entry.to_version} {by}."
@@ -274,7 +291,7 @@ def supersede_rollout(
         return None
     text = (
         f"{rollouts.describe(running).capitalize()} superseded: {entry.kind.value} to "
-        f"{entry.to_version} {who(entry.operator, entry.trigger)}. That change stands; the "
+        f"{entry.to_version} {people.by(entry.operator, entry.trigger)}. That change stands; the "
         "rollout will not move traffic again."
     )
     rollouts.supersede(running, now, text)

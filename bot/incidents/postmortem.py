@@ -1,13 +1,43 @@
-"""A post-mortem draft from what the bot recorded: timeline, the rule and figures, who did what."""
+"""A post-mortem draft from what the bot recorded: timeline, the rule and figures, who did what.
+
+One draft, two renderings: GitHub Markdown (`incidents show --markdown`, for a post-mortem
+document) and Slack mrkdwn (the draft posted in the incident's thread: no `#` headings, `*bold*`,
+people as mentions).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from sqlmodel import Session, col, select
 
 from bot.incidents.records import get_incident
-from bot.models import AuditEntry, ChangeKind, Incident, Verification
+from bot.models import AuditEntry, ChangeKind, Incident, Trigger, Verification
+from bot.people import mention
+
+
+@dataclass(frozen=True)
+class _Style:
+    heading: Callable[[str], str]
+    bold: Callable[[str], str]
+    person: Callable[[str, Trigger | None], str]
+
+
+STYLES: dict[str, _Style] = {
+    "markdown": _Style(
+        heading=lambda text: f"## {text}",
+        bold=lambda text: f"**{text}**",
+        person=lambda operator, trigger: operator,
+    ),
+    "slack": _Style(
+        heading=lambda text: f"*{text}*",
+        bold=lambda text: f"*{text}*",
+        person=mention,
+    ),
+}
 
 QUESTIONS = (
     "What changed in {version} that caused the regression?",
@@ -27,16 +57,20 @@ def _after(start: datetime | None, at: datetime | None) -> str:
     return f" (+{seconds // 60} min {seconds % 60} s)" if seconds >= 60 else f" (+{seconds} s)"
 
 
-def _change_line(e: AuditEntry) -> str:
+def _change_line(e: AuditEntry, style: _Style) -> str:
     reason = f": {e.reason}" if e.reason else ""
     return (
         f"- {_when(e.created_at)} {e.kind.value} {e.from_version or '-'} → "
-        f"{e.to_version or '-'} by {e.operator} ({e.trigger.value}){reason}"
+        f"{e.to_version or '-'} by {style.person(e.operator, e.trigger)} "
+        f"({e.trigger.value}){reason}"
     )
 
 
-def postmortem(*, session: Session, incident_id: int) -> str:
-    """The draft as Markdown (Slack shows it readably too)."""
+def postmortem(
+    *, session: Session, incident_id: int, style: Literal["markdown", "slack"] = "markdown"
+) -> str:
+    """The draft, as GitHub Markdown or as Slack mrkdwn."""
+    how = STYLES[style]
     incident: Incident = get_incident(session, incident_id)
     deployed = session.exec(
         select(AuditEntry)
@@ -64,14 +98,16 @@ def postmortem(*, session: Session, incident_id: int) -> str:
         (
             "Deployed",
             deployed.created_at if deployed else None,
-            f"{incident.version} by {deployed.operator}" if deployed else "not recorded",
+            f"{incident.version} by {how.person(deployed.operator, deployed.trigger)}"
+            if deployed
+            else "not recorded",
         ),
         ("Detected", incident.opened_at, incident.summary.split("; ")[0]),
         (
             "Acted",
             rollback.created_at if rollback else None,
-            f"rolled back {rollback.from_version} → {rollback.to_version} by {rollback.operator} "
-            f"({rollback.trigger.value})"
+            f"rolled back {rollback.from_version} → {rollback.to_version} by "
+            f"{how.person(rollback.operator, rollback.trigger)} ({rollback.trigger.value})"
             if rollback
             else "no rollback",
         ),
@@ -88,15 +124,19 @@ def postmortem(*, session: Session, incident_id: int) -> str:
             incident.status.value,
         ),
     ]
+    title = f"Post-mortem draft: {incident.prompt} {incident.version} (incident #{incident.id})"
     lines = [
-        f"# Post-mortem draft: {incident.prompt} {incident.version} (incident #{incident.id})",
+        f"# {title}" if style == "markdown" else f"*{title}*",
         "",
-        f"Severity **{incident.severity.value}**; status {incident.status.value}.",
+        f"Severity {how.bold(incident.severity.value)}; status {incident.status.value}.",
         "",
-        "## Timeline",
-        *(f"- **{label}** {_when(at)}{_after(start, at)}: {what}" for label, at, what in timeline),
+        how.heading("Timeline"),
+        *(
+            f"- {how.bold(label)} {_when(at)}{_after(start, at)}: {what}"
+            for label, at, what in timeline
+        ),
         "",
-        "## What fired",
+        how.heading("What fired"),
         *(
             f"- `{f.get('rule')}`: {f.get('metric')} {float(f.get('value', 0)):.1f} > "
             f"{f.get('threshold')}" + (f" ({f['note']})" if f.get("note") else "")
@@ -106,11 +146,15 @@ def postmortem(*, session: Session, incident_id: int) -> str:
         f"{figures.get('error_rate_pct')}%; baseline: "
         f"{(figures.get('baseline') or {}).get('source', 'none')}",
         "",
-        "## Who did what",
-        *(_change_line(e) for e in changes),
-        *([f"- {incident.investigator} investigated"] if incident.investigator else []),
+        how.heading("Who did what"),
+        *(_change_line(e, how) for e in changes),
+        *(
+            [f"- {how.person(incident.investigator, Trigger.SLACK)} investigated"]
+            if incident.investigator
+            else []
+        ),
         "",
-        "## Questions",
+        how.heading("Questions"),
         *(f"- {q.format(version=incident.version)}" for q in QUESTIONS),
     ]
     return "\n".join(lines)

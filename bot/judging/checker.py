@@ -343,6 +343,7 @@ class Checker:
                     prompt=lv.target.prompt,
                     target=None,
                     actor=actor,
+                    now=now,
                     reason=decision.reason[:1000],
                     expected_version=lv.target.version,
                     dedup_window=self.dedup_window,
@@ -423,8 +424,11 @@ class Checker:
                         version=lv.target.version,
                         health=Health.GOOD,
                         actor=Actor(
-                            operator=SYSTEM, trigger=Trigger.AUTOMATIC, rule="served_cleanly"
+                            operator=SYSTEM,
+                            trigger=Trigger.AUTOMATIC,
+                            rule="served_cleanly",
                         ),
+                        now=now,
                         reason=f"served cleanly for {int(clean_for.total_seconds() // 60)} min",
                     )
                 marked += 1

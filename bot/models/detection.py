@@ -24,6 +24,7 @@ from sqlmodel import Field, SQLModel
 from bot.models.registry import (
     PROMPT_NAME_MAX,
     VERSION_LABEL_MAX,
+    Trigger,
     UTCDateTime,
     enum_column,
     utcnow,
@@ -357,6 +358,8 @@ class Rollout(SQLModel, table=True):
         default=RolloutStatus.RUNNING, sa_column=enum_column(RolloutStatus)
     )
     operator: str = Field(max_length=200)
+    # Through what the operator started it (None: before release 0013 recorded it).
+    trigger: Trigger | None = Field(default=None, sa_column=enum_column(Trigger, nullable=True))
     reason: str = Field(default="", max_length=1000)
     note: str | None = Field(default=None, max_length=2000)
     # The routing revision the rollout last wrote; any other revision means someone else

@@ -96,7 +96,7 @@ class Trigger(enum.StrEnum):
     AUTOMATIC = "automatic"
 
 
-def enum_column(enum_type: type[enum.StrEnum]) -> Column[str]:
+def enum_column(enum_type: type[enum.StrEnum], *, nullable: bool = False) -> Column[str]:
     """Store an enum as its value in a plain VARCHAR (no native enum type to migrate)."""
     return Column(
         SAEnum(
@@ -106,7 +106,7 @@ def enum_column(enum_type: type[enum.StrEnum]) -> Column[str]:
             length=24,
             values_callable=lambda members: [m.value for m in members],
         ),
-        nullable=False,
+        nullable=nullable,
     )
 
 

@@ -38,8 +38,8 @@ from bot.models import (
     Verification,
     VersionPublic,
     metric_bucket,
-    utcnow,
 )
+from bot.people import mention
 from bot.registry.lookup import (
     get_prompt,
     get_version,
@@ -66,19 +66,18 @@ def create_version(
     version: str,
     template: str,
     created_by: str,
+    now: datetime,
     baseline: dict[str, float] | None = None,
 ) -> VersionPublic:
     """Register a version of `prompt`, creating the prompt (and its empty routing) if new."""
     _check_name(prompt, PROMPT_NAME_PATTERN, PROMPT_NAME_MAX, "prompt name")
     _check_name(version, VERSION_LABEL_PATTERN, VERSION_LABEL_MAX, "version label")
     insert = upsert_insert(session)
-    session.execute(
-        insert(Prompt).values(name=prompt, created_at=utcnow()).on_conflict_do_nothing()
-    )
+    session.execute(insert(Prompt).values(name=prompt, created_at=now).on_conflict_do_nothing())
     row = get_prompt(session, prompt)
     session.execute(
         insert(Routing)
-        .values(prompt_id=row.id, revision=0, updated_at=utcnow())
+        .values(prompt_id=row.id, revision=0, updated_at=now)
         .on_conflict_do_nothing()
     )
     exists = session.exec(
@@ -93,6 +92,7 @@ def create_version(
         label=version,
         template=template,
         created_by=created_by,
+        created_at=now,
         baseline=baseline,
     )
     session.add(record)
@@ -106,6 +106,7 @@ def deploy(
     prompt: str,
     version: str,
     actor: Actor,
+    now: datetime,
     reason: str = "",
     force: bool = False,
 ) -> ChangeResult:
@@ -117,7 +118,6 @@ def deploy(
     if set(serving) == {target.label}:
         raise AlreadyActive(f"{version} is already serving all of {prompt}'s traffic")
     _refuse_bad(target, force, "deploy")
-    now = utcnow()
     previous = _active(session, routing)
     if previous is not None and previous.health == Health.UNKNOWN:
         _set_health(previous, Health.GOOD, f"served until {version} was deployed", now)
@@ -142,6 +142,7 @@ def set_split(
     prompt: str,
     split: dict[str, int],
     actor: Actor,
+    now: datetime,
     reason: str = "",
     force: bool = False,
 ) -> ChangeResult:
@@ -175,7 +176,7 @@ def set_split(
         from_label=previous.label if previous else None,
         actor=actor,
         reason=reason,
-        now=utcnow(),
+        now=now,
     )
 
 
@@ -185,6 +186,7 @@ def rollback(
     prompt: str,
     target: str | None,
     actor: Actor,
+    now: datetime,
     reason: str = "",
     force: bool = False,
     expected_version: str | None = None,
@@ -207,7 +209,6 @@ def rollback(
     last = last_routing_change(session, row)
     if expected_version is not None and expected_version != suspect.label:
         raise _changed_since(prompt, expected_version, suspect.label, last)
-    now = utcnow()
     if target is not None:
         wanted = get_version(session, row, target)
         if set(serving) == {wanted.label}:
@@ -262,13 +263,13 @@ def mark_health(
     version: str,
     health: Health,
     actor: Actor,
+    now: datetime,
     reason: str = "",
 ) -> VersionPublic:
     """Mark a version good, bad or unknown by hand, with an audit entry."""
     row = get_prompt(session, prompt)
     routing = lock_routing(session, row)
     record = get_version(session, row, version)
-    now = utcnow()
     _set_health(record, health, reason or None, now)
     session.add(
         AuditEntry(
@@ -471,8 +472,9 @@ def _counts_before(session: Session, version: PromptVersion, now: datetime) -> d
     return {k: float(v) for k, v in row.items() if k not in ("version_id", "minute") and v}
 
 
-def describe_change(entry: AuditEntry) -> str:
-    """One line saying who changed what: 'rolled back v2.0.0 → v1.9.0 by alice at 10:02:11Z'."""
+def describe_change(entry: AuditEntry, *, slack: bool = False) -> str:
+    """One line saying who changed what: 'rolled back v2.0.0 → v1.9.0 by alice (cli) at
+    10:02:11Z'; with `slack`, a Slack user as a mention."""
     verb = {"rollback": "rolled back", "deploy": "deployed", "split": "re-split"}.get(
         entry.kind.value, entry.kind.value
     )
@@ -480,12 +482,16 @@ def describe_change(entry: AuditEntry) -> str:
         f"{entry.from_version} → {entry.to_version}" if entry.from_version else entry.to_version
     )
     when = entry.created_at.strftime("%Y-%m-%d %H:%M:%SZ")
-    return f"{verb} {change} by {entry.operator} ({entry.trigger.value}) at {when}"
+    name = mention(entry.operator, entry.trigger) if slack else entry.operator
+    return f"{verb} {change} by {name} ({entry.trigger.value}) at {when}"
 
 
 def _already_rolled_back(prompt: str, entry: AuditEntry, hint: bool = False) -> AlreadyRolledBack:
     more = "; name a version to roll back further" if hint else ""
-    return AlreadyRolledBack(f"{prompt} was already {describe_change(entry)}{more}")
+    return AlreadyRolledBack(
+        f"{prompt} was already {describe_change(entry)}{more}",
+        slack_text=f"{prompt} was already {describe_change(entry, slack=True)}{more}",
+    )
 
 
 def _changed_since(
@@ -494,4 +500,8 @@ def _changed_since(
     if last is not None and last.kind == ChangeKind.ROLLBACK and last.from_version == expected:
         return _already_rolled_back(prompt, last)
     detail = f" ({describe_change(last)})" if last else ""
-    return ConcurrentChange(f"{prompt} is no longer on {expected}: now on {current}{detail}")
+    slack = f" ({describe_change(last, slack=True)})" if last else ""
+    return ConcurrentChange(
+        f"{prompt} is no longer on {expected}: now on {current}{detail}",
+        slack_text=f"{prompt} is no longer on {expected}: now on {current}{slack}",
+    )

@@ -103,6 +103,7 @@ def start(
         prompt=prompt,
         split={source: 100 - first, target: first},
         actor=actor,
+        now=now,
         reason=f"{kind.value} stage 1/{len(stages)}: {first}% on {target}"
         + (f" ({reason})" if reason else ""),
     )
@@ -117,6 +118,7 @@ def start(
         stage_seconds=stage_seconds,
         stage_started_at=now,
         operator=actor.operator,
+        trigger=actor.trigger,
         reason=reason,
         created_at=now,
         revision=change.revision,
@@ -143,6 +145,7 @@ def advance(*, session: Session, rollout: Rollout, actor: Actor, now: datetime) 
         prompt=rollout.prompt,
         split={rollout.from_version: 100 - share, rollout.to_version: share},
         actor=actor,
+        now=now,
         reason=f"{rollout.kind.value} stage {following + 1}/{len(rollout.stages)}: "
         f"{share}% on {rollout.to_version}",
     )
@@ -166,6 +169,7 @@ def finish(
             prompt=rollout.prompt,
             target=rollout.to_version,
             actor=actor,
+            now=now,
             reason=f"gradual rollback completed ({note})",
             expected_version=rollout.from_version,
             dedup_window=timedelta(0),
@@ -176,6 +180,7 @@ def finish(
             prompt=rollout.prompt,
             version=rollout.to_version,
             actor=actor,
+            now=now,
             reason=f"canary promoted ({note})",
         )
     rollout.revision = result.revision
@@ -201,6 +206,7 @@ def abort(
             prompt=rollout.prompt,
             target=rollout.from_version,
             actor=actor,
+            now=now,
             reason=f"canary aborted: {note}",
             expected_version=rollout.to_version,
             dedup_window=timedelta(0),

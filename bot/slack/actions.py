@@ -126,22 +126,9 @@ def on_rollout(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None:
     actor = Actor(operator=user, trigger=Trigger.SLACK)
     with write_session(deps.engine) as session:
         rollout = rollouts.get_rollout(session, rollout_id)
-        if finishing:
-            rollouts.finish(
-                session=session,
-                rollout=rollout,
-                actor=actor,
-                now=utcnow(),
-                note=f"finished now by {user}",
-            )
-        else:
-            rollouts.abort(
-                session=session,
-                rollout=rollout,
-                actor=actor,
-                now=utcnow(),
-                note=f"aborted by {user}",
-            )
+        end = rollouts.finish if finishing else rollouts.abort
+        note = f"finished now by <@{user}>" if finishing else f"aborted by <@{user}>"
+        end(session=session, rollout=rollout, actor=actor, now=utcnow(), note=note)
         lifecycle.after_latest(session, prompt, SlackNotifier(deps))
         key = cards.post_or_update_rollout(
             session, rollout, deps.channel(prompt), rollout.status.value

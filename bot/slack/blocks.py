@@ -20,6 +20,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.models import AuditPublic, PromptDetail
+from bot.people import mention
 
 ROLLBACK_ACTION = "incident_rollback"
 INVESTIGATE_ACTION = "incident_investigate"
@@ -247,10 +248,13 @@ HELP = (
     "• `/rollback PROMPT VERSION` — to that version (`--force` if it is marked bad)\n"
     "• `/rollback PROMPT [VERSION] reason words…` — the rest of the line is the reason\n"
     "• `/rollback PROMPT [VERSION] --gradual` — in stages: 75% → 50% → 25% → 0% on the bad one\n"
+    "• `/deploy PROMPT VERSION [reason…]` — put that version live now (`--force` if marked bad)\n"
     "• `/deploy PROMPT VERSION --canary` — roll a new version out 1% → 5% → 25% → 100%\n"
     "• `/rollback status PROMPT` — active version, split, health, open incident\n"
     "• `/rollback history PROMPT` — the last changes\n"
-    "• `/rollback help` — this help"
+    "• `/rollback help` — this help\n"
+    "Rollbacks and deploys are announced in the incidents channel; a reason is at most "
+    "1,000 characters."
 )
 
 
@@ -277,7 +281,7 @@ def history_blocks(name: str, entries: Sequence[AuditPublic]) -> list[Block]:
     """`/rollback history`: the last changes, newest first."""
     lines = [
         f"• {e.timestamp:%Y-%m-%d %H:%M}Z {e.kind.value} `{e.from_version or '-'}` → "
-        f"`{e.to_version or '-'}` by {e.operator} ({e.trigger.value})"
+        f"`{e.to_version or '-'}` by {mention(e.operator, e.trigger)} ({e.trigger.value})"
         + (f": {e.reason}" if e.reason else "")
         for e in entries
     ]

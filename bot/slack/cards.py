@@ -9,12 +9,14 @@ from bot.incidents.actions import rollback_target
 from bot.models import (
     ACTIVE_INCIDENT,
     AuditEntry,
+    ChangeKind,
     Incident,
     IncidentStatus,
     Rollout,
     RolloutKind,
     Trigger,
 )
+from bot.people import mention
 from bot.rollouts.stages import describe
 from bot.slack import outbox
 from bot.slack.blocks import (
@@ -33,11 +35,6 @@ def card_key(incident_id: int) -> str:
     return f"incident:{incident_id}:card"
 
 
-def who(operator: str, trigger: Trigger | str) -> str:
-    """A Slack mention for Slack users, the plain name otherwise."""
-    return f"<@{operator}>" if str(trigger) == Trigger.SLACK.value else operator
-
-
 def build_card(session: Session, incident: Incident) -> IncidentCard:
     """The card for the incident as it stands now."""
     decision = incident.decision or {}
@@ -46,7 +43,7 @@ def build_card(session: Session, incident: Incident) -> IncidentCard:
         entry = session.get(AuditEntry, incident.rollback_audit_id or -1)
         state = (
             f"Rolled back {entry.from_version} → {entry.to_version} by "
-            f"{who(entry.operator, entry.trigger)}"
+            f"{mention(entry.operator, entry.trigger)}"
             + (" (automatic)" if entry.trigger == Trigger.AUTOMATIC else "")
             if entry
             else "Rolled back"
@@ -117,12 +114,17 @@ def page(
         )
 
 
-def announce_rollback(session: Session, channel: str, entry: AuditEntry, prompt: str) -> str:
-    """Queue the channel announcement of a rollback (once); returns its outbox key."""
-    key = f"rollback:{entry.id}"
+def announce_change(session: Session, channel: str, entry: AuditEntry, prompt: str) -> str:
+    """Queue the channel announcement of a rollback or deploy (once); returns its outbox key."""
+    key = f"{entry.kind.value}:{entry.id}"
+    icon, verb = (
+        (":rewind:", "rolled back")
+        if entry.kind == ChangeKind.ROLLBACK
+        else (":rocket:", "deployed")
+    )
     text = (
-        f":rewind: {who(entry.operator, entry.trigger)} rolled back *{prompt}* "
-        f"`{entry.from_version}` → `{entry.to_version}`"
+        f"{icon} {mention(entry.operator, entry.trigger)} {verb} *{prompt}* "
+        f"`{entry.from_version or '-'}` → `{entry.to_version}`"
         + (f": {entry.reason}" if entry.reason else "")
     )
     outbox.enqueue(
@@ -155,7 +157,7 @@ def post_or_update_rollout(session: Session, rollout: Rollout, channel: str, rea
     kind = "Gradual rollback" if rollout.kind == RolloutKind.GRADUAL_ROLLBACK else "Canary"
     title = (
         f"{kind} of {rollout.prompt} {rollout.from_version} → {rollout.to_version} "
-        f"(started by {rollout.operator})"
+        f"(started by {mention(rollout.operator, rollout.trigger)})"
     )
     card = RolloutCard(
         rollout_id=rollout.id or 0,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from slack_bolt import App, Respond
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from bot import registry
 from bot.db import read_session, write_session
@@ -21,12 +22,14 @@ from bot.models import (
 )
 from bot.registry.changes import Actor
 from bot.rollouts import stages as rollouts
-from bot.slack import cards
+from bot.slack import cards, outbox
 from bot.slack.blocks import HELP, history_blocks, status_blocks, to_dicts
 from bot.slack.deps import SlackDeps
 from bot.slack.listener import deferred
 from bot.slack.notifier import SlackNotifier
 from bot.slack.parse import parse, parse_deploy
+
+ANNOUNCE_WAIT = 2.0  # seconds a command's answer waits to say its announcement is posted
 
 
 def rollback_command(deps: SlackDeps, command: dict[str, Any], respond: Respond) -> None:
@@ -65,16 +68,16 @@ def rollback_command(deps: SlackDeps, command: dict[str, Any], respond: Respond)
             prompt=request.prompt,
             target=request.version,
             actor=Actor(operator=user, trigger=Trigger.SLACK),
+            now=utcnow(),
             notifier=SlackNotifier(deps),
             reason=request.reason or "via /rollback",
             force=request.force,
             dedup_window=deps.dedup_window,
         )
-        _announce(session, deps, result)
-    deps.worker.wake()
+        key = _announce(session, deps, result)
     respond(
         text=f"Rolled back {result.prompt} {result.from_version} → {result.to_version}. "
-        f"Announced in {deps.channel(result.prompt)}.",
+        f"{_announced(deps, key, result.prompt)}",
         response_type="ephemeral",
     )
 
@@ -95,12 +98,16 @@ def deploy_command(deps: SlackDeps, command: dict[str, Any], respond: Respond) -
                 prompt=request.prompt,
                 version=request.version or "",
                 actor=Actor(operator=user, trigger=Trigger.SLACK),
+                now=utcnow(),
                 notifier=SlackNotifier(deps),
                 reason=request.reason or "via /deploy",
                 force=request.force,
             )
-        deps.worker.wake()
-        text = f"Deployed {result.prompt} {result.from_version} → {result.to_version}."
+            key = _announce(session, deps, result, verification=False)
+        text = (
+            f"Deployed {result.prompt} {result.from_version or '-'} → {result.to_version}. "
+            f"{_announced(deps, key, result.prompt)}"
+        )
     respond(text=text, response_type="ephemeral")
 
 
@@ -154,9 +161,29 @@ def _status(deps: SlackDeps, prompt: str) -> dict[str, Any]:
     return {"text": f"{prompt} status", "blocks": to_dicts(status_blocks(detail, line))}
 
 
-def _announce(session: Any, deps: SlackDeps, result: ChangeResult) -> None:
+def _announce(
+    session: Session, deps: SlackDeps, result: ChangeResult, *, verification: bool = True
+) -> str:
+    """Queue the change's announcement in the prompt's channel; returns its outbox key."""
     entry = session.get(AuditEntry, result.audit_id)
-    key = cards.announce_rollback(session, deps.channel(result.prompt), entry, result.prompt)
-    cards.reply_under(
-        session, key, f"Verification of {result.to_version} will report in this thread.", "start"
-    )
+    assert entry is not None  # written by the change in this same transaction
+    key = cards.announce_change(session, deps.channel(result.prompt), entry, result.prompt)
+    if verification:
+        text = f"Verification of {result.to_version} will report in this thread."
+        cards.reply_under(session, key, text, "start")
+    return key
+
+
+def _announced(deps: SlackDeps, key: str, prompt: str) -> str:
+    """Whether the announcement `key` is in the channel yet, in words: waits up to
+    ANNOUNCE_WAIT for the outbox to post it, and never claims a post Slack has not taken."""
+    deps.worker.wake()
+    channel = deps.channel(prompt)
+    deadline = time.monotonic() + ANNOUNCE_WAIT
+    while True:
+        with read_session(deps.engine) as session:
+            if outbox.sent_message(session, key) is not None:
+                return f"Announced in {channel}."
+        if time.monotonic() >= deadline:
+            return f"It will be announced in {channel} as soon as Slack takes the message."
+        time.sleep(0.05)

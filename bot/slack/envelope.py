@@ -45,6 +45,17 @@ class _BlockActions(_Interaction):
     actions: list[_Action] = Field(min_length=1)
 
 
+class _View(_Part):
+    type: str
+    callback_id: str = ""
+
+
+class _ViewInteraction(_Interaction):
+    """A modal submitted or closed: the view it came from."""
+
+    view: _View
+
+
 class _SlashCommand(_Part):
     command: str
     user_id: str
@@ -63,6 +74,8 @@ def problem(body: object) -> str | None:
             _SlashCommand.model_validate(body)
         elif body.get("type") == "block_actions":
             _BlockActions.model_validate(body)
+        elif body.get("type") in ("view_submission", "view_closed"):
+            _ViewInteraction.model_validate(body)
         elif "type" in body and "event" not in body and "challenge" not in body:
             _Interaction.model_validate(body)
     except ValidationError as exc:

@@ -55,7 +55,7 @@ def run_guarded(work: Work, body: dict[str, Any], respond: Respond) -> None:
 def answer(error: Exception, respond: Respond | None) -> None:
     """Tell the user what went wrong, ephemerally; log what we did not expect."""
     if isinstance(error, BotError):
-        text = f":warning: {error.message}"
+        text = f":warning: {error.slack_text}"
     else:
         error_id = uuid.uuid4().hex[:12]
         log.error("slack handler failed, error id %s", error_id, exc_info=error)

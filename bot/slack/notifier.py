@@ -111,8 +111,11 @@ class SlackNotifier:
         """When the incident is resolved, its thread gets the post-mortem draft (once)."""
         incident = session.get(Incident, incident_id)
         if incident is not None and incident.status == IncidentStatus.RESOLVED:
-            draft = postmortem(session=session, incident_id=incident_id)
-            cards.reply_under(session, cards.card_key(incident_id), draft[:3000], "postmortem")
+            draft = postmortem(session=session, incident_id=incident_id, style="slack")
+            if len(draft) > 3000:  # a section's limit: say where the whole draft is
+                more = f"\n… (whole draft: `rollback-bot incidents show {incident_id} --markdown`)"
+                draft = draft[: 3000 - len(more)] + more
+            cards.reply_under(session, cards.card_key(incident_id), draft, "postmortem")
 
     def _rollout(self, session: Session, notice: Notice) -> None:
         """Update the rollout's announcement and thread the stage; page when it pauses."""
@@ -145,7 +148,7 @@ class SlackNotifier:
             entry = session.get(AuditEntry, audit_id)
             if entry is None:
                 return
-            parent = cards.announce_rollback(session, self.deps.channel(prompt), entry, prompt)
+            parent = cards.announce_change(session, self.deps.channel(prompt), entry, prompt)
         reason = f"verify:{audit_id}:{notice.kind.value}:{notice.details.get('check')}"
         cards.reply_under(session, parent, notice.text, reason)
         ended = (*CLOSING, NoticeKind.VERIFICATION_FAILED, NoticeKind.VERIFICATION_NOT_JUDGED)

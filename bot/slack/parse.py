@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from bot.errors import InvalidRequest
 
+REASON_MAX = 1000  # the audit log's reason column
+
 
 @dataclass(frozen=True)
 class SlashCommand:
@@ -41,6 +43,12 @@ def parse(text: str) -> SlashCommand:
         version, rest = rest[0], rest[1:]
     if rest and rest[0] == "--reason":
         rest = rest[1:]
+    reason = " ".join(rest)
+    if len(reason) > REASON_MAX:
+        raise InvalidRequest(
+            f"the reason is {len(reason)} characters; at most {REASON_MAX} are kept in the "
+            "audit log. Shorten it (link a doc for the details) and send the command again"
+        )
     return SlashCommand(
         "rollback",
         prompt=prompt,
@@ -48,7 +56,7 @@ def parse(text: str) -> SlashCommand:
         force="--force" in flags,
         gradual="--gradual" in flags,
         canary="--canary" in flags,
-        reason=" ".join(rest)[:1000],
+        reason=reason,
     )
 
 

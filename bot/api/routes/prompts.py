@@ -27,6 +27,7 @@ from bot.models import (
     SplitRequest,
     VersionCreate,
     VersionPublic,
+    utcnow,
 )
 from bot.registry.queries import HISTORY_MAX
 from bot.splits import choose
@@ -67,6 +68,7 @@ def create_version(
             version=body.version,
             template=body.template,
             created_by=body.created_by or actor.operator,
+            now=utcnow(),
             baseline=body.baseline,
         )
 
@@ -87,6 +89,7 @@ def deploy(
             prompt=name,
             version=body.version,
             actor=actor,
+            now=utcnow(),
             notifier=notifier,
             reason=body.reason,
             force=body.force,
@@ -111,6 +114,7 @@ def set_split(
             prompt=name,
             shares=body.split,
             actor=actor,
+            now=utcnow(),
             notifier=notifier,
             reason=body.reason,
             force=body.force,
@@ -131,6 +135,7 @@ def mark_health(
             version=version,
             health=body.health,
             actor=actor,
+            now=utcnow(),
             reason=body.reason,
         )
 

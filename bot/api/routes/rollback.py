@@ -10,7 +10,7 @@ from bot.api.deps import ActorDep, EngineDep, NotifierDep, SettingsDep
 from bot.api.routes.prompts import changed
 from bot.db import write_session
 from bot.incidents import lifecycle
-from bot.models import ChangeResult, RollbackRequest
+from bot.models import ChangeResult, RollbackRequest, utcnow
 
 router = APIRouter(prefix="/api", tags=["rollback"])
 
@@ -31,6 +31,7 @@ def rollback(
             prompt=body.prompt,
             target=body.target_version,
             actor=actor,
+            now=utcnow(),
             notifier=notifier,
             reason=body.reason,
             force=body.force,

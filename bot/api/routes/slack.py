@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from urllib.parse import parse_qs
 
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
@@ -13,6 +15,29 @@ from slack_sdk.signature import SignatureVerifier
 from bot.slack import envelope
 
 router = APIRouter(tags=["slack"])
+log = logging.getLogger(__name__)
+
+
+def _is_ssl_check(body: str) -> bool:
+    """Slack's certificate probe for a slash command URL: `ssl_check=1`, sent unsigned."""
+    return parse_qs(body).get("ssl_check") == ["1"]
+
+
+def _what(request: BoltRequest) -> str:
+    """A request's kind for the log: its type, command, event or action ids."""
+    body = request.body
+    kind = body.get("command") or body.get("type") or "request"
+    event = body.get("event")
+    if isinstance(event, dict) and event.get("type"):
+        kind = f"{kind} {event['type']}"
+    actions = body.get("actions")
+    if isinstance(actions, list):
+        ids = [a.get("action_id") for a in actions if isinstance(a, dict)]
+        kind = f"{kind} {', '.join(str(i) for i in ids)}"
+    view = body.get("view")
+    if isinstance(view, dict) and view.get("callback_id"):
+        kind = f"{kind} {view['callback_id']}"
+    return str(kind)
 
 
 def _signed(verifier: SignatureVerifier, body: str, headers: Mapping[str, str]) -> bool:
@@ -43,6 +68,8 @@ async def slack_events(request: Request) -> Response:
     # Checked before anything parses the body: a forged, stale or mangled request is refused
     # here whatever it holds (Bolt checks again in its own middleware).
     if not _signed(service.verifier, body, request.headers):
+        if _is_ssl_check(body):  # Slack sends it unsigned; it changes nothing and needs a 200
+            return Response(status_code=200)
         return refused
     try:
         bolt_request = BoltRequest(body=body, query=dict(request.query_params), headers=headers)
@@ -55,6 +82,12 @@ async def slack_events(request: Request) -> Response:
         return JSONResponse({"error": "malformed request body", "detail": wrong}, status_code=400)
     # Bolt's dispatch blocks until ack(); run it in a worker thread, never on the loop.
     answer = await to_thread.run_sync(service.app.dispatch, bolt_request)
+    if answer.status == 404:
+        # Signed by Slack but nothing here handles it (an event the app is subscribed to, a
+        # modal or button of an older release): acknowledged, so Slack neither retries it nor
+        # shows the user an error, and logged so it is not silently lost.
+        log.info("Slack request not handled by this release, acknowledged: %s", _what(bolt_request))
+        return Response(status_code=200)
     return Response(
         content=answer.body,
         status_code=answer.status,
