@@ -555,9 +555,7 @@ def test_verification_reports_in_the_card_thread_and_resolves_the_card(
     assert replies[2].startswith("Recovered: v1.9.0 is healthy (0.5% errors, n=200)")
     _wait_card(slack, lambda m: "Resolved" in json.dumps(m["blocks"]))
     draft = slack.fake.wait_for(
-        lambda _: [
-            m["text"] for m in slack.fake.thread(card["ts"]) if "Post-mortem" in m["text"]
-        ]
+        lambda _: [m["text"] for m in slack.fake.thread(card["ts"]) if "Post-mortem" in m["text"]]
     )[0]
     # Slack mrkdwn, not GitHub Markdown: no headings, no double asterisks, people as mentions.
     assert draft.startswith("*Post-mortem draft: customer-support v2.0.0")
