@@ -55,6 +55,7 @@ class Notice:
     incident_id: int | None = None
     action: Action | None = None  # page / alert / observe / rollback: who should be told how
     details: dict[str, Any] = field(default_factory=dict)
+    headline: str | None = None  # the first line for a person paged about it, in plain words
     key: str | None = None  # posts once per key (replicas seeing the same thing say it once)
 
 

@@ -57,8 +57,7 @@ def running(
             slack_bot_token=BOT_TOKEN,
             slack_signing_secret=signing_secret,
             slack_api_url=fake.base_url,
-            slack_oncall_users="U1",
-            **overrides,
+            **{"slack_oncall_users": "U1", **overrides},
         )
         service = SlackService(settings=settings, engine=engine, policies=load_policies(policy_dir))
         service.worker.poll_seconds = 0.2

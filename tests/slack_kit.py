@@ -479,6 +479,17 @@ def _update(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
     return {"channel": channel, "ts": ts, "text": message["text"], "message": public}
 
 
+def _get_permalink(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    """chat.getPermalink: https://<workspace>.slack.com/archives/<channel>/p<ts without dot>."""
+    channel = fake.channel_id(str(args.get("channel", "")))
+    ts = str(args.get("message_ts", ""))
+    message = fake._state.messages.get(ts)
+    if message is None or message["channel"] != channel:
+        raise _SlackError("message_not_found")
+    link = f"https://acme.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+    return {"channel": channel, "permalink": link}
+
+
 def _post_ephemeral(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
     channel = fake.channel_id(str(args.get("channel", "")))
     user = args.get("user")
@@ -604,6 +615,7 @@ _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "auth.test": _auth_test,
     "chat.postMessage": _post_message,
     "chat.update": _update,
+    "chat.getPermalink": _get_permalink,
     "chat.postEphemeral": _post_ephemeral,
     "conversations.open": _conversations_open,
     "usergroups.users.list": _usergroup_users,

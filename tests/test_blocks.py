@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from bot.slack.blocks import (
-    INVESTIGATE_ACTION,
+    ACKNOWLEDGE_ACTION,
     ROLLBACK_ACTION,
     IncidentCard,
     card_text,
@@ -61,13 +61,14 @@ def test_open_card_shows_the_figures_and_both_buttons() -> None:
     text = json.dumps(blocks)
     assert blocks[0]["text"]["text"] == "HIGH: customer-support v2.0.0"
     assert "*Version age*\\n12 min" in text
-    assert "`error_rate_critical`: error_rate_pct 8.0 > 5.0" in text
+    assert "\\u2022 error rate 8.0% is above 5% (`error_rate_critical`)" in text
+    assert "error_rate_pct" not in text
     assert "8.0% of 1,000 requests (95% bounds 6.70% to 9.50%)" in text
     assert "*Quality* 0.610 vs baseline 0.800 (drop 23.8%)" in text
     assert "*Latency p99* 2,100 ms vs baseline 1,000 ms (change 110.0%)" in text
     assert "<https://runbooks.example.com/errors|Runbook>" in text
     actions = blocks[-1]
-    assert [e["action_id"] for e in actions["elements"]] == [ROLLBACK_ACTION, INVESTIGATE_ACTION]
+    assert [e["action_id"] for e in actions["elements"]] == [ROLLBACK_ACTION, ACKNOWLEDGE_ACTION]
     assert actions["elements"][0]["confirm"]["text"]["text"] == (
         "Switch customer-support from v2.0.0 to v1.9.0 now?"
     )

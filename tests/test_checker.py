@@ -259,7 +259,7 @@ def test_restored_version_is_not_judged_against_the_bad_one(engine: Engine) -> N
 
 def test_investigate_keeps_escalations_quiet(engine: Engine) -> None:
     from bot.db import write_session
-    from bot.incidents.actions import investigate
+    from bot.incidents.actions import acknowledge
 
     clock = _deployed(engine)
     clock.advance(hours=2)
@@ -268,7 +268,7 @@ def test_investigate_keeps_escalations_quiet(engine: Engine) -> None:
     checker.tick()
     [incident] = _incidents(engine)
     with write_session(engine) as session:
-        investigate(
+        acknowledge(
             session=session,
             incident_id=incident.id,
             user="U1",
@@ -308,7 +308,7 @@ def test_high_severity_is_paged_again_when_nobody_acts(engine: Engine) -> None:
 
 def test_no_repage_once_someone_investigates(engine: Engine) -> None:
     from bot.db import write_session
-    from bot.incidents.actions import investigate
+    from bot.incidents.actions import acknowledge
 
     clock = _deployed(engine)
     checker, notifier = make_checker(engine, clock)
@@ -316,7 +316,7 @@ def test_no_repage_once_someone_investigates(engine: Engine) -> None:
     checker.tick()
     [incident] = _incidents(engine)
     with write_session(engine) as session:
-        investigate(
+        acknowledge(
             session=session,
             incident_id=incident.id,
             user="U1",

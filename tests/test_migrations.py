@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -112,3 +113,29 @@ def command_downgrade(engine: Engine, revision: str | None) -> None:
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, revision or "base")
+
+
+def test_who_acknowledged_before_0014_becomes_the_first_responder(engine: Engine) -> None:
+    """The data step of 0014: an incident's investigator is its first responder."""
+    from alembic import command
+
+    from tests.conftest import make_prompt
+
+    make_prompt(engine, versions=("v1",))
+    command_downgrade(engine, "0013")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO incident (prompt_id, version_id, prompt, version, status, severity,"
+                " action, summary, decision, breaches, opened_at, updated_at, last_breach_at,"
+                " investigator, pages) VALUES (1, 1, 'customer-support', 'v1', 'open', 'high',"
+                " 'page', 's', '{}', 1, '2026-12-03', '2026-12-03', '2026-12-03', 'U7', 0)"
+            )
+        )
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    with engine.connect() as conn:
+        listed = conn.execute(text("SELECT responders FROM incident")).scalar_one()
+    assert (listed if isinstance(listed, list) else json.loads(listed)) == ["U7"]

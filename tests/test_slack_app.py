@@ -28,7 +28,7 @@ from bot.metrics.builtin import BuiltinSource
 from bot.models import Incident, IncidentStatus, OutboxStatus, SlackOutbox, utcnow
 from bot.policy import load_policies
 from bot.slack.app import SlackService
-from bot.slack.blocks import INVESTIGATE_ACTION, ROLLBACK_ACTION
+from bot.slack.blocks import ACKNOWLEDGE_ACTION, INVESTIGATE_ACTION, ROLLBACK_ACTION
 from tests.conftest import API_TOKEN, make_prompt
 from tests.detection_kit import POLICY_DIR, Clock, activated_at, traffic
 from tests.slack_harness import BOT_TOKEN, POLICIES, SIGNING_SECRET, Harness, running
@@ -246,12 +246,20 @@ def test_critical_is_rolled_back_and_the_card_arrives_resolved(
 def test_high_severity_card_has_buttons_and_pages_on_call(slack: Harness, engine: Engine) -> None:
     _checker_pass(engine, slack, errors=30)
     card = _wait_card(slack, lambda m: bool(_buttons(m)))
-    assert _buttons(card) == [ROLLBACK_ACTION, INVESTIGATE_ACTION]
+    assert _buttons(card) == [ROLLBACK_ACTION, ACKNOWLEDGE_ACTION]
     confirm = card["blocks"][-1]["elements"][0]["confirm"]["text"]["text"]
     assert "from v2.0.0 to v1.9.0" in confirm
-    dm = slack.fake.wait_for(lambda _: slack.fake.messages("U1") or None)
-    assert "HIGH" in dm[0]["text"]
-    assert "error_rate_high" in dm[0]["text"]
+    [dm] = slack.fake.wait_for(lambda _: slack.fake.messages("U1") or None)
+    blocks = json.dumps(dm["blocks"])
+    # The severity the notice has, the rule in words (no metric identifiers), a link to the
+    # card, and the card's own buttons.
+    assert dm["blocks"][0]["text"]["text"] == "HIGH: customer-support v2.0.0"
+    assert "error rate 3.0% is above 2%" in blocks and "error_rate_pct" not in blocks
+    link = f"https://acme.slack.com/archives/C1/p{card['ts'].replace('.', '')}"
+    assert f"<{link}|Incident #" in blocks
+    assert _buttons(dm) == [ROLLBACK_ACTION, ACKNOWLEDGE_ACTION]
+    # The card says who was paged.
+    _wait_card(slack, lambda m: "paged: <@U1>" in json.dumps(m["blocks"]))
 
 
 def test_rollback_button_rolls_back_updates_the_card_and_threads(
@@ -297,7 +305,7 @@ def test_double_click_rolls_back_once_and_tells_the_second(slack: Harness, engin
 def test_people_not_on_call_are_refused_and_nothing_happens(slack: Harness, engine: Engine) -> None:
     _checker_pass(engine, slack, errors=30)
     card = _wait_card(slack, lambda m: bool(_buttons(m)))
-    for action in (ROLLBACK_ACTION, INVESTIGATE_ACTION):
+    for action in (ROLLBACK_ACTION, ACKNOWLEDGE_ACTION):
         assert _click(slack, action, card, user="U2").status_code == 200
     answers = slack.fake.wait_for(
         lambda _: slack.fake.responses() if len(slack.fake.responses()) == 2 else None
@@ -308,24 +316,95 @@ def test_people_not_on_call_are_refused_and_nothing_happens(slack: Harness, engi
     assert (incident.status, incident.investigator) == (IncidentStatus.OPEN, None)
 
 
-def test_investigate_records_who_and_keeps_rollback_available(
+def test_acknowledge_records_who_stops_paging_and_keeps_rollback(
     slack: Harness, engine: Engine
 ) -> None:
     _checker_pass(engine, slack, errors=30)
     card = _wait_card(slack, lambda m: bool(_buttons(m)))
-    assert _click(slack, INVESTIGATE_ACTION, card).status_code == 200
-    updated = _wait_card(slack, lambda m: "investigating: <@U1>" in json.dumps(m["blocks"]))
-    assert _buttons(updated) == [ROLLBACK_ACTION, INVESTIGATE_ACTION]
+    assert _click(slack, ACKNOWLEDGE_ACTION, card).status_code == 200
+    updated = _wait_card(slack, lambda m: "acknowledged: <@U1>" in json.dumps(m["blocks"]))
+    assert _buttons(updated) == [ROLLBACK_ACTION, ACKNOWLEDGE_ACTION]
     incident = _incident(engine)
-    assert incident.investigator == "U1"
-    assert incident.quiet_until is not None
-    assert incident.quiet_until > utcnow()
+    assert (incident.investigator, incident.responders) == ("U1", ["U1"])
+    assert incident.quiet_until is not None and incident.quiet_until > utcnow()
     replies = slack.fake.wait_for(lambda _: slack.fake.thread(card["ts"])[1:] or None)
-    assert "<@U1> is investigating" in replies[0]["text"]
-    # Investigate, then Rollback on the same card.
+    assert replies[0]["text"].startswith("<@U1> acknowledged and is on it.")
+    # The same person again: told so, nothing new in the thread.
+    before = len(slack.fake.responses())
+    assert _click(slack, ACKNOWLEDGE_ACTION, updated).status_code == 200
+    told = slack.fake.wait_for(lambda _: slack.fake.responses()[before:] or None)
+    assert "already acknowledged" in told[0]["text"]
+    assert len(slack.fake.thread(card["ts"])) == 2
+    # Acknowledge, then Rollback on the same card.
     assert _click(slack, ROLLBACK_ACTION, updated).status_code == 200
     _wait_card(slack, lambda m: not _buttons(m))
     assert _active(engine) == "v1.9.0"
+
+
+def test_a_second_person_joins_rather_than_replacing_the_first(engine: Engine, db_url: str) -> None:
+    with running(engine, db_url, slack_oncall_users="U1,U3") as slack:
+        _checker_pass(engine, slack, errors=30)
+        card = _wait_card(slack, lambda m: bool(_buttons(m)))
+        assert _click(slack, ACKNOWLEDGE_ACTION, card, user="U1").status_code == 200
+        _wait_card(slack, lambda m: "acknowledged: <@U1>" in json.dumps(m["blocks"]))
+        assert _click(slack, ACKNOWLEDGE_ACTION, card, user="U3").status_code == 200
+        _wait_card(slack, lambda m: "acknowledged: <@U1>, <@U3>" in json.dumps(m["blocks"]))
+        incident = _incident(engine)
+        assert (incident.investigator, incident.responders) == ("U1", ["U1", "U3"])
+        replies = slack.fake.wait_for(
+            lambda _: (
+                slack.fake.thread(card["ts"])[1:]
+                if len(slack.fake.thread(card["ts"])) >= 3
+                else None
+            )
+        )
+        assert [r["text"].split(" and ")[0] for r in replies] == [
+            "<@U1> acknowledged",
+            "<@U3> acknowledged",
+        ]
+        assert "joined the response" in replies[1]["text"]
+
+
+def test_acknowledge_from_the_dm_acts_on_the_incident(slack: Harness, engine: Engine) -> None:
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    [dm] = slack.fake.wait_for(lambda _: slack.fake.messages("U1") or None)
+    value = next(
+        e["value"]
+        for b in dm["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["action_id"] == ACKNOWLEDGE_ACTION
+    )
+    dm_channel = slack.fake.channel_id("U1")
+    assert (
+        slack.sender.click(ACKNOWLEDGE_ACTION, value, "U1", dm["ts"], dm_channel).status_code == 200
+    )
+    _wait_card(slack, lambda m: "acknowledged: <@U1>" in json.dumps(m["blocks"]))
+    assert _incident(engine).responders == ["U1"]
+    assert card["ts"] in {m["ts"] for m in slack.fake.messages("C1")}
+
+
+def test_a_card_posted_before_acknowledge_existed_still_works(
+    slack: Harness, engine: Engine
+) -> None:
+    """Cards in Slack keep their old Investigate button; a click on one acknowledges."""
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    value = json.dumps({"incident": _incident(engine).id, "target": "v1.9.0"})
+    assert slack.sender.click(INVESTIGATE_ACTION, value, "U1", card["ts"], "C1").status_code == 200
+    _wait_card(slack, lambda m: "acknowledged: <@U1>" in json.dumps(m["blocks"]))
+
+
+def test_a_critical_automatic_rollback_is_told_to_on_call(slack: Harness, engine: Engine) -> None:
+    _checker_pass(engine, slack, errors=80)
+    [dm] = slack.fake.wait_for(lambda _: slack.fake.messages("U1") or None)
+    blocks = json.dumps(dm["blocks"])
+    assert dm["blocks"][0]["text"]["text"] == "CRITICAL: customer-support v2.0.0"
+    assert "Rolled back v2.0.0 \\u2192 v1.9.0 automatically." in blocks
+    assert "Verifying the restored version now" in blocks
+    assert "error rate 8.0% is above 5%" in blocks
+    assert _buttons(dm) == []  # nothing left to press: it is rolled back
 
 
 # --- /rollback ----------------------------------------------------------------------------
@@ -514,7 +593,7 @@ def test_a_prompt_policy_routes_its_incidents_and_on_call(
         card = harness.fake.wait_for(lambda _: harness.fake.messages("C2") or None)[0]
         assert harness.fake.messages("C1") == []
         dms = harness.fake.wait_for(lambda _: harness.fake.messages("U2") or None)
-        assert "error_rate_high" in dms[0]["text"]
+        assert "error rate 3.0% is above 2%" in dms[0]["text"]
         # U2 is on call for this prompt through its group.
         assert _click(harness, ROLLBACK_ACTION, card, user="U2").status_code == 200
         deadline = time.monotonic() + 5

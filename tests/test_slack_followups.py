@@ -119,7 +119,7 @@ def test_high_severity_repage_sends_a_second_dm(slack: Harness, engine: Engine) 
     dms = slack.fake.wait_for(
         lambda _: slack.fake.messages("U1") if len(slack.fake.messages("U1")) >= 2 else None
     )
-    assert "Nobody has acted for 5 min" in dms[1]["text"]
+    assert "Nobody has acted for 5 min" in json.dumps(dms[1]["blocks"])
 
 
 def _driver(engine: Engine, slack: Harness, clock: Clock) -> RolloutDriver:

@@ -70,17 +70,22 @@ def check_can_roll_back(session: Session, incident: Incident) -> None:
         )
 
 
-def investigate(
+def acknowledge(
     *, session: Session, incident_id: int, user: str, quiet: timedelta, now: datetime
-) -> Incident:
-    """Record who investigates; the checker raises no new alert for it until `quiet` passes."""
+) -> tuple[Incident, bool]:
+    """`user` is on it: joins the incident's responders (the first becomes its investigator)
+    and re-paging stops for `quiet`. Returns the incident and whether `user` is new to it (a
+    second click by the same person changes nothing and says nothing new)."""
     incident = get_incident(session, incident_id)
     if incident.status not in ACTIVE_INCIDENT:
         raise Conflict(f"incident #{incident.id} is already {incident.status.value}")
-    incident.investigator = user
+    if user in incident.responders:
+        return incident, False
+    incident.responders = [*incident.responders, user]  # a new list: JSON columns see it
+    incident.investigator = incident.investigator or user
     incident.quiet_until = now + quiet
     incident.updated_at = now
-    return incident
+    return incident, True
 
 
 def rollback_target(session: Session, prompt: str) -> str | None:

@@ -6,7 +6,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -272,14 +272,20 @@ class Checker:
             return
         waited = int((now - incident.opened_at).total_seconds() // 60)
         incident.last_paged_at, incident.pages = now, incident.pages + 1
+        overdue = (
+            f"Nobody has acted for {waited} min (runbook limit {_minutes(limit)} min); "
+            f"paging on-call again (page {incident.pages})."
+        )
         plan.pending.append(
-            _notice(
-                NoticeKind.INCIDENT_ESCALATED,
-                incident,
-                decision,
-                f"Nobody has acted for {waited} min (runbook limit {_minutes(limit)} min); "
-                f"paging on-call again (page {incident.pages}). {decision.reason}",
-                action=Action.PAGE,
+            replace(
+                _notice(
+                    NoticeKind.INCIDENT_ESCALATED,
+                    incident,
+                    decision,
+                    f"{overdue} {decision.reason}",
+                    action=Action.PAGE,
+                ),
+                headline=f"{overdue} Roll back, or acknowledge if you are on it.",
             )
         )
 

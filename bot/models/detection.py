@@ -159,8 +159,10 @@ class Incident(SQLModel, table=True):
     escalated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     rollback_audit_id: int | None = Field(default=None, foreign_key="audit_entry.id")
-    # Who said "I'm investigating", and until when the checker keeps quiet about it.
+    # Who acknowledged first ("I'm on it"), and until when the checker keeps quiet about it.
     investigator: str | None = Field(default=None, max_length=200)
+    # Everyone who acknowledged or joined, in order (Slack user ids).
+    responders: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     quiet_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     resolved_by: str | None = Field(default=None, max_length=200)
     # When on-call was last paged for it, and how often (re-paged when nobody acts in time).

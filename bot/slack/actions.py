@@ -13,7 +13,7 @@ from bot.db import read_session, write_session
 from bot.errors import InvalidRequest
 from bot.faults import failpoint
 from bot.incidents import lifecycle
-from bot.incidents.actions import check_can_roll_back, investigate, rollback_incident
+from bot.incidents.actions import acknowledge, check_can_roll_back, rollback_incident
 from bot.incidents.records import get_incident
 from bot.models import Incident, RolloutKind, Trigger, utcnow
 from bot.registry.changes import Actor
@@ -21,6 +21,7 @@ from bot.rollouts import stages as rollouts
 from bot.slack import cards
 from bot.slack.blocks import (
     ABORT_ROLLOUT_ACTION,
+    ACKNOWLEDGE_ACTION,
     FINISH_ROLLOUT_ACTION,
     GRADUAL_ACTION,
     INVESTIGATE_ACTION,
@@ -82,20 +83,38 @@ def on_rollback(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None
     deps.worker.wake()
 
 
-def on_investigate(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None:
+def on_acknowledge(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None:
+    """Acknowledge (on the card or in the on-call DM; old cards' Investigate too): the person
+    joins the incident, re-paging stops, the card lists who is on it."""
     user, incident_id, _, prompt = _authorized(deps, body)
     quiet = deps.quiet_for(prompt)
+    minutes = int(quiet.total_seconds() // 60)
     with write_session(deps.engine) as session:
-        incident = investigate(
+        incident, joined = acknowledge(
             session=session, incident_id=incident_id, user=user, quiet=quiet, now=utcnow()
         )
-        cards.post_or_update_card(session, incident, deps.channel(incident.prompt), "investigating")
-        cards.thread_reply(
-            session,
-            incident,
-            f"<@{user}> is investigating. No new alert for this incident for "
-            f"{int(quiet.total_seconds() // 60)} min; Rollback stays available on the card.",
-            "investigating",
+        if joined:
+            first = incident.responders == [user]
+            cards.post_or_update_card(
+                session, incident, deps.channel(incident.prompt), f"acknowledged:{user}"
+            )
+            cards.reply_under(
+                session,
+                cards.card_key(incident.id or 0),
+                f"<@{user}> acknowledged"
+                + (
+                    f" and is on it. On-call is not paged again for {minutes} min; "
+                    "Rollback stays on the card."
+                    if first
+                    else " and joined the response."
+                ),
+                f"acknowledged:{user}",
+            )
+    if not joined:
+        respond(
+            text=f"You already acknowledged incident #{incident_id}.",
+            response_type="ephemeral",
+            replace_original=False,
         )
     deps.worker.wake()
 
@@ -150,4 +169,5 @@ def register(app: App, deps: SlackDeps) -> None:
     app.action(GRADUAL_ACTION)(deferred(on_gradual, deps))
     app.action(FINISH_ROLLOUT_ACTION)(deferred(on_rollout, deps))
     app.action(ABORT_ROLLOUT_ACTION)(deferred(on_rollout, deps))
-    app.action(INVESTIGATE_ACTION)(deferred(on_investigate, deps))
+    app.action(ACKNOWLEDGE_ACTION)(deferred(on_acknowledge, deps))
+    app.action(INVESTIGATE_ACTION)(deferred(on_acknowledge, deps))  # cards posted before 0014

@@ -23,7 +23,8 @@ from bot.models import AuditPublic, PromptDetail
 from bot.people import mention
 
 ROLLBACK_ACTION = "incident_rollback"
-INVESTIGATE_ACTION = "incident_investigate"
+ACKNOWLEDGE_ACTION = "incident_acknowledge"
+INVESTIGATE_ACTION = "incident_investigate"  # cards posted before Acknowledge: same handler
 GRADUAL_ACTION = "incident_gradual_rollback"
 FINISH_ROLLOUT_ACTION = "rollout_finish"
 ABORT_ROLLOUT_ACTION = "rollout_abort"
@@ -49,6 +50,8 @@ class IncidentCard:
     target: str | None = None
     state: str | None = None  # "Rolled back v2.0.0 → v1.9.0 by <@U1>" once acted on
     investigator: str | None = None
+    responders: Sequence[str] = ()  # everyone who acknowledged, first first
+    paged: Sequence[str] = ()  # on-call people sent a DM about it
     runbook: str | None = None
     buttons: bool = True
     extra: list[str] = field(default_factory=list)
@@ -124,14 +127,8 @@ def incident_card(card: IncidentCard) -> list[Block]:
             ]
         ),
     ]
-    rules = (
-        "\n".join(
-            f"• `{f.get('rule')}`: {f.get('metric')} {float(f.get('value', 0)):.1f} > "
-            f"{f.get('threshold')}" + (f" _({f['note']})_" if f.get("note") else "")
-            for f in card.fired
-        )
-        or "• no rule fired"
-    )
+    rules = "\n".join(f"• {in_words(f)} (`{f.get('rule')}`)" for f in card.fired)
+    rules = rules or "• no rule fired"
     blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*Rules fired*\n{rules}"[:3000])))
     blocks.append(
         SectionBlock(text=MarkdownTextObject(text="\n".join(figures_lines(card.figures))[:3000]))
@@ -140,8 +137,11 @@ def incident_card(card: IncidentCard) -> list[Block]:
     runbook = card.runbook or next((f.get("runbook") for f in card.fired if f.get("runbook")), None)
     if runbook:
         context.append(f"<{runbook}|Runbook>")
-    if card.investigator:
-        context.append(f"investigating: <@{card.investigator}>")
+    if card.paged:
+        context.append("paged: " + ", ".join(f"<@{u}>" for u in card.paged))
+    responders = list(card.responders) or ([card.investigator] if card.investigator else [])
+    if responders:
+        context.append("acknowledged: " + ", ".join(f"<@{u}>" for u in responders))
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=" · ".join(context))]))
     blocks.extend(_section(line) for line in card.extra)
     if card.state:
@@ -169,7 +169,7 @@ def _buttons(card: IncidentCard) -> ActionsBlock:
                     deny="Cancel",
                 ),
             ),
-            ButtonElement(text="Investigate", action_id=INVESTIGATE_ACTION, value=value),
+            ButtonElement(text="Acknowledge", action_id=ACKNOWLEDGE_ACTION, value=value),
             # Minor regressions (medium) may rather go back in stages.
             *(
                 [ButtonElement(text="Gradual rollback", action_id=GRADUAL_ACTION, value=value)]
@@ -178,6 +178,50 @@ def _buttons(card: IncidentCard) -> ActionsBlock:
             ),
         ],
     )
+
+
+PERMALINK = "@@card-permalink@@"  # the outbox puts the card's permalink here when it sends
+
+
+def in_words(fired: dict[str, Any]) -> str:
+    """A rule that fired, in plain words: 'error rate 5.8% is above 5%'."""
+    metric, value, limit = fired.get("metric"), float(fired.get("value", 0)), fired.get("threshold")
+    words = {
+        "error_rate_pct": f"error rate {value:.1f}% is above {limit:g}%",
+        "quality_drop_pct": f"quality is {value:.1f}% below its baseline (limit {limit:g}%)",
+        "latency_increase_pct": f"p99 latency is {value:.0f}% above its baseline "
+        f"(limit {limit:g}%)",
+        "latency_p99_ms": f"p99 latency {value:,.0f} ms is above {float(limit or 0):,.0f} ms",
+        "quality": f"quality score {value:.3f} crossed {limit}",
+    }.get(str(metric), f"{metric} {value:g} is above {limit}")
+    note = str(fired.get("note") or "")
+    if note.startswith("not yet significant"):
+        words += " but not yet significant, so it was not rolled back automatically"
+    elif note:
+        words += f" ({note})"
+    return words
+
+
+def page_blocks(card: IncidentCard, severity: str, headline: str, channel: str) -> list[Block]:
+    """The on-call DM: how bad, in plain words, a link to the card, and the card's buttons."""
+    icon = SEVERITY_ICON.get(severity, "")
+    rules = "\n".join(f"• {in_words(f)}" for f in card.fired)
+    blocks: list[Block] = [
+        HeaderBlock(
+            text=PlainTextObject(text=f"{severity.upper()}: {card.prompt} {card.version}"[:150])
+        ),
+        _section(f"{icon} {headline}" + (f"\n{rules}" if rules else "")),
+        ContextBlock(
+            elements=[
+                MarkdownTextObject(
+                    text=f"<{PERMALINK}|Incident #{card.incident_id} card in {channel}>"
+                )
+            ]
+        ),
+    ]
+    if card.buttons and not card.state:
+        blocks.append(_buttons(card))
+    return blocks
 
 
 @dataclass(frozen=True)

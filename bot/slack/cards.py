@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlmodel import Session
+from collections.abc import Sequence
+
+from sqlmodel import Session, col, select
 
 from bot.errors import BotError
 from bot.incidents.actions import rollback_target
@@ -14,6 +16,7 @@ from bot.models import (
     IncidentStatus,
     Rollout,
     RolloutKind,
+    SlackOutbox,
     Trigger,
 )
 from bot.people import mention
@@ -23,7 +26,9 @@ from bot.slack.blocks import (
     IncidentCard,
     RolloutCard,
     card_text,
+    in_words,
     incident_card,
+    page_blocks,
     rollout_card,
     text_blocks,
     to_dicts,
@@ -35,7 +40,7 @@ def card_key(incident_id: int) -> str:
     return f"incident:{incident_id}:card"
 
 
-def build_card(session: Session, incident: Incident) -> IncidentCard:
+def build_card(session: Session, incident: Incident, paging: Sequence[str] = ()) -> IncidentCard:
     """The card for the incident as it stands now."""
     decision = incident.decision or {}
     state = None
@@ -67,12 +72,27 @@ def build_card(session: Session, incident: Incident) -> IncidentCard:
         target=target,
         state=state,
         investigator=incident.investigator,
+        responders=tuple(incident.responders),
+        paged=tuple(dict.fromkeys([*paged_users(session, incident.id or 0), *paging])),
     )
 
 
-def post_or_update_card(session: Session, incident: Incident, channel: str, reason: str) -> None:
-    """Queue the card's first post, or an in-place update of it (buttons gone once acted on)."""
-    card = build_card(session, incident)
+def paged_users(session: Session, incident_id: int) -> tuple[str, ...]:
+    """Who was sent a DM about the incident (queued, sent or still retrying), in order."""
+    rows = session.exec(
+        select(SlackOutbox)
+        .where(SlackOutbox.incident_id == incident_id, SlackOutbox.method == "dm")
+        .order_by(col(SlackOutbox.id))
+    )
+    return tuple(dict.fromkeys(str(row.payload.get("user")) for row in rows))
+
+
+def post_or_update_card(
+    session: Session, incident: Incident, channel: str, reason: str, paging: Sequence[str] = ()
+) -> None:
+    """Queue the card's first post, or an in-place update of it (buttons gone once acted on);
+    `paging`: people about to be sent a DM about it."""
+    card = build_card(session, incident, paging)
     key = card_key(incident.id or 0)
     message = {"text": card_text(card), "blocks": to_dicts(incident_card(card))}
     first = outbox.enqueue(
@@ -101,15 +121,33 @@ def thread_reply(session: Session, incident: Incident, text: str, reason: str) -
 
 
 def page(
-    session: Session, incident: Incident, users: frozenset[str], text: str, reason: str
+    session: Session,
+    incident: Incident,
+    users: frozenset[str],
+    *,
+    severity: str,
+    headline: str,
+    channel: str,
+    reason: str,
 ) -> None:
-    """Queue a DM to each on-call user."""
+    """Queue a DM to each on-call user: the severity, the rules in plain words, a link to the
+    card (its permalink, filled in when the DM is sent) and the card's buttons."""
+    card = build_card(session, incident)
+    blocks = to_dicts(page_blocks(card, severity, headline, channel))
+    rules = "; ".join(in_words(f) for f in card.fired)
+    text = f"{severity.upper()}: {incident.prompt} {incident.version}: {headline} {rules}"
+    text = text.strip()[:3000]  # the notification's words
     for user in sorted(users):
         outbox.enqueue(
             session,
             key=f"{card_key(incident.id or 0)}:dm:{user}:{reason}",
             method="dm",
-            payload={"user": user, "text": text, "blocks": to_dicts(text_blocks(text))},
+            payload={
+                "user": user,
+                "text": text,
+                "blocks": blocks,
+                "_link_to": card_key(incident.id or 0),
+            },
             incident_id=incident.id,
         )
 

@@ -91,19 +91,31 @@ class SlackNotifier:
             if incident is None:
                 return
             channel = self.deps.channel(incident.prompt)
-            cards.post_or_update_card(session, incident, channel, notice.kind.value)
+            headline = _page_headline(notice)
+            oncall = (
+                self.deps.oncall.members(self.deps.group(incident.prompt))
+                if headline is not None
+                else frozenset()
+            )
+            # The card first (the DMs link to it), already naming who is being paged.
+            cards.post_or_update_card(
+                session, incident, channel, notice.kind.value, paging=sorted(oncall)
+            )
             template = THREAD_TEXT.get(notice.kind)
             if template is not None:
                 cards.thread_reply(
                     session, incident, template.format(text=notice.text), notice.kind.value
                 )
-            if notice.action == Action.PAGE or notice.kind == NoticeKind.ROLLBACK_FAILED:
-                summary = (
-                    f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}\n"
-                    f"See the incident #{incident.id} card in {channel}."
+            if headline is not None:
+                cards.page(
+                    session,
+                    incident,
+                    oncall,
+                    severity=notice.severity.value,
+                    headline=headline,
+                    channel=channel,
+                    reason=notice.kind.value,
                 )
-                oncall = self.deps.oncall.members(self.deps.group(incident.prompt))
-                cards.page(session, incident, oncall, summary, notice.kind.value)
         if notice.incident_id is not None and notice.kind in CLOSING:
             self._postmortem_once_closed(session, notice.incident_id)
 
@@ -158,7 +170,15 @@ class SlackNotifier:
             summary = f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}"
             oncall = self.deps.oncall.members(self.deps.group(prompt))
             if incident is not None:
-                cards.page(session, incident, oncall, summary, reason)
+                cards.page(
+                    session,
+                    incident,
+                    oncall,
+                    severity=notice.severity.value,
+                    headline=notice.text,
+                    channel=self.deps.channel(prompt),
+                    reason=reason,
+                )
             else:
                 for user in sorted(oncall):
                     outbox.enqueue(
@@ -167,3 +187,22 @@ class SlackNotifier:
                         method="dm",
                         payload={"user": user, "text": summary},
                     )
+
+
+def _page_headline(notice: Notice) -> str | None:
+    """What the on-call DM about an incident notice says first, in plain words; None when the
+    notice pages nobody. A critical automatic rollback is told too: someone must know."""
+    if notice.kind == NoticeKind.ROLLBACK_FAILED:
+        return f"The automatic rollback FAILED: roll back by hand now. {notice.text}"
+    if notice.kind == NoticeKind.ROLLED_BACK and notice.action == Action.ROLLBACK:
+        return (
+            f"{notice.text} Verifying the restored version now; you are paged again only if "
+            "it does not recover."
+        )
+    if notice.action != Action.PAGE:
+        return None
+    if notice.headline is not None:
+        return notice.headline
+    if notice.kind == NoticeKind.INCIDENT_ESCALATED:
+        return "It got worse: roll back, or acknowledge if you are on it."
+    return "Needs a person now: roll back, or acknowledge if you are on it."

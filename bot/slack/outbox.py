@@ -15,7 +15,9 @@ again (`bot.slack.posted`), so a lost answer does not show a message twice.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -33,6 +35,7 @@ from bot.liveness import Loop
 from bot.models import OutboxStatus, SlackOutbox, utcnow
 from bot.runtime.claims import release, take
 from bot.slack import posted
+from bot.slack.blocks import PERMALINK
 from bot.slack.status import TOKEN_REFUSED, SlackStatus
 from bot.telemetry import SLACK_ERRORS, SLACK_GIVEN_UP
 
@@ -399,6 +402,8 @@ class OutboxWorker:
             return answer.get("channel"), answer.get("ts")
         if row.method == "dm":
             payload["channel"] = self._dm_channel(payload.pop("user"))
+        if row.payload.get("_link_to"):
+            payload = self._with_permalink(payload, str(row.payload["_link_to"]))
         if parent_ts is not None:
             payload |= {"channel": parent_channel, "thread_ts": parent_ts}
         answer = self.client.chat_postMessage(**payload, metadata=posted.tag(row.dedupe_key))
@@ -406,6 +411,25 @@ class OutboxWorker:
         if channel and not posted.is_conversation_id(payload["channel"]):
             self._channel_ids[payload["channel"]] = channel
         return channel, answer.get("ts")
+
+    def _with_permalink(self, payload: dict[str, Any], key: str) -> dict[str, Any]:
+        """`payload` with the permalink of the message `key` (sent before it: same incident)
+        where it says PERMALINK; without one, the link's words stay as plain text."""
+        with read_session(self.engine) as session:
+            target = sent_message(session, key)
+        link = None
+        if target is not None and target.channel and target.ts:
+            try:
+                answer = self.client.chat_getPermalink(channel=target.channel, message_ts=target.ts)
+                link = answer.get("permalink")
+            except SlackApiError as exc:  # the DM still goes, without the link
+                log.info("slack chat.getPermalink for %s: %s", key, exc.response.get("error"))
+        text = json.dumps(payload)
+        if link:
+            text = text.replace(PERMALINK, json.dumps(str(link))[1:-1])
+        else:
+            text = re.sub(r"<" + re.escape(PERMALINK) + r"\|([^>]*)>", r"\1", text)
+        return dict(json.loads(text))
 
     def _failed(self, row: SlackOutbox, exc: SlackApiError, *, refused: bool) -> bool:
         """Slack answered an error; `refused`: the answer was to the send itself, so a 429 or
