@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from bot.policy import load_policies
 from bot.slack.app import SlackService
 from tests.conftest import API_TOKEN
 from tests.slack_kit import FakeSlack, SlackSender
+from tests.socket_kit import FakeSocketMode, socket_mode
 from tests.test_serve import free_port
 
 BOT_TOKEN = "xoxb-test-token-0123456789"
@@ -31,6 +32,7 @@ class Harness:
     sender: SlackSender
     service: SlackService
     base_url: str
+    socket: FakeSocketMode | None = None  # with slack_app_token: Slack's Socket Mode endpoint
 
     def card(self, incident_id: int) -> dict:
         """The incident's card message as Slack shows it now."""
@@ -50,7 +52,12 @@ def running(
 ) -> Iterator[Harness]:
     """FakeSlack, then the bot's server (API + Slack app + outbox) on a free port."""
     channels = {"incidents": "C1", "cs-incidents": "C2"}
-    with FakeSlack(token=BOT_TOKEN, users={"U2": {"name": "bob"}}, channels=channels) as fake:
+    with (
+        FakeSlack(token=BOT_TOKEN, users={"U2": {"name": "bob"}}, channels=channels) as fake,
+        ExitStack() as stack,
+    ):
+        app_token = overrides.get("slack_app_token")
+        socket = stack.enter_context(socket_mode(fake, app_token)) if app_token else None
         settings = load_settings(
             database_url=db_url,
             rollback_api_token=API_TOKEN,
@@ -75,7 +82,11 @@ def running(
         base = f"http://127.0.0.1:{port}"
         try:
             yield Harness(
-                fake, SlackSender(f"{base}/slack/events", SIGNING_SECRET, slack=fake), service, base
+                fake,
+                SlackSender(f"{base}/slack/events", SIGNING_SECRET, slack=fake),
+                service,
+                base,
+                socket,
             )
         finally:
             server.should_exit = True

@@ -24,7 +24,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -89,6 +89,7 @@ class _State:
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     ephemerals: dict[str, dict[str, Any]] = field(default_factory=dict)
     opened: set[str] = field(default_factory=set)
+    views: list[dict[str, Any]] = field(default_factory=list)  # modals opened, oldest first
     response_urls: dict[str, _ResponseUrl] = field(default_factory=dict)
     faults: dict[str, deque[_Fault]] = field(default_factory=dict)
     down: str | None = None
@@ -140,6 +141,10 @@ class FakeSlack:
         first_ts: int = 1_700_000_000,
     ) -> None:
         self.token = token
+        # Socket Mode: the app-level token apps.connections.open accepts, and the endpoint whose
+        # URL it hands out (tests/socket_kit.py attaches one).
+        self.app_token: str | None = None
+        self.socket: Any = None
         self.team_id = team_id
         self.team = team
         self.bot_user_id = bot_user_id
@@ -310,6 +315,11 @@ class FakeSlack:
             ]
         return sorted(found, key=lambda m: _ts_key(m["ts"]))
 
+    def views(self) -> list[dict[str, Any]]:
+        """The modals opened so far (each with its trigger_id), oldest first."""
+        with self._lock:
+            return [dict(v) for v in self._state.views]
+
     def message(self, ts: str) -> dict[str, Any]:
         """The message posted as `ts`, as it stands now."""
         with self._lock:
@@ -392,6 +402,16 @@ class FakeSlack:
             return down, fault, self._state.delay
 
     def _api(self, method: str, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+        if method == "apps.connections.open":  # the one method called with the app-level token
+            if token is None:
+                return {"ok": False, "error": "not_authed"}
+            if token.startswith("xoxb-"):
+                return {"ok": False, "error": "not_allowed_token_type"}
+            if self.app_token is None or not hmac.compare_digest(token, self.app_token):
+                return {"ok": False, "error": "invalid_auth"}
+            if self.socket is None:
+                return {"ok": False, "error": "internal_error"}
+            return {"ok": True, "url": self.socket.new_url()}
         if token is None:
             return {"ok": False, "error": "not_authed"}
         if not hmac.compare_digest(token, self.token):
@@ -477,6 +497,32 @@ def _update(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
     message["edited"] = {"user": fake.bot_user_id, "ts": fake._next_ts()}
     public = {k: v for k, v in message.items() if k not in ("channel", "ts")}
     return {"channel": channel, "ts": ts, "text": message["text"], "message": public}
+
+
+TRIGGER_TTL = 3.0  # a trigger_id opens a modal within 3 s of the interaction, once
+
+
+def _views_open(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    """views.open: checks the trigger's age and reuse and the view's shape, as Slack does."""
+    trigger = str(args.get("trigger_id", ""))
+    parts = trigger.split(".")
+    if len(parts) != 3 or not parts[0].isdigit():
+        raise _SlackError("invalid_trigger_id")
+    if time.time() - int(parts[0]) > TRIGGER_TTL + 1 or trigger in fake._state.opened:
+        raise _SlackError("expired_trigger_id")
+    view = args.get("view")
+    if isinstance(view, str):
+        view = json.loads(view)
+    if not isinstance(view, dict) or view.get("type") != "modal":
+        raise _SlackError("invalid_arguments")
+    title = (view.get("title") or {}).get("text", "")
+    blocks = view.get("blocks")
+    if not title or len(title) > 24 or not isinstance(blocks, list) or len(blocks) > 100:
+        raise _SlackError("invalid_arguments")
+    fake._state.opened.add(trigger)
+    opened = {**view, "id": f"V{len(fake._state.views) + 1:08d}", "team_id": fake.team_id}
+    fake._state.views.append({"trigger_id": trigger, "view": opened})
+    return {"view": opened}
 
 
 def _get_permalink(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
@@ -616,6 +662,7 @@ _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "chat.postMessage": _post_message,
     "chat.update": _update,
     "chat.getPermalink": _get_permalink,
+    "views.open": _views_open,
     "chat.postEphemeral": _post_ephemeral,
     "conversations.open": _conversations_open,
     "usergroups.users.list": _usergroup_users,
@@ -784,6 +831,44 @@ def sign(body: bytes, secret: str, timestamp: int | None = None) -> dict[str, st
 
 def _trigger_id() -> str:
     return f"{int(time.time())}.{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex}"
+
+
+def view_submission_body(
+    view: Mapping[str, Any], user_id: str, values: Mapping[str, Mapping[str, Any]]
+) -> bytes:
+    """The `payload=<json>` body Slack posts when a modal is submitted: `values` maps
+    block_id → action_id → the element's state (`selected_option`, `value`)."""
+    payload = {
+        "type": "view_submission",
+        "team": {"id": "T1", "domain": "acme"},
+        "user": {
+            "id": user_id,
+            "username": user_id.lower(),
+            "name": user_id.lower(),
+            "team_id": "T1",
+        },
+        "api_app_id": "A1",
+        "token": "verification-token",
+        "trigger_id": _trigger_id(),
+        "view": {
+            **view,
+            "state": {"values": {b: dict(v) for b, v in values.items()}},
+            "hash": uuid.uuid4().hex[:20],
+            "root_view_id": view.get("id"),
+            "app_id": "A1",
+            "bot_id": "B1",
+        },
+        "response_urls": [],
+        "is_enterprise_install": False,
+        "enterprise": None,
+    }
+    return b"payload=" + quote(json.dumps(payload)).encode()
+
+
+def target_choice(version: str) -> dict[str, Any]:
+    """The rollback dialog's state with `version` chosen and no reason."""
+    option = {"text": {"type": "plain_text", "text": version}, "value": version}
+    return {"target": {"target_version": {"type": "static_select", "selected_option": option}}}
 
 
 def slash_command_body(
@@ -978,6 +1063,50 @@ class SlackSender:
             **fields,
         )
         return self.post(body, secret=secret, timestamp=timestamp, signed=signed)
+
+    def submit_view(
+        self, view: Mapping[str, Any], user_id: str, values: Mapping[str, Mapping[str, Any]]
+    ) -> httpx.Response:
+        """Send a modal as Slack does when the user presses its submit button."""
+        return self.post(view_submission_body(view, user_id, values))
+
+    def roll_back_via_dialog(
+        self,
+        card: Mapping[str, Any],
+        user_id: str = "U1",
+        *,
+        target: str | None = None,
+        reason: str = "",
+        channel_id: str = "C1",
+        action_id: str = "incident_rollback",
+    ) -> httpx.Response:
+        """Click Rollback on `card`, wait for the dialog it opens, and send it (with `target`
+        chosen instead of the preselected version, and `reason`); the submit's response."""
+        assert self.slack is not None, "roll_back_via_dialog needs the FakeSlack"
+        value = next(
+            e["value"]
+            for b in card["blocks"]
+            if b["type"] == "actions"
+            for e in b["elements"]
+            if e["action_id"] == action_id
+        )
+        before = len(self.slack.views())
+        assert self.click(action_id, value, user_id, card["ts"], channel_id).status_code == 200
+        view = self.slack.wait_for(lambda _: self.slack.views()[before:] if self.slack else None)[
+            0
+        ]["view"]
+        target_block = next(b for b in view["blocks"] if b.get("block_id") == "target")
+        element = target_block["element"]
+        option = (
+            next(o for o in element["options"] if o["value"] == target)
+            if target is not None
+            else element.get("initial_option")
+        )
+        values = {
+            "target": {"target_version": {"type": "static_select", "selected_option": option}},
+            "reason": {"reason_text": {"type": "plain_text_input", "value": reason or None}},
+        }
+        return self.submit_view(view, user_id, values)
 
     def click(
         self,

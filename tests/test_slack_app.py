@@ -247,8 +247,7 @@ def test_high_severity_card_has_buttons_and_pages_on_call(slack: Harness, engine
     _checker_pass(engine, slack, errors=30)
     card = _wait_card(slack, lambda m: bool(_buttons(m)))
     assert _buttons(card) == [ROLLBACK_ACTION, ACKNOWLEDGE_ACTION]
-    confirm = card["blocks"][-1]["elements"][0]["confirm"]["text"]["text"]
-    assert "from v2.0.0 to v1.9.0" in confirm
+    assert card["blocks"][-1]["elements"][0]["text"]["text"] == "Rollback to v1.9.0"
     [dm] = slack.fake.wait_for(lambda _: slack.fake.messages("U1") or None)
     blocks = json.dumps(dm["blocks"])
     # The severity the notice has, the rule in words (no metric identifiers), a link to the
@@ -262,44 +261,87 @@ def test_high_severity_card_has_buttons_and_pages_on_call(slack: Harness, engine
     _wait_card(slack, lambda m: "paged: <@U1>" in json.dumps(m["blocks"]))
 
 
-def test_rollback_button_rolls_back_updates_the_card_and_threads(
+def test_rollback_opens_a_dialog_and_rolls_back_when_it_is_sent(
     slack: Harness, engine: Engine
 ) -> None:
+    make_prompt(engine, versions=("v1.8.0",), now=utcnow() - timedelta(hours=3))  # known-good
     _checker_pass(engine, slack, errors=30)
     card = _wait_card(slack, lambda m: bool(_buttons(m)))
     started = time.perf_counter()
     response = _click(slack, ROLLBACK_ACTION, card)
-    assert response.status_code == 200
-    assert time.perf_counter() - started < 1.5
+    assert response.status_code == 200 and time.perf_counter() - started < 1.5
+    view = slack.fake.wait_for(lambda _: slack.fake.views() or None)[0]["view"]
+    assert _active(engine) == "v2.0.0"  # nothing changes until the dialog is sent
+    select = next(b for b in view["blocks"] if b.get("block_id") == "target")["element"]
+    assert select["initial_option"]["value"] == "v1.9.0"  # the previous known-good version
+    assert [o["value"] for o in select["options"]] == ["v1.9.0", "v1.8.0"]
+    reason = next(b for b in view["blocks"] if b.get("block_id") == "reason")
+    assert reason["optional"] is True
+    # Sent with v1.8.0 chosen instead and a reason.
+    sent = slack.sender.roll_back_via_dialog(card, target="v1.8.0", reason="refunds wrong")
+    assert sent.status_code == 200 and sent.text == ""  # the dialog closes
     updated = _wait_card(slack, lambda m: not _buttons(m))
-    assert "Rolled back v2.0.0 \\u2192 v1.9.0 by <@U1>" in json.dumps(updated["blocks"])
-    assert _active(engine) == "v1.9.0"
+    assert "Rolled back v2.0.0 \\u2192 v1.8.0 by <@U1>" in json.dumps(updated["blocks"])
+    assert _active(engine) == "v1.8.0"
     entry = _history(engine)[0]
     assert (entry.kind, entry.operator, entry.trigger) == ("rollback", "U1", "slack")
+    assert "refunds wrong" in entry.reason
     assert _incident(engine).status == IncidentStatus.ROLLED_BACK
     replies = slack.fake.wait_for(lambda _: slack.fake.thread(card["ts"])[1:] or None)
-    assert "by <@U1>" in replies[0]["text"]
+    assert "by <@U1>: refunds wrong." in replies[0]["text"]
 
 
-def test_double_click_rolls_back_once_and_tells_the_second(slack: Harness, engine: Engine) -> None:
+def test_two_dialogs_sent_at_once_roll_back_once_and_tell_the_second(
+    slack: Harness, engine: Engine
+) -> None:
     _checker_pass(engine, slack, errors=30)
     card = _wait_card(slack, lambda m: bool(_buttons(m)))
-    results = []
-    clicks = [
-        threading.Thread(target=lambda u=u: results.append(_click(slack, ROLLBACK_ACTION, card, u)))
-        for u in ("U1", "U1")
+    value = json.loads(
+        next(e["value"] for b in card["blocks"] if b["type"] == "actions" for e in b["elements"])
+    )
+    for _ in range(2):  # the same person clicks twice: two dialogs
+        assert _click(slack, ROLLBACK_ACTION, card).status_code == 200
+    views = slack.fake.wait_for(
+        lambda _: slack.fake.views() if len(slack.fake.views()) == 2 else None
+    )
+    option = {"text": {"type": "plain_text", "text": "v1.9.0"}, "value": "v1.9.0"}
+    values = {"target": {"target_version": {"type": "static_select", "selected_option": option}}}
+    results: list = []
+    sends = [
+        threading.Thread(
+            target=lambda v=v: results.append(slack.sender.submit_view(v["view"], "U1", values))
+        )
+        for v in views
     ]
-    for click in clicks:
-        click.start()
-    for click in clicks:
-        click.join()
-    assert [r.status_code for r in results] == [200, 200]
-    answers = slack.fake.wait_for(lambda _: slack.fake.responses() or None)
+    for send in sends:
+        send.start()
+    for send in sends:
+        send.join()
+    assert sorted(r.status_code for r in results) == [200, 200]
+    refused = [r.json() for r in results if r.text]
+    assert len(refused) == 1 and refused[0]["response_action"] == "errors"
+    assert (
+        "already rolled back v2.0.0 \u2192 v1.9.0 by <@U1> (slack)"
+        in refused[0]["errors"]["target"]
+    )
     _wait_card(slack, lambda m: not _buttons(m))
     assert [e.kind for e in _history(engine)].count("rollback") == 1
-    assert len(answers) == 1
-    assert "already rolled back v2.0.0 \u2192 v1.9.0 by <@U1> (slack)" in answers[0]["text"]
-    assert answers[0]["response_type"] == "ephemeral"
+    assert value["incident"] == _incident(engine).id
+
+
+def test_a_dialog_sent_by_someone_not_on_call_changes_nothing(
+    slack: Harness, engine: Engine
+) -> None:
+    _checker_pass(engine, slack, errors=30)
+    card = _wait_card(slack, lambda m: bool(_buttons(m)))
+    _click(slack, ROLLBACK_ACTION, card)
+    view = slack.fake.wait_for(lambda _: slack.fake.views() or None)[0]["view"]
+    option = {"text": {"type": "plain_text", "text": "v1.9.0"}, "value": "v1.9.0"}
+    values = {"target": {"target_version": {"type": "static_select", "selected_option": option}}}
+    answer = slack.sender.submit_view(view, "U2", values).json()
+    assert answer["response_action"] == "errors"
+    assert "only on-call engineers" in answer["errors"]["target"]
+    assert _active(engine) == "v2.0.0"
 
 
 def test_people_not_on_call_are_refused_and_nothing_happens(slack: Harness, engine: Engine) -> None:
@@ -336,7 +378,7 @@ def test_acknowledge_records_who_stops_paging_and_keeps_rollback(
     assert "already acknowledged" in told[0]["text"]
     assert len(slack.fake.thread(card["ts"])) == 2
     # Acknowledge, then Rollback on the same card.
-    assert _click(slack, ROLLBACK_ACTION, updated).status_code == 200
+    assert slack.sender.roll_back_via_dialog(updated).status_code == 200
     _wait_card(slack, lambda m: not _buttons(m))
     assert _active(engine) == "v1.9.0"
 
@@ -554,6 +596,8 @@ def test_slack_down_then_back_delivers_everything_once(slack: Harness, engine: E
     _checker_pass(engine, slack, errors=30)
     card = _wait_card(slack, lambda m: bool(_buttons(m)))
     slack.fake.set_down(True)
+    # Slack's side fails, so the dialog cannot open: the click rolls back to the version its
+    # button names, rather than leaving on-call with nothing.
     assert _click(slack, ROLLBACK_ACTION, card).status_code == 200
     deadline = time.monotonic() + 5
     while _active(engine) != "v1.9.0":
@@ -595,7 +639,8 @@ def test_a_prompt_policy_routes_its_incidents_and_on_call(
         dms = harness.fake.wait_for(lambda _: harness.fake.messages("U2") or None)
         assert "error rate 3.0% is above 2%" in dms[0]["text"]
         # U2 is on call for this prompt through its group.
-        assert _click(harness, ROLLBACK_ACTION, card, user="U2").status_code == 200
+        sent = harness.sender.roll_back_via_dialog(card, "U2", channel_id=card["channel"])
+        assert sent.status_code == 200 and sent.text == ""
         deadline = time.monotonic() + 5
         while _active(engine) != "v1.9.0":
             assert time.monotonic() < deadline
@@ -622,13 +667,12 @@ def test_verification_reports_in_the_card_thread_and_resolves_the_card(
     now = utcnow()
     traffic(engine, version="v1.9.0", n=200, errors=1, at=now)
     _verify(engine, slack, now)
-    replies = slack.fake.wait_for(
-        lambda _: (
-            [m["text"] for m in slack.fake.thread(card["ts"])[1:]]
-            if len(slack.fake.thread(card["ts"])) >= 4
-            else None
-        )
-    )
+
+    def thread_once_recovered(_calls: list) -> list[str] | None:
+        texts = [m["text"] for m in slack.fake.thread(card["ts"])[1:]]
+        return texts if any(t.startswith("Recovered") for t in texts) else None
+
+    replies = slack.fake.wait_for(thread_once_recovered)
     replies = [r for r in replies if not r.startswith("All reporting traffic")]
     assert replies[1] == "Check 1/12: error rate 0.5% (n=200)"
     assert replies[2].startswith("Recovered: v1.9.0 is healthy (0.5% errors, n=200)")

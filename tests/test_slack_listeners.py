@@ -34,6 +34,7 @@ from bot.slack.listener import run_guarded
 from bot.slack.oncall import OnCall
 from bot.slack.outbox import OutboxWorker
 from tests.conftest import make_prompt
+from tests.slack_kit import target_choice
 
 POLICIES = load_policies(Path(__file__).resolve().parent.parent / "policies")
 
@@ -64,6 +65,7 @@ def deps(engine: Engine, db_url: str):
             oncall=OnCall(users=frozenset({"U1"}), usergroup="", client=nowhere),
             worker=OutboxWorker(engine=engine, client=nowhere),
             pool=pool,
+            client=nowhere,
         )
 
 
@@ -72,7 +74,8 @@ def queued(engine: Engine) -> list[SlackOutbox]:
         return list(session.exec(select(SlackOutbox).order_by(SlackOutbox.id)))
 
 
-def test_rollback_command_rolls_back_and_queues_the_announcement(deps, engine) -> None:
+def test_rollback_command_rolls_back_and_queues_the_announcement(deps, engine, monkeypatch) -> None:
+    monkeypatch.setattr(commands, "ANNOUNCE_WAIT", 0.1)  # no worker runs here: never posted
     make_prompt(engine)
     said = Replies()
     commands.rollback_command(
@@ -84,6 +87,7 @@ def test_rollback_command_rolls_back_and_queues_the_announcement(deps, engine) -
             == "v1.9.0"
         )
     assert "Rolled back customer-support v2.0.0 → v1.9.0" in said.text
+    assert "will be announced in #incidents as soon as Slack takes the message" in said.text
     posts = queued(engine)
     assert posts and "<@U1> rolled back *customer-support*" in posts[0].payload["text"]
     assert any("Verification of v1.9.0" in json.dumps(p.payload) for p in posts)
@@ -123,7 +127,7 @@ def test_help_and_bad_input_are_answered_without_a_change(deps, engine) -> None:
     assert queued(engine) == []
 
 
-def test_rollback_button_closes_the_incident_and_updates_its_card(deps, engine) -> None:
+def test_the_rollback_dialog_closes_the_incident_and_updates_its_card(deps, engine) -> None:
     make_prompt(engine)
     now = utcnow()
     with write_session(engine) as session:
@@ -146,20 +150,33 @@ def test_rollback_button_closes_the_incident_and_updates_its_card(deps, engine) 
         incident_id = incident.id
     body = {
         "user": {"id": "U1"},
-        "actions": [{"action_id": "rollback", "value": json.dumps({"incident": incident_id})}],
+        "view": {
+            "private_metadata": json.dumps({"incident": incident_id}),
+            "state": {"values": target_choice("v1.9.0") | reason("bad refunds")},
+        },
     }
-    actions.on_rollback(deps, body, Replies())
+    acks: list[dict[str, Any]] = []
+    actions.on_rollback_submitted(deps, lambda **kw: acks.append(kw), body)
+    assert acks == [{}]  # the dialog closes
     with read_session(engine) as session:
         assert get_incident(session, incident_id).status == IncidentStatus.ROLLED_BACK
         assert (
             registry.prompt_detail(session=session, name="customer-support").active_version
             == "v1.9.0"
         )
+        assert (
+            "bad refunds"
+            in registry.history(session=session, name="customer-support", limit=1)[0].reason
+        )
     texts = [json.dumps(p.payload) for p in queued(engine)]
     assert any("Rolled back `v2.0.0`" in t and "<@U1>" in t for t in texts)
-    # A second click (a retry, a colleague) is told who did it and changes nothing more.
-    said = Replies()
-    run_guarded(lambda b, r: actions.on_rollback(deps, b, r), body, said)
-    assert "U1" in said.text and "None" not in said.text
+    # The same dialog sent again (a retry, a colleague's): refused in the dialog, naming who.
+    actions.on_rollback_submitted(deps, lambda **kw: acks.append(kw), body)
+    assert acks[1]["response_action"] == "errors"
+    assert "<@U1>" in acks[1]["errors"]["target"] and "None" not in acks[1]["errors"]["target"]
     with read_session(engine) as session:
         assert len(registry.history(session=session, name="customer-support", limit=50)) == 4
+
+
+def reason(text: str) -> dict[str, Any]:
+    return {"reason": {"reason_text": {"type": "plain_text_input", "value": text}}}

@@ -28,6 +28,7 @@ def rollback_incident(
     now: datetime,
     target: str | None = None,
     dedup_window: timedelta = timedelta(minutes=5),
+    reason: str = "",
 ) -> tuple[Incident, ChangeResult]:
     """Roll the incident's version back; a second click gets AlreadyRolledBack naming the first."""
     incident = get_incident(session, incident_id)
@@ -38,7 +39,7 @@ def rollback_incident(
         target=target,
         actor=actor,
         now=now,
-        reason=f"incident #{incident.id}: {incident.summary}"[:1000],
+        reason=f"incident #{incident.id}: {reason or incident.summary}"[:1000],
         expected_version=incident.version,
         dedup_window=dedup_window,
     )

@@ -107,3 +107,21 @@ def previous_known_good(
         .order_by(col(PromptVersion.last_active_at).desc(), col(PromptVersion.id).desc())
         .limit(1)
     ).first()
+
+
+def rollback_choices(session: Session, prompt: Prompt, exclude: list[str]) -> list[str]:
+    """Versions a person may roll back to: every one that served before and is not marked
+    bad, most recently active first (at most 100, Slack's limit for a menu)."""
+    return list(
+        session.exec(
+            select(PromptVersion.label)
+            .where(
+                PromptVersion.prompt_id == prompt.id,
+                col(PromptVersion.last_active_at).is_not(None),
+                PromptVersion.health != Health.BAD,
+                col(PromptVersion.label).not_in(exclude),
+            )
+            .order_by(col(PromptVersion.last_active_at).desc(), col(PromptVersion.id).desc())
+            .limit(100)
+        )
+    )

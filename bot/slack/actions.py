@@ -1,4 +1,5 @@
-"""The card's buttons: Rollback and Investigate. Ack first; only on-call may act."""
+"""The buttons on cards and DMs (Rollback → dialog, Acknowledge, Gradual, Finish/Abort) and
+the rollback dialog. Ack first; only on-call may act."""
 
 from __future__ import annotations
 
@@ -6,17 +7,19 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import App, Respond
+from slack_bolt import Ack, App, Respond
+from slack_sdk.errors import SlackApiError, SlackClientError
 from sqlmodel import Session
 
 from bot.db import read_session, write_session
-from bot.errors import InvalidRequest
+from bot.errors import BotError, InvalidRequest
 from bot.faults import failpoint
 from bot.incidents import lifecycle
 from bot.incidents.actions import acknowledge, check_can_roll_back, rollback_incident
 from bot.incidents.records import get_incident
 from bot.models import Incident, RolloutKind, Trigger, utcnow
 from bot.registry.changes import Actor
+from bot.registry.lookup import get_prompt, rollback_choices
 from bot.rollouts import stages as rollouts
 from bot.slack import cards
 from bot.slack.blocks import (
@@ -25,11 +28,17 @@ from bot.slack.blocks import (
     FINISH_ROLLOUT_ACTION,
     GRADUAL_ACTION,
     INVESTIGATE_ACTION,
+    REASON_BLOCK,
+    REASON_INPUT,
     ROLLBACK_ACTION,
+    ROLLBACK_MODAL,
+    TARGET_BLOCK,
+    TARGET_INPUT,
+    rollback_modal,
 )
 from bot.slack.commands import start_rollout
 from bot.slack.deps import SlackDeps
-from bot.slack.listener import deferred
+from bot.slack.listener import answer, deferred
 from bot.slack.notifier import SlackNotifier
 
 
@@ -59,7 +68,81 @@ def _authorized(
 
 
 def on_rollback(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None:
-    user, incident_id, target, _ = _authorized(deps, body, check_can_roll_back)
+    """Rollback on a card or DM: open the rollback dialog (target and reason) with the click's
+    trigger_id; the rollback happens when it is sent (on_rollback_submitted)."""
+    user, incident_id, target, prompt = _authorized(deps, body, check_can_roll_back)
+    with read_session(deps.engine) as session:
+        incident = get_incident(session, incident_id)
+        choices = rollback_choices(session, get_prompt(session, prompt), [incident.version])
+    if target is not None and target not in choices:
+        choices.insert(0, target)
+    if not choices:
+        raise InvalidRequest(
+            f"{prompt} has no earlier version that is not marked bad; "
+            f"roll back with `/rollback {prompt} VERSION --force`"
+        )
+    modal = rollback_modal(
+        incident_id=incident_id,
+        prompt=prompt,
+        version=incident.version,
+        choices=choices,
+        default=target,
+    )
+    try:
+        deps.client.views_open(trigger_id=str(body.get("trigger_id", "")), view=modal)
+    except SlackApiError as exc:
+        if exc.response.status_code < 500 and exc.response.status_code != 429:
+            raise InvalidRequest(  # e.g. the click is older than Slack's 3 s: click again
+                f"the rollback dialog did not open (Slack: {exc.response.get('error')}); "
+                "nothing was changed. Click Rollback again, or roll back with "
+                f"`/rollback {prompt} {target or 'VERSION'}`"
+            ) from None
+        degraded = f"Slack answered {exc.response.status_code}"
+    except (SlackClientError, OSError) as exc:
+        degraded = f"Slack did not answer: {exc.__class__.__name__}"
+    else:
+        return
+    # Slack's side is failing but this click came through: the person asked to roll back to
+    # the version the button names, and an outage must not stop that.
+    why = f"the rollback dialog could not open ({degraded}); rolled back from the card"
+    roll_back_incident(deps, user, incident_id, target, why)
+
+
+def on_rollback_submitted(deps: SlackDeps, ack: Ack, body: dict[str, Any]) -> None:
+    """The rollback dialog was sent: roll back now, within Slack's 3 s, so a refusal can be
+    shown in the dialog itself (the card and its thread follow through the outbox)."""
+    view = body.get("view") or {}
+    values = (view.get("state") or {}).get("values") or {}
+    try:
+        incident_id = int(json.loads(view.get("private_metadata") or "{}")["incident"])
+        chosen = values[TARGET_BLOCK][TARGET_INPUT].get("selected_option") or {}
+        reason = str(values.get(REASON_BLOCK, {}).get(REASON_INPUT, {}).get("value") or "")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        ack(response_action="errors", errors={TARGET_BLOCK: "This dialog is malformed; close it."})
+        return
+    user = str((body.get("user") or {}).get("id", ""))
+    try:
+        roll_back_incident(deps, user, incident_id, chosen.get("value"), reason.strip())
+    except BotError as exc:
+        ack(response_action="errors", errors={TARGET_BLOCK: exc.slack_text[:150]})
+        return
+    except Exception as exc:  # logged with an id, told in the dialog
+        answer(exc, None)
+        ack(
+            response_action="errors",
+            errors={TARGET_BLOCK: "Something went wrong; nothing more was done. See the log."},
+        )
+        return
+    ack()
+
+
+def roll_back_incident(
+    deps: SlackDeps, user: str, incident_id: int, target: str | None, reason: str
+) -> None:
+    """The rollback a person asked for in Slack: authorized, one transaction, card updated."""
+    with read_session(deps.engine) as session:
+        prompt = get_incident(session, incident_id).prompt
+    deps.authorize(user, prompt)
     with write_session(deps.engine) as session:
         incident, result = rollback_incident(
             session=session,
@@ -68,14 +151,16 @@ def on_rollback(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None
             now=utcnow(),
             target=target,
             dedup_window=deps.dedup_window,
+            reason=reason,
         )
         lifecycle.after(session, result, SlackNotifier(deps))  # the prompt's other ones
         cards.post_or_update_card(session, incident, deps.channel(incident.prompt), "rolled_back")
         cards.thread_reply(
             session,
             incident,
-            f"Rolled back `{result.from_version}` → `{result.to_version}` by <@{user}>. "
-            "Verification of the restored version reports in this thread.",
+            f"Rolled back `{result.from_version}` → `{result.to_version}` by <@{user}>"
+            + (f": {reason}" if reason else "")
+            + ". Verification of the restored version reports in this thread.",
             "rolled_back",
         )
         failpoint("rollback.before_commit")
@@ -166,6 +251,7 @@ def register(app: App, deps: SlackDeps) -> None:
     """Attach the button listeners."""
 
     app.action(ROLLBACK_ACTION)(deferred(on_rollback, deps))
+    app.view(ROLLBACK_MODAL)(lambda ack, body: on_rollback_submitted(deps, ack, body))
     app.action(GRADUAL_ACTION)(deferred(on_gradual, deps))
     app.action(FINISH_ROLLOUT_ACTION)(deferred(on_rollout, deps))
     app.action(ABORT_ROLLOUT_ACTION)(deferred(on_rollout, deps))

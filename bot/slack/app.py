@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from slack_bolt import App
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.error import BoltError
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import RetryHandler
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
@@ -30,9 +31,14 @@ from bot.slack.deps import SlackDeps
 from bot.slack.notifier import SlackNotifier
 from bot.slack.oncall import OnCall
 from bot.slack.outbox import OutboxWorker
-from bot.slack.status import SlackStatus
+from bot.slack.status import TOKEN_REFUSED, SlackStatus
 
 log = logging.getLogger(__name__)
+
+# slack_sdk's Socket Mode client notices a dead connection by its pings (stale after 4 missed
+# intervals) and then opens a new one: 2.5 s means a dropped socket is back within ~15 s
+# rather than the ~50 s of its 10 s default.
+SOCKET_PING_SECONDS = 2.5
 
 
 def web_client(settings: Settings, *, retries: bool) -> WebClient:
@@ -82,6 +88,7 @@ class SlackService:
             oncall=oncall,
             worker=self.worker,
             pool=self.pool,
+            client=client,
         )
         secret = settings.slack_signing_secret
         self.verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
@@ -127,13 +134,15 @@ class SlackService:
 
     def _connect_socket(self) -> None:
         """Open the Socket Mode connection, retrying with capped backoff until it opens (the
-        client reconnects by itself after that)."""
+        client reconnects by itself after that: a dropped socket, Slack's `disconnect`)."""
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         assert self._app_token is not None
         failures = 0
         while not self._stopping.is_set():
-            handler: Any = SocketModeHandler(self.app, self._app_token.get_secret_value())
+            handler: Any = SocketModeHandler(
+                self.app, self._app_token.get_secret_value(), ping_interval=SOCKET_PING_SECONDS
+            )
             try:
                 handler.connect()
                 if handler.client.is_connected():
@@ -141,18 +150,35 @@ class SlackService:
                     log.info("Slack Socket Mode connected")
                     return
                 problem = "the websocket did not open"
-            except (BoltError, SlackApiError, SlackClientError, OSError) as exc:
+            except SlackApiError as exc:
+                error = str(exc.response.get("error"))
+                problem = f"apps.connections.open: {error}"
+                if error in TOKEN_REFUSED or error == "not_allowed_token_type":
+                    self.socket_state = "token_refused"
+                    log.error(
+                        "Slack refused SLACK_APP_TOKEN (%s): Slack's requests cannot arrive over "
+                        "Socket Mode. Set the app-level token (xapp-…, connections:write) and "
+                        "restart; the API, the checker and the outbox keep working meanwhile",
+                        error,
+                    )
+            except Exception as exc:  # any failure to connect is retried; the thread never dies
                 problem = f"{exc.__class__.__name__}: {exc}"
-            handler.close()
+            with contextlib.suppress(Exception):
+                handler.close()
             failures += 1
-            self.socket_state = "connecting"
-            wait = min(30.0, 0.5 * 2 ** min(failures, 10))
+            if self.socket_state != "token_refused":
+                self.socket_state = "connecting"
+            wait = min(60.0, 0.5 * 2 ** min(failures, 10))
             log.warning("Slack Socket Mode not connected (%s); retry in %.0f s", problem, wait)
             self._stopping.wait(wait)
 
     def health(self) -> dict[str, object]:
-        """Slack's state for /healthz."""
-        return {**self.status.as_dict(), "socket_mode": self.socket_state}
+        """Slack's state for /healthz (Socket Mode as the client sees it now: it reconnects by
+        itself after a drop)."""
+        state = self.socket_state
+        if self._socket is not None:
+            state = "connected" if self._socket.client.is_connected() else "reconnecting"
+        return {**self.status.as_dict(), "socket_mode": state}
 
     def stop(self) -> None:
         """Stop Socket Mode, finish the listeners' work in hand, stop the outbox worker."""

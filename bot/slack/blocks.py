@@ -14,10 +14,15 @@ from slack_sdk.models.blocks import (
     ConfirmObject,
     ContextBlock,
     HeaderBlock,
+    InputBlock,
     MarkdownTextObject,
+    Option,
+    PlainTextInputElement,
     PlainTextObject,
     SectionBlock,
+    StaticSelectElement,
 )
+from slack_sdk.models.views import View
 
 from bot.models import AuditPublic, PromptDetail
 from bot.people import mention
@@ -157,17 +162,12 @@ def _buttons(card: IncidentCard) -> ActionsBlock:
     return ActionsBlock(
         block_id=f"incident-{card.incident_id}",
         elements=[
+            # Opens the rollback dialog (target and reason); nothing changes until it is sent.
             ButtonElement(
-                text="Rollback",
+                text=f"Rollback to {target}"[:75] if card.target else "Rollback",
                 action_id=ROLLBACK_ACTION,
                 value=value,
                 style="danger",
-                confirm=ConfirmObject(
-                    title="Roll back?",
-                    text=f"Switch {card.prompt} from {card.version} to {target} now?"[:300],
-                    confirm="Roll back",
-                    deny="Cancel",
-                ),
             ),
             ButtonElement(text="Acknowledge", action_id=ACKNOWLEDGE_ACTION, value=value),
             # Minor regressions (medium) may rather go back in stages.
@@ -222,6 +222,49 @@ def page_blocks(card: IncidentCard, severity: str, headline: str, channel: str) 
     if card.buttons and not card.state:
         blocks.append(_buttons(card))
     return blocks
+
+
+ROLLBACK_MODAL = "incident_rollback_modal"
+TARGET_BLOCK, TARGET_INPUT = "target", "target_version"
+REASON_BLOCK, REASON_INPUT = "reason", "reason_text"
+
+
+def rollback_modal(
+    *, incident_id: int, prompt: str, version: str, choices: Sequence[str], default: str | None
+) -> View:
+    """The dialog a Rollback click opens: the target (the previous known-good version chosen
+    already, any other known-good one selectable) and an optional reason."""
+    options = [Option(text=label[:75], value=label) for label in choices[:100]]
+    initial = next((o for o in options if o.value == default), options[0] if options else None)
+    return View(
+        type="modal",
+        callback_id=ROLLBACK_MODAL,
+        private_metadata=json.dumps({"incident": incident_id}),
+        title=PlainTextObject(text="Roll back"),
+        submit=PlainTextObject(text="Roll back"),
+        close=PlainTextObject(text="Cancel"),
+        blocks=[
+            _section(f"Switch *{prompt}* away from `{version}` now. All traffic moves at once."),
+            InputBlock(
+                block_id=TARGET_BLOCK,
+                label=PlainTextObject(text="Roll back to"),
+                element=StaticSelectElement(
+                    action_id=TARGET_INPUT,
+                    options=options,
+                    initial_option=initial,
+                    placeholder=PlainTextObject(text="A known-good version"),
+                ),
+            ),
+            InputBlock(
+                block_id=REASON_BLOCK,
+                label=PlainTextObject(text="Reason (kept in the audit log)"),
+                optional=True,
+                element=PlainTextInputElement(
+                    action_id=REASON_INPUT, multiline=True, max_length=1000
+                ),
+            ),
+        ],
+    )
 
 
 @dataclass(frozen=True)

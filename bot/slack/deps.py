@@ -6,6 +6,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
 
+from slack_sdk import WebClient
 from sqlalchemy import Engine
 
 from bot.config import Settings
@@ -25,6 +26,7 @@ class SlackDeps:
     oncall: OnCall
     worker: OutboxWorker
     pool: Executor  # runs each listener's work after its ack
+    client: WebClient  # calls a listener makes itself (views.open): with Slack's retries
 
     def channel(self, prompt: str) -> str:
         """Where `prompt`'s incidents and announcements go (its policy may route it)."""
