@@ -69,9 +69,9 @@ def test_open_card_shows_the_figures_and_both_buttons() -> None:
     assert "<https://runbooks.example.com/errors|Runbook>" in text
     actions = blocks[-1]
     assert [e["action_id"] for e in actions["elements"]] == [ROLLBACK_ACTION, ACKNOWLEDGE_ACTION]
-    assert actions["elements"][0]["confirm"]["text"]["text"] == (
-        "Switch customer-support from v2.0.0 to v1.9.0 now?"
-    )
+    # No confirm on Rollback: it opens the rollback dialog, which is the confirmation.
+    assert "confirm" not in actions["elements"][0]
+    assert actions["elements"][0]["text"]["text"] == "Rollback to v1.9.0"
     assert json.loads(actions["elements"][0]["value"]) == {"incident": 7, "target": "v1.9.0"}
 
 
