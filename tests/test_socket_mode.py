@@ -135,6 +135,7 @@ def test_a_failed_handshake_is_not_called_connected(
     with caplog.at_level(logging.INFO, logger="bot.slack.app"):
         with running(engine, db_url, signing_secret=None, slack_app_token=APP_TOKEN) as harness:
             assert harness.socket is not None
+            harness.socket.wait_for(lambda: harness.socket.opened >= 1, timeout=10)
             harness.socket.refuse_handshakes(True)
             harness.socket.drop()
             time.sleep(3)
