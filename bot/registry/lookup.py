@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -92,11 +93,10 @@ def last_routing_change(session: Session, prompt: Prompt) -> AuditEntry | None:
     ).first()
 
 
-def previous_known_good(
-    session: Session, prompt: Prompt, exclude: list[str]
-) -> PromptVersion | None:
-    """The most recently active version not marked bad, other than those in `exclude`."""
-    return session.exec(
+def _known_good(prompt: Prompt, exclude: list[str]) -> Any:
+    """Versions of `prompt` that served before and are not marked bad, other than those in
+    `exclude`, most recently active first."""
+    return (
         select(PromptVersion)
         .where(
             PromptVersion.prompt_id == prompt.id,
@@ -105,23 +105,18 @@ def previous_known_good(
             col(PromptVersion.label).not_in(exclude),
         )
         .order_by(col(PromptVersion.last_active_at).desc(), col(PromptVersion.id).desc())
-        .limit(1)
-    ).first()
+    )
+
+
+def previous_known_good(
+    session: Session, prompt: Prompt, exclude: list[str]
+) -> PromptVersion | None:
+    """The most recently active version not marked bad, other than those in `exclude`."""
+    found: PromptVersion | None = session.exec(_known_good(prompt, exclude).limit(1)).first()
+    return found
 
 
 def rollback_choices(session: Session, prompt: Prompt, exclude: list[str]) -> list[str]:
     """Versions a person may roll back to: every one that served before and is not marked
     bad, most recently active first (at most 100, Slack's limit for a menu)."""
-    return list(
-        session.exec(
-            select(PromptVersion.label)
-            .where(
-                PromptVersion.prompt_id == prompt.id,
-                col(PromptVersion.last_active_at).is_not(None),
-                PromptVersion.health != Health.BAD,
-                col(PromptVersion.label).not_in(exclude),
-            )
-            .order_by(col(PromptVersion.last_active_at).desc(), col(PromptVersion.id).desc())
-            .limit(100)
-        )
-    )
+    return [v.label for v in session.exec(_known_good(prompt, exclude).limit(100))]
