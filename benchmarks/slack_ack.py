@@ -8,6 +8,10 @@ different prompt back), then as many Rollback clicks at once on one incident car
 the rollback dialog: views.open must reach Slack within the click's 3-second trigger), then as
 many dialogs sent at once (the rollback itself, done before the answer so a refusal shows in
 the dialog). Target: ack p99 <= 300 ms; every views.open well within 3 s.
+
+The reference, measured first in the same run: the same signed commands from the same threads
+to a bare Starlette endpoint that only checks the signature (benchmarks/_bare_slack.py), the
+floor this machine sets for 50 concurrent signed requests.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _server import api, header, server  # noqa: E402
+import httpx  # noqa: E402
+from _server import api, free_port, header, server  # noqa: E402
 from sqlmodel import select  # noqa: E402
 
 from bot.db import make_engine, write_session  # noqa: E402
@@ -60,12 +66,38 @@ def fire(calls: list, n: int) -> list[float]:
     return sorted(latencies)
 
 
+def p99(latencies: list[float]) -> float:
+    return latencies[max(0, int(len(latencies) * 0.99) - 1)]
+
+
 def summary(name: str, latencies: list[float]) -> str:
-    p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
     return (
         f"{name}: n={len(latencies)} p50 {statistics.median(latencies):.0f} ms, "
-        f"p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms"
+        f"p99 {p99(latencies):.0f} ms, max {latencies[-1]:.0f} ms"
     )
+
+
+def reference(n: int) -> list[float]:
+    """n signed commands at once to the bare endpoint; its answer latencies."""
+    port = free_port()
+    script = Path(__file__).resolve().parent / "_bare_slack.py"
+    proc = subprocess.Popen([sys.executable, str(script), str(port), SECRET])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(base, timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the reference server did not start") from None
+                time.sleep(0.05)
+        sender = SlackSender(f"{base}/slack/events", SECRET, timeout=30)
+        return fire([lambda i=i: sender.command(f"p{i} v1", user_id="U1") for i in range(n)], n)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def main() -> None:
@@ -74,6 +106,8 @@ def main() -> None:
     args = parser.parse_args()
     n = args.concurrency
     print(header())
+    floor = reference(n)
+    print(summary(f"reference: {n} concurrent signed commands to a bare endpoint, answer", floor))
     with (
         FakeSlack(token=BOT_TOKEN) as fake,
         tempfile.TemporaryDirectory() as tmp,
@@ -103,6 +137,7 @@ def main() -> None:
             time.sleep(0.01)
         switched = time.perf_counter() - started
         print(summary(f"{n} concurrent /rollback commands, ack", acks))
+        print(f"  p99 {p99(acks) / p99(floor):.2f}x the reference's")
         print(
             f"  all {n} prompts switched {switched * 1000:.0f} ms after the first command was sent"
         )
@@ -127,6 +162,7 @@ def main() -> None:
             (c.at - sent_at) * 1000 for c in fake.calls_to("views.open") if c.status == 200
         )
         print(summary(f"{n} concurrent Rollback clicks on one card, ack", acks))
+        print(f"  p99 {p99(acks) / p99(floor):.2f}x the reference's")
         print(summary(f"  click to views.open at Slack ({len(opens)} dialogs opened)", opens))
 
         views = [v["view"] for v in fake.views()]

@@ -60,3 +60,23 @@ def test_slash_command_help_lists_every_usage() -> None:
     hints = " ".join(c["usage_hint"] for c in manifest["features"]["slash_commands"])
     for flag in ("--force", "--gradual", "--canary", "status", "history", "help"):
         assert flag in HELP and flag in hints, flag
+
+
+def test_slack_gallery_is_what_the_builders_post() -> None:
+    """docs/slack-gallery.md is regenerated from the real builders: a changed card, DM, dialog
+    or draft must be regenerated (`python -m bot.demo.gallery > docs/slack-gallery.md`)."""
+    from bot.demo.gallery import gallery
+
+    page = (ROOT / "docs" / "slack-gallery.md").read_text(encoding="utf-8")
+    assert page == gallery(), "regenerate: python -m bot.demo.gallery > docs/slack-gallery.md"
+    # What the issue asked to be visible in it.
+    for seen in (
+        "[Acknowledge]",
+        "acknowledged: <@U0ONCALL>",
+        "Finish now asks first",
+        "Roll back to: [v1.9.0 ▾]",
+        "- *Verified*",
+        "/archives/C0INCIDENTS/",
+    ):
+        assert seen in page, seen
+    assert "**" not in page and "@@" not in page

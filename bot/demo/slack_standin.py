@@ -9,6 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
+from bot.demo.render import render
+
 
 class SlackStandIn:
     """Answers the Web API methods the bot calls, like Slack, and records the messages."""
@@ -100,22 +102,18 @@ class SlackStandIn:
                 else str(message["channel"])
             )
             lines.append(f"── {where}" + (" (edited)" if message.get("edited") else ""))
-            lines.extend("   " + line for line in _render(message).splitlines())
+            lines.extend(
+                "   " + line
+                for line in render(
+                    message.get("blocks") or [], message.get("text", "")
+                ).splitlines()
+            )
             for reply in (m for m in messages if m["thread_ts"] == message["ts"]):
-                lines.append("   ↳ " + _render(reply).replace("\n", "\n     "))
+                lines.append(
+                    "   ↳ "
+                    + render(reply.get("blocks") or [], reply.get("text", "")).replace(
+                        "\n", "\n     "
+                    )
+                )
             lines.append("")
         return "\n".join(lines)
-
-
-def _render(message: dict[str, Any]) -> str:
-    parts = []
-    for block in message.get("blocks") or []:
-        if block.get("type") in ("header", "section") and block.get("text"):
-            parts.append(block["text"]["text"])
-        for field in block.get("fields", []):
-            parts.append(field["text"].replace("\n", ": "))
-        if block.get("type") == "context":
-            parts.append(" · ".join(e.get("text", "") for e in block["elements"]))
-        if block.get("type") == "actions":
-            parts.append("  ".join(f"[{e['text']['text']}]" for e in block["elements"]))
-    return "\n".join(parts) or message.get("text", "")
