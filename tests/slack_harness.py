@@ -48,6 +48,7 @@ def running(
     db_url: str,
     policy_dir: Path = POLICIES,
     signing_secret: str | None = SIGNING_SECRET,
+    refuse_app_token: bool = False,
     **overrides: str,
 ) -> Iterator[Harness]:
     """FakeSlack, then the bot's server (API + Slack app + outbox) on a free port."""
@@ -57,7 +58,9 @@ def running(
         ExitStack() as stack,
     ):
         app_token = overrides.get("slack_app_token")
-        socket = stack.enter_context(socket_mode(fake, app_token)) if app_token else None
+        # refuse_app_token: Slack knows a different app-level token than the bot was given.
+        accepted = "xapp-1-A1-not-the-bots-token-0123" if refuse_app_token else app_token
+        socket = stack.enter_context(socket_mode(fake, accepted)) if accepted else None
         settings = load_settings(
             database_url=db_url,
             rollback_api_token=API_TOKEN,

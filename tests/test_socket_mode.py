@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.conftest import make_prompt
-from tests.slack_harness import Harness, running
+from tests.slack_harness import API_TOKEN, Harness, running
 from tests.slack_kit import (
     block_actions_body,
     slash_command_body,
@@ -145,3 +145,29 @@ def test_a_failed_handshake_is_not_called_connected(
             _wait_health(harness, "connected", timeout=40)
     connected = [r for r in caplog.records if r.getMessage() == "Slack Socket Mode connected"]
     assert len(connected) == 1  # only the first real connection, never a failed handshake
+
+
+def test_a_refused_app_token_is_named_and_the_server_keeps_working(
+    engine: Engine, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="bot.slack.app"):
+        with running(
+            engine, db_url, signing_secret=None, slack_app_token=APP_TOKEN, refuse_app_token=True
+        ) as harness:
+            _wait_health(harness, "token_refused")
+            assert harness.socket is not None and harness.socket.opened == 0
+            # Detection, the API and automatic rollbacks need no Slack: the server serves.
+            health = httpx.get(f"{harness.base_url}/healthz")
+            assert health.status_code == 200 and health.json()["status"] == "degraded"
+            make_prompt(engine)
+            assert (
+                httpx.get(
+                    f"{harness.base_url}/api/prompts/customer-support",
+                    headers={"Authorization": f"Bearer {API_TOKEN}"},
+                ).status_code
+                == 200
+            )
+    refused = [r for r in caplog.records if "Slack refused SLACK_APP_TOKEN" in r.getMessage()]
+    assert refused and refused[0].levelno == logging.ERROR
+    assert "invalid_auth" in refused[0].getMessage()
+    assert APP_TOKEN not in caplog.text  # the secret itself is never logged

@@ -174,11 +174,14 @@ class SlackService:
 
     def health(self) -> dict[str, object]:
         """Slack's state for /healthz (Socket Mode as the client sees it now: it reconnects by
-        itself after a drop)."""
+        itself after a drop); not ok while Slack's requests cannot arrive over the socket."""
         state = self.socket_state
         if self._socket is not None:
             state = "connected" if self._socket.client.is_connected() else "reconnecting"
-        return {**self.status.as_dict(), "socket_mode": state}
+        report = {**self.status.as_dict(), "socket_mode": state}
+        # In Socket Mode, Slack's commands and clicks arrive only over the socket.
+        report["ok"] = bool(report["ok"]) and state in ("off", "connected")
+        return report
 
     def stop(self) -> None:
         """Stop Socket Mode, finish the listeners' work in hand, stop the outbox worker."""
