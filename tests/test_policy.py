@@ -60,7 +60,7 @@ prompts:
         enabled: false
       - name: quality_floor
         metric: quality
-        above: 0.99
+        below: 0.6
         severity: medium
         action: alert
 """,
@@ -84,7 +84,7 @@ prompts:
     [
         (
             "rules:\n  - name: x\n    metric: error_rate_pct\n    above: high\n    severity: high\n    action: page\n",
-            "default.yaml:4: rules.0.above: Input should be a valid number",
+            "default.yaml:4: rules.0.above: must be a number, not 'high'",
         ),
         (
             "rules:\n  - name: x\n    metric: error_rate_pct\n    above: 1\n    severity: low\n    action: page\n",
@@ -92,7 +92,7 @@ prompts:
         ),
         (
             "rules:\n  - name: x\n    metric: error_rate_pct\n    above: 1\n    severity: high\n    action: none\n",
-            "default.yaml:2: rules.0: action must be observe, alert, page or rollback",
+            "default.yaml:2: rules.0: action must be observe, alert, page, rollback",
         ),
         ("defaults:\n  window: soon\n", "default.yaml:2: defaults.window: must be a duration"),
         (
@@ -122,6 +122,7 @@ def test_invalid_policies_name_file_line_and_field(
 
 def test_sections_and_prompts_may_appear_once(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", "defaults:\n  window: 5m\nprompts:\n  cs: {window: 1m}\n")
+    write(tmp_path, "rules.yaml", _rule("5"))
     write(tmp_path, "b.yaml", "defaults:\n  window: 2m\nprompts:\n  cs: {window: 2m}\n")
     with pytest.raises(PolicyError) as info:
         load_policies(tmp_path)
@@ -169,3 +170,105 @@ def test_serve_refuses_an_invalid_policy(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "default.yaml:2: defaults.min_requests" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _rule(above: str, extra: str = "") -> str:
+    return (
+        "rules:\n  - name: x\n    metric: error_rate_pct\n"
+        f"    above: {above}\n    severity: critical\n    action: rollback\n{extra}"
+    )
+
+
+def _other(metric: str, threshold: str, severity: str = "high", action: str = "page") -> str:
+    return (
+        f"rules:\n  - name: x\n    metric: {metric}\n    {threshold}\n"
+        f"    severity: {severity}\n    action: {action}\n"
+    )
+
+
+WEAKENING = [
+    # Values that would switch detection off, or make it fire on healthy traffic.
+    (_rule(".nan"), "default.yaml:4: rules.0.above: must be a finite number"),
+    (_rule(".inf"), "default.yaml:4: rules.0.above: must be a finite number"),
+    (_rule("-1"), "rules.0: above: -1 is outside a percentage: 0 to below 100"),
+    (_rule("100"), "rules.0: above: 100 is outside a percentage: 0 to below 100"),
+    (_rule("'5'"), "default.yaml:4: rules.0.above: must be a number, not '5'"),
+    (_rule("true"), "default.yaml:4: rules.0.above: must be a number, not True"),
+    ("", "rules: no rule is enabled, so nothing would ever be detected"),
+    ("defaults:\n  window: 5m\n", "rules: no rule is enabled"),
+    (_rule("5", "    enabled: false\n"), "rules: no rule is enabled"),
+    (_rule("5", "    enabled: 'no'\n"), "rules.0.enabled: must be true or false, not 'no'"),
+    (
+        _other("quality", "above: 0.5"),
+        "rules.0: quality is a score where higher is better: use `below:`",
+    ),
+    (_other("quality", "below: 1.5"), "rules.0: below: 1.5 is outside a quality score"),
+    (_other("error_rate_pct", "below: 5"), "`below:` is only for the quality score"),
+    (_other("latency_p99_ms", "above: -5"), "rules.0: above: -5 is outside milliseconds"),
+    (_other("latency_increase_pct", "above: 1.0e+400"), "rules.0.above: must be a finite number"),
+    (_other("error_rate_pct", "above: 5", severity="none"), "severity must be medium, high"),
+    (
+        _other("error_rate_pct", "above: 5", action="insufficient_data"),
+        "action must be observe, alert, page, rollback",
+    ),
+    (
+        "new_version:\n  severity: critical\n  action: rollback\n  error_rate_pct: -1\n"
+        "  duration: 0s\n",
+        "default.yaml:4: new_version.error_rate_pct: Input should be greater than or equal to 0",
+    ),
+    ("new_version:\n  severity: critical\n", "new_version: severity must be medium"),
+    ("new_version:\n  action: page\n", "new_version: action must be observe, alert"),
+    ("new_version:\n  duration: 0s\n", "new_version.duration: must be between 1m and 7d"),
+    ("defaults:\n  window: 5\n", "default.yaml:2: defaults.window: give a unit: 5s, 5m or 5h"),
+    ("defaults:\n  window: 5s\n", "defaults.window: must be between 10s and 24h (got 5s)"),
+    ("defaults:\n  min_requests: 50.5\n", "defaults.min_requests: must be a whole number"),
+    (
+        "defaults:\n  min_requests: 1000000000\n",
+        "defaults.min_requests: Input should be less than or equal to 100000",
+    ),
+    (
+        "defaults:\n  auto_rollback: 'no'\n",
+        "defaults.auto_rollback: must be true or false, not 'no'",
+    ),
+    (
+        "defaults:\n  confidence: 0.5\n",
+        "defaults.confidence: Input should be greater than or equal to 0.8",
+    ),
+    (
+        "defaults:\n  verify_every: 30s\n  verify_for: 10s\n",
+        "verify_for (10s) is shorter than verify_every (30s)",
+    ),
+    ("defaults:\n  on_persist: observe\n", "on_persist must be alert, page, rollback"),
+    (
+        "defaults:\n  window: 5m\n  window: 1m\n",
+        "default.yaml:3: defaults.window: given twice (first on line 2); keep one",
+    ),
+    (
+        _rule("5", "  - name: y\n    metric: error_rate_pct\n    above: 2\n    above: 3\n"),
+        "default.yaml:10: rules.1.above: given twice (first on line 9)",
+    ),
+    (
+        _rule("5", "prompts:\n  cs:\n    rules:\n      - name: x\n        above: -1\n"),
+        "prompts.cs.rules: above: -1 is outside",
+    ),
+    (
+        _rule("5", "prompts:\n  cs:\n    rules:\n      - name: x\n        enabled: false\n"),
+        "prompts.cs.rules: every rule is disabled for this prompt",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), WEAKENING)
+def test_values_that_would_weaken_detection_are_refused(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    write(tmp_path, "default.yaml", text)
+    with pytest.raises(PolicyError) as info:
+        load_policies(tmp_path)
+    assert any(expected in problem for problem in info.value.problems), info.value.problems
+
+
+def test_a_quality_floor_fires_below_it_and_only_below(tmp_path: Path) -> None:
+    write(tmp_path, "default.yaml", _other("quality", "below: 0.6", "medium", "alert"))
+    rule = load_policies(tmp_path).rules[0]
+    assert rule.crossed(0.5) and not rule.crossed(0.6) and not rule.crossed(0.9)

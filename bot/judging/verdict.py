@@ -29,7 +29,10 @@ class Fired:
 
     def describe(self) -> str:
         """'error_rate_pct 8.0 > 5.0' plus any note."""
-        text = f"{self.rule}: {self.metric} {self.value:.1f} > {self.threshold:g}"
+        if self.metric == "quality":  # a score where higher is better: its rules are floors
+            text = f"{self.rule}: {self.metric} {self.value:.3f} < {self.threshold:g}"
+        else:
+            text = f"{self.rule}: {self.metric} {self.value:.1f} > {self.threshold:g}"
         return f"{text} ({self.note})" if self.note else text
 
 
@@ -179,7 +182,7 @@ def decide(
 
 def _fire(rule: Rule, figures: dict[str, Any], policy: EffectivePolicy) -> Fired | None:
     value = figures.get(rule.metric.value)
-    if not rule.enabled or value is None or not value > rule.above:
+    if not rule.enabled or value is None or not rule.crossed(value):
         return None
     severity, action, note = rule.severity, rule.action, None
     runbook = str(rule.runbook or policy.settings.runbook or "") or None
@@ -187,15 +190,15 @@ def _fire(rule: Rule, figures: dict[str, Any], policy: EffectivePolicy) -> Fired
         low = figures["error_rate_ci_pct"][0]
         if not policy.settings.auto_rollback:
             action, note = Action.PAGE, "automatic rollback is off for this prompt"
-        elif rule.metric == Metric.ERROR_RATE_PCT and low <= rule.above:
+        elif rule.metric == Metric.ERROR_RATE_PCT and low <= rule.limit:
             # Not yet significant: page a person instead of acting on noise.
             severity, action = Severity.HIGH, Action.PAGE
             note = (
                 f"not yet significant: {figures['confidence']:.0%} lower bound {low:.2f}% "
-                f"<= {rule.above:g}% (n={figures['requests']})"
+                f"<= {rule.limit:g}% (n={figures['requests']})"
             )
     return Fired(
-        rule.name, rule.metric.value, float(value), rule.above, severity, action, runbook, note
+        rule.name, rule.metric.value, float(value), rule.limit, severity, action, runbook, note
     )
 
 

@@ -72,6 +72,10 @@ def _parse(path: Path, problems: list[str]) -> tuple[Path, PolicyFile, yaml.Node
     if not isinstance(data, dict):
         problems.append(f"{path}:1: a policy file must be a mapping of sections")
         return None
+    before = len(problems)
+    _duplicate_keys(path, node, problems)
+    if len(problems) > before:
+        return None
     try:
         return path, PolicyFile.model_validate(data), node
     except ValidationError as exc:
@@ -79,9 +83,42 @@ def _parse(path: Path, problems: list[str]) -> tuple[Path, PolicyFile, yaml.Node
             loc = list(error["loc"])
             line = _line_of(node, loc)
             field = ".".join(str(p) for p in loc) or "(file)"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{path}:{line}: {field}: {message}")
+            problems.append(f"{path}:{line}: {field}: {_message(error)}")
         return None
+
+
+def _duplicate_keys(path: Path, node: yaml.Node, problems: list[str], where: str = "") -> None:
+    """YAML lets the last of two equal keys win without a word: here it is an error."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(getattr(key, "value", key))
+            field = f"{where}.{name}" if where else name
+            line = key.start_mark.line + 1
+            if name in first:
+                problems.append(
+                    f"{path}:{line}: {field}: given twice (first on line {first[name]}); keep one"
+                )
+            first.setdefault(name, line)
+            _duplicate_keys(path, value, problems, field)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _duplicate_keys(path, item, problems, f"{where}.{index}")
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, in the policy file's words."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error.get("type") == "finite_number":
+        return "must be a finite number (not .nan or .inf)"
+    if error.get("type") in ("float_type", "int_type", "bool_type"):
+        kind = {
+            "float_type": "a number",
+            "int_type": "a whole number",
+            "bool_type": "true or false",
+        }
+        return f"must be {kind[error['type']]}, not {error.get('input')!r}"
+    return message
 
 
 def _line_of(node: yaml.Node | None, loc: list[Any]) -> int:
@@ -131,14 +168,31 @@ def _merge(
     rules: tuple[Rule, ...] = tuple(found.get("rules") or ())
     _check_rules(rules, origin.get("rules"), problems)
     defaults: Settings = found.get("defaults") or Settings()
+    if not any(rule.enabled for rule in rules):
+        problems.append(
+            f"{origin.get('rules') or parsed[0][0] if parsed else 'policies'}: rules: no rule is "
+            "enabled, so nothing would ever be detected; define rules (start from the "
+            "project's policies/default.yaml)"
+        )
     for name, patch in prompts.items():
         where = f"{origin['prompt:' + name]}: prompts.{name}"
         try:
-            apply_rule_patches(rules, patch.rules)
+            effective = apply_rule_patches(rules, patch.rules)
         except ValidationError as exc:
+            for error in exc.errors():
+                if error.get("type") == "missing":
+                    missing = ".".join(str(p) for p in error["loc"])
+                    problems.append(
+                        f"{where}.rules: a new rule needs metric, above (below for quality), "
+                        f"severity and action: {missing} is missing"
+                    )
+                else:
+                    problems.append(f"{where}.rules: {_message(error)}")
+            effective = rules
+        if rules and not any(rule.enabled for rule in effective):
             problems.append(
-                f"{where}.rules: a new rule needs metric, above, severity and action "
-                f"({exc.errors()[0]['msg']})"
+                f"{where}.rules: every rule is disabled for this prompt, so nothing about it "
+                "would ever be detected; keep at least one enabled"
             )
         source = patch.source or defaults.source
         if source == "prometheus" and "prometheus" not in found:

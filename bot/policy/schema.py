@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     BeforeValidator,
@@ -19,31 +20,94 @@ from pydantic import (
 
 from bot.models import Action, Severity
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _parse_duration(value: Any) -> Any:
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
             return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    raise ValueError("must be a duration such as 30s, 5m, 1h or a number of seconds")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f"give a unit: {value:g}s, {value:g}m or {value:g}h (a bare number is ambiguous)"
+        )
+    raise ValueError("must be a duration such as 30s, 5m, 1h or 2d")
 
 
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_parse_duration),
-    PlainSerializer(
-        lambda d: f"{d.total_seconds():.3f}".rstrip("0").rstrip(".") + "s",
-        return_type=str,
-        when_used="json",
-    ),
+def _text(d: timedelta) -> str:
+    seconds = d.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _bounded(low: str, high: str) -> Any:
+    """A check that a duration lies within [low, high] (both as policy text, e.g. "10s")."""
+    lo, hi = _parse_duration(low), _parse_duration(high)
+
+    def check(value: timedelta) -> timedelta:
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {low} and {high} (got {_text(value)})")
+        return value
+
+    return AfterValidator(check)
+
+
+_SERIALISE = PlainSerializer(
+    lambda d: f"{d.total_seconds():.3f}".rstrip("0").rstrip(".") + "s",
+    return_type=str,
+    when_used="json",
+)
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration), _SERIALISE]
+
+
+# The documented bounds of every duration (docs/policies.md): outside them a value is a typo
+# that would blind detection (a 5-second window) or stall it (a week-long verification).
+Window = Annotated[timedelta, BeforeValidator(_parse_duration), _bounded("10s", "24h"), _SERIALISE]
+BaselineWindow = Annotated[
+    timedelta, BeforeValidator(_parse_duration), _bounded("1m", "7d"), _SERIALISE
 ]
+Observe = Annotated[timedelta, BeforeValidator(_parse_duration), _bounded("1m", "7d"), _SERIALISE]
+ResolveAfter = Annotated[
+    timedelta, BeforeValidator(_parse_duration), _bounded("1m", "7d"), _SERIALISE
+]
+Quiet = Annotated[timedelta, BeforeValidator(_parse_duration), _bounded("0s", "24h"), _SERIALISE]
+VerifyEvery = Annotated[
+    timedelta, BeforeValidator(_parse_duration), _bounded("1s", "10m"), _SERIALISE
+]
+VerifyFor = Annotated[
+    timedelta, BeforeValidator(_parse_duration), _bounded("1s", "24h"), _SERIALISE
+]
+VerifyWindow = Annotated[
+    timedelta, BeforeValidator(_parse_duration), _bounded("10s", "1h"), _SERIALISE
+]
+SwitchDeadline = Annotated[
+    timedelta, BeforeValidator(_parse_duration), _bounded("1s", "1h"), _SERIALISE
+]
+Stage = Annotated[timedelta, BeforeValidator(_parse_duration), _bounded("1s", "7d"), _SERIALISE]
+ActWithin = Annotated[
+    timedelta, BeforeValidator(_parse_duration), _bounded("10s", "7d"), _SERIALISE
+]
+FirstHour = Annotated[timedelta, BeforeValidator(_parse_duration), _bounded("1m", "7d"), _SERIALISE]
+Timeout = Annotated[
+    timedelta, BeforeValidator(_parse_duration), _bounded("100ms", "1m"), _SERIALISE
+]
+
+
+def _number(low: float, high: float, *, open_high: bool = False) -> Any:
+    """A finite number (never a string or a boolean) in [low, high] (or [low, high))."""
+    if open_high:
+        return Field(strict=True, allow_inf_nan=False, ge=low, lt=high)
+    return Field(strict=True, allow_inf_nan=False, ge=low, le=high)
+
+
+Count = Annotated[int, Field(strict=True, ge=1, le=100_000)]
+Flag = Annotated[bool, Field(strict=True)]
 
 
 class Metric(enum.StrEnum):
@@ -56,9 +120,25 @@ class Metric(enum.StrEnum):
     QUALITY = "quality"
 
 
+# What each metric's threshold may be: a value outside can never be crossed (the rule is
+# switched off without a word) or is crossed by every healthy version.
+LIMITS: dict[Metric, tuple[float, float, str]] = {
+    Metric.ERROR_RATE_PCT: (0, 100, "a percentage: 0 to below 100"),
+    Metric.QUALITY_DROP_PCT: (0, 100, "a percentage of the baseline: 0 to below 100"),
+    Metric.LATENCY_INCREASE_PCT: (0, 100_000, "a percentage increase: 0 to 100000"),
+    Metric.LATENCY_P99_MS: (1, 3_600_000, "milliseconds: 1 to 3600000"),
+    Metric.QUALITY: (0, 1, "a quality score: above 0 up to 1"),
+}
+Threshold = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
 RuleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 RULE_ACTIONS = (Action.OBSERVE, Action.ALERT, Action.PAGE, Action.ROLLBACK)
 RULE_SEVERITIES = (Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL)
+
+
+def _one_of(value: Any, allowed: tuple[enum.Enum, ...], field: str) -> None:
+    if value is not None and value not in allowed:
+        raise ValueError(f"{field} must be {', '.join(str(a.value) for a in allowed)}")
 
 
 class _Strict(BaseModel):
@@ -66,25 +146,67 @@ class _Strict(BaseModel):
 
 
 class Rule(_Strict):
-    """A trigger: when `metric` is above `above`, the verdict gets `severity` and `action`."""
+    """A trigger: when `metric` is above `above` (or, for the quality score, below `below`),
+    the verdict gets `severity` and `action`."""
 
     name: RuleName
     metric: Metric
-    above: float
+    above: Threshold | None = None
+    below: Threshold | None = None
     severity: Severity
     action: Action
     runbook: AnyHttpUrl | None = None
-    enabled: bool = True
+    enabled: Flag = True
     # The runbook's time limit: with nobody acting on the incident by then, page again.
-    act_within: Duration | None = None
+    act_within: ActWithin | None = None
 
     @model_validator(mode="after")
     def _known_kinds(self) -> Rule:
-        if self.severity not in RULE_SEVERITIES:
-            raise ValueError("severity must be medium, high or critical")
-        if self.action not in RULE_ACTIONS:
-            raise ValueError("action must be observe, alert, page or rollback")
+        _one_of(self.severity, RULE_SEVERITIES, "severity")
+        _one_of(self.action, RULE_ACTIONS, "action")
+        check_threshold(self.metric, self.above, self.below)
         return self
+
+    @property
+    def limit(self) -> float:
+        """The threshold, whichever side it is on."""
+        return (
+            self.below
+            if self.metric == Metric.QUALITY and self.below is not None
+            else (self.above or 0.0)
+        )
+
+    def crossed(self, value: float) -> bool:
+        """Whether `value` is strictly past the threshold."""
+        return value < self.limit if self.metric == Metric.QUALITY else value > self.limit
+
+
+def check_threshold(metric: Metric, above: float | None, below: float | None) -> None:
+    """`above` for every metric but the quality score, which is higher-is-better and takes
+    `below`; the value inside the metric's range."""
+    low, high, words = LIMITS[metric]
+    if metric == Metric.QUALITY:
+        if above is not None:
+            raise ValueError(
+                "quality is a score where higher is better: use `below:` (a floor) instead of "
+                "`above:`, or quality_drop_pct for a drop against the baseline"
+            )
+        if below is None:
+            raise ValueError("a quality rule needs `below:` (the floor, 0 to 1)")
+        if not low < below <= high:
+            raise ValueError(f"below: {below:g} is outside {words}")
+        return
+    if below is not None:
+        raise ValueError(f"`below:` is only for the quality score; {metric.value} takes `above:`")
+    if above is None:
+        raise ValueError("a rule needs `above:` (the threshold)")
+    inside = (
+        low <= above < high
+        if metric in (Metric.ERROR_RATE_PCT, Metric.QUALITY_DROP_PCT)
+        else (low <= above <= high)
+    )
+    if not inside:
+        raise ValueError(f"above: {above:g} is outside {words}")
 
 
 class RulePatch(_Strict):
@@ -92,73 +214,98 @@ class RulePatch(_Strict):
 
     name: RuleName
     metric: Metric | None = None
-    above: float | None = None
+    above: Threshold | None = None
+    below: Threshold | None = None
     severity: Severity | None = None
     action: Action | None = None
     runbook: AnyHttpUrl | None = None
-    enabled: bool | None = None
-    act_within: Duration | None = None
+    enabled: Flag | None = None
+    act_within: ActWithin | None = None
+
+    @model_validator(mode="after")
+    def _known_kinds(self) -> RulePatch:
+        _one_of(self.severity, RULE_SEVERITIES, "severity")
+        _one_of(self.action, RULE_ACTIONS, "action")
+        return self
+
+
+FIRST_HOUR_SEVERITIES = (Severity.MEDIUM,)
+FIRST_HOUR_ACTIONS = (Action.OBSERVE, Action.ALERT)
+PERSIST_ACTIONS = (Action.ALERT, Action.PAGE, Action.ROLLBACK)
+Confidence = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.8, le=0.999)]
+UserGroup = Annotated[str, Field(pattern=r"^S[A-Z0-9]+$")]
 
 
 class NewVersionLimits(_Strict):
-    """Stricter limits while a version is new (the seed's first-hour thresholds)."""
+    """Stricter limits while a version is new (the seed's first-hour thresholds). They only
+    ever open a medium incident that is observed or alerted: never a page or a rollback."""
 
-    duration: Duration = timedelta(hours=1)
+    duration: FirstHour = timedelta(hours=1)
     severity: Severity = Severity.MEDIUM
     action: Action = Action.OBSERVE
-    error_rate_pct: float | None = 0.5
-    latency_increase_pct: float | None = 10.0
-    quality_drop_pct: float | None = 5.0
+    error_rate_pct: Annotated[float, _number(0, 100, open_high=True)] | None = 0.5
+    latency_increase_pct: Annotated[float, _number(0, 100_000)] | None = 10.0
+    quality_drop_pct: Annotated[float, _number(0, 100, open_high=True)] | None = 5.0
     runbook: AnyHttpUrl | None = None
+
+    @model_validator(mode="after")
+    def _observe_only(self) -> NewVersionLimits:
+        _one_of(self.severity, FIRST_HOUR_SEVERITIES, "severity")
+        _one_of(self.action, FIRST_HOUR_ACTIONS, "action")
+        return self
 
 
 class Settings(_Strict):
     """Per-prompt settings; `defaults` sets them for all, `prompts.NAME` overrides them."""
 
     source: Literal["builtin", "prometheus"] = "builtin"
-    window: Duration = timedelta(minutes=5)
-    baseline_window: Duration = timedelta(hours=1)
-    min_requests: Annotated[int, Field(ge=1)] = 50
-    min_quality_samples: Annotated[int, Field(ge=1)] = 30
-    min_latency_samples: Annotated[int, Field(ge=1)] = 500
-    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
-    auto_rollback: bool = True
+    window: Window = timedelta(minutes=5)
+    baseline_window: BaselineWindow = timedelta(hours=1)
+    min_requests: Count = 50
+    min_quality_samples: Count = 30
+    min_latency_samples: Count = 500
+    confidence: Confidence = 0.95
+    auto_rollback: Flag = True
     # A verification that ends without enough traffic to judge pages on-call (default: it is
     # told in the thread only, as HIGH).
-    page_when_not_judged: bool = False
-    observe: Duration = timedelta(hours=1)
+    page_when_not_judged: Flag = False
+    observe: Observe = timedelta(hours=1)
     on_persist: Action = Action.ALERT
-    resolve_after: Duration = timedelta(minutes=10)
-    quiet: Duration = timedelta(minutes=30)
+    resolve_after: ResolveAfter = timedelta(minutes=10)
+    quiet: Quiet = timedelta(minutes=30)
     # After a rollback: check every `verify_every` for `verify_for` (the runbook: 5 s for 60 s),
     # over the last `verify_window` of traffic; recovered below `recovered_error_rate_pct`.
-    verify_every: Duration = timedelta(seconds=5)
-    verify_for: Duration = timedelta(seconds=60)
-    verify_window: Duration = timedelta(minutes=1)
-    recovered_error_rate_pct: Annotated[float, Field(ge=0, le=100)] = 1.0
+    verify_every: VerifyEvery = timedelta(seconds=5)
+    verify_for: VerifyFor = timedelta(seconds=60)
+    verify_window: VerifyWindow = timedelta(minutes=1)
+    recovered_error_rate_pct: Annotated[float, _number(0, 100, open_high=True)] = 1.0
     # Serving apps still reporting the rolled-back version this long after the rollback: page.
-    switch_deadline: Duration = timedelta(seconds=30)
+    switch_deadline: SwitchDeadline = timedelta(seconds=30)
     # Staged moves: a gradual rollback (bad version 75 -> 50 -> 25 -> 0%) pauses when the
     # prompt's error rate passes `gradual_pause_error_rate_pct`; a canary (1 -> 5 -> 25 -> 100%)
     # is judged with the first-hour limits and aborted on any breach.
-    gradual_stage: Duration = timedelta(minutes=10)
-    gradual_pause_error_rate_pct: Annotated[float, Field(ge=0, le=100)] = 2.0
-    canary_stage: Duration = timedelta(minutes=10)
+    gradual_stage: Stage = timedelta(minutes=10)
+    gradual_pause_error_rate_pct: Annotated[float, _number(0, 100, open_high=True)] = 2.0
+    canary_stage: Stage = timedelta(minutes=10)
     # URLs that receive every routing change of the prompt (signed with ROLLBACK_WEBHOOK_SECRET).
     webhooks: list[AnyHttpUrl] = []
     runbook: AnyHttpUrl | None = None
     # Slack routing: another channel for this prompt's incidents, and its own on-call group.
     slack_channel: str | None = None
-    oncall_usergroup: Annotated[str, Field(pattern=r"^S[A-Z0-9]+$")] | None = None
+    oncall_usergroup: UserGroup | None = None
 
     def rollout_stage(self, kind: str) -> timedelta:
         """How long each stage of a gradual rollback or a canary lasts."""
         return self.gradual_stage if kind == "gradual_rollback" else self.canary_stage
 
     @model_validator(mode="after")
-    def _persist_action(self) -> Settings:
-        if self.on_persist not in (Action.ALERT, Action.PAGE, Action.ROLLBACK):
-            raise ValueError("on_persist must be alert, page or rollback")
+    def _consistent(self) -> Settings:
+        _one_of(self.on_persist, PERSIST_ACTIONS, "on_persist")
+        if self.verify_for < self.verify_every:
+            raise ValueError(
+                f"verify_for ({_text(self.verify_for)}) is shorter than verify_every "
+                f"({_text(self.verify_every)}): verification would never check"
+            )
         return self
 
 
@@ -166,32 +313,37 @@ class SettingsPatch(_Strict):
     """The same fields as Settings, all optional, plus rule patches."""
 
     source: Literal["builtin", "prometheus"] | None = None
-    window: Duration | None = None
-    baseline_window: Duration | None = None
-    min_requests: Annotated[int, Field(ge=1)] | None = None
-    min_quality_samples: Annotated[int, Field(ge=1)] | None = None
-    min_latency_samples: Annotated[int, Field(ge=1)] | None = None
-    confidence: Annotated[float, Field(gt=0.5, lt=1)] | None = None
-    auto_rollback: bool | None = None
-    page_when_not_judged: bool | None = None
-    observe: Duration | None = None
+    window: Window | None = None
+    baseline_window: BaselineWindow | None = None
+    min_requests: Count | None = None
+    min_quality_samples: Count | None = None
+    min_latency_samples: Count | None = None
+    confidence: Confidence | None = None
+    auto_rollback: Flag | None = None
+    page_when_not_judged: Flag | None = None
+    observe: Observe | None = None
     on_persist: Action | None = None
-    resolve_after: Duration | None = None
-    quiet: Duration | None = None
-    verify_every: Duration | None = None
-    verify_for: Duration | None = None
-    verify_window: Duration | None = None
-    recovered_error_rate_pct: Annotated[float, Field(ge=0, le=100)] | None = None
-    switch_deadline: Duration | None = None
-    gradual_stage: Duration | None = None
-    gradual_pause_error_rate_pct: Annotated[float, Field(ge=0, le=100)] | None = None
-    canary_stage: Duration | None = None
+    resolve_after: ResolveAfter | None = None
+    quiet: Quiet | None = None
+    verify_every: VerifyEvery | None = None
+    verify_for: VerifyFor | None = None
+    verify_window: VerifyWindow | None = None
+    recovered_error_rate_pct: Annotated[float, _number(0, 100, open_high=True)] | None = None
+    switch_deadline: SwitchDeadline | None = None
+    gradual_stage: Stage | None = None
+    gradual_pause_error_rate_pct: Annotated[float, _number(0, 100, open_high=True)] | None = None
+    canary_stage: Stage | None = None
     webhooks: list[AnyHttpUrl] | None = None
     runbook: AnyHttpUrl | None = None
     slack_channel: str | None = None
-    oncall_usergroup: Annotated[str, Field(pattern=r"^S[A-Z0-9]+$")] | None = None
+    oncall_usergroup: UserGroup | None = None
     rules: list[RulePatch] = []
     new_version: NewVersionLimits | None = None
+
+    @model_validator(mode="after")
+    def _persist(self) -> SettingsPatch:
+        _one_of(self.on_persist, PERSIST_ACTIONS, "on_persist")
+        return self
 
 
 class PrometheusQueries(_Strict):
@@ -209,7 +361,7 @@ class PrometheusConfig(_Strict):
     """Where Prometheus is and how to ask it."""
 
     url: AnyHttpUrl
-    timeout: Duration = timedelta(seconds=5)
+    timeout: Timeout = timedelta(seconds=5)
     queries: PrometheusQueries
     headers: dict[str, str] = {}
 

@@ -192,7 +192,7 @@ def in_words(fired: dict[str, Any]) -> str:
         "latency_increase_pct": f"p99 latency is {value:.0f}% above its baseline "
         f"(limit {limit:g}%)",
         "latency_p99_ms": f"p99 latency {value:,.0f} ms is above {float(limit or 0):,.0f} ms",
-        "quality": f"quality score {value:.3f} crossed {limit}",
+        "quality": f"quality score {value:.3f} is below {limit}",
     }.get(str(metric), f"{metric} {value:g} is above {limit}")
     note = str(fired.get("note") or "")
     if note.startswith("not yet significant"):
