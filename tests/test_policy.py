@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -272,3 +273,23 @@ def test_a_quality_floor_fires_below_it_and_only_below(tmp_path: Path) -> None:
     write(tmp_path, "default.yaml", _other("quality", "below: 0.6", "medium", "alert"))
     rule = load_policies(tmp_path).rules[0]
     assert rule.crossed(0.5) and not rule.crossed(0.6) and not rule.crossed(0.9)
+
+
+def test_an_override_for_an_unregistered_prompt_is_warned_about(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/x.db"
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    write(folder, "default.yaml", _rule("5"))
+    write(folder, "overrides.yaml", "prompts:\n  customer-suport:\n    window: 2m\n")
+    added = run("prompts", "add", "customer-support", "v1", "--template", "hi", DATABASE_URL=db)
+    assert added.returncode == 0, added.stderr
+    checked = run("policy", "check", str(folder), DATABASE_URL=db)
+    assert checked.returncode == 0  # a warning, not an error: the prompt may come later
+    assert (
+        "warning: " + str(folder / "overrides.yaml") + ":2: prompts.customer-suport: no prompt "
+        "of that name is registered; a typo? (registered: customer-support)"
+    ) in checked.stderr
+    as_json = run("policy", "check", str(folder), "--json", DATABASE_URL=db)
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is True and report["prompt_overrides"] == ["customer-suport"]
+    assert "customer-suport" in report["warnings"][0]

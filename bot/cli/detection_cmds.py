@@ -17,6 +17,7 @@ from bot.judging.checker import Checker
 from bot.models import Incident, utcnow
 from bot.notify import LogNotifier
 from bot.policy import load_policies
+from bot.policy.known import unknown_prompt_warnings
 from bot.runtime import lease
 from bot.runtime.scheduler import LEASE, build_sources
 
@@ -28,11 +29,36 @@ def policy() -> None:
 
 @policy.command("check")
 @click.argument("directory", required=False)
+@json_option
 @pass_state
-def policy_check(state: CliState, directory: str | None) -> None:
-    """Validate DIRECTORY (default ROLLBACK_POLICY_DIR): each problem with file, line and field."""
+def policy_check(state: CliState, directory: str | None, as_json: bool) -> None:
+    """Validate DIRECTORY (default ROLLBACK_POLICY_DIR): each problem with file, line and field
+    (exit 2). Overrides for prompts the registry does not have are warned about."""
     folder = directory or state.settings.rollback_policy_dir
     policies = load_policies(folder)
+    warnings: list[str] = []
+    if policies.prompts:
+        try:
+            warnings = unknown_prompt_warnings(policies, state.engine())
+        except BotError as exc:  # no database here: the files are still valid
+            warnings = [f"prompt overrides not compared with the registry: {exc.message}"]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": True,
+                    "directory": str(folder),
+                    "files": list(policies.files),
+                    "rules": [rule.name for rule in policies.rules],
+                    "prompt_overrides": sorted(policies.prompts),
+                    "warnings": warnings,
+                },
+                indent=2,
+            )
+        )
+        return
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"{folder}: OK ({len(policies.files)} file(s), {len(policies.rules)} rules, "
         f"{len(policies.prompts)} prompt override(s))"

@@ -6,15 +6,19 @@ import logging
 import secrets
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from bot import logs
 from bot.cli.context import CliState, pass_state
 from bot.config import Settings
-from bot.errors import ConfigError
+from bot.errors import BotError, ConfigError
 from bot.migrate import current_revision, head_revision, upgrade
 from bot.policy import PolicySet
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger("bot")
 
@@ -44,6 +48,7 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
             "(generate one with `rollback-bot token new`)"
         )
     policies = load_policies(settings.rollback_policy_dir)  # an invalid policy stops start-up
+    _warn_unknown_prompts(policies, engine)
     refusal = _webhooks_need_a_secret(policies, settings)
     if refusal is not None:
         raise ConfigError(refusal)
@@ -54,6 +59,7 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
         policies=policies,
         notifier=notifier,
         accept=lambda new: _webhooks_need_a_secret(new, settings),
+        applied=lambda new: _warn_unknown_prompts(new, engine),
         poll_seconds=settings.policy_poll_seconds,
     )
     reloader.start()
@@ -74,6 +80,17 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
         timeout_graceful_shutdown=3,
         proxy_headers=True,
     )
+
+
+def _warn_unknown_prompts(policies: PolicySet, engine: Engine) -> None:
+    """Log overrides for prompts the registry does not have (likely typos); never stops."""
+    from bot.policy.known import unknown_prompt_warnings
+
+    try:
+        for warning in unknown_prompt_warnings(policies, engine):
+            log.warning("policy: %s", warning)
+    except BotError as exc:
+        log.warning("policy overrides not compared with the registry: %s", exc.message)
 
 
 def _webhooks_need_a_secret(policies: PolicySet, settings: Settings) -> str | None:

@@ -148,6 +148,7 @@ def _merge(
 ) -> PolicySet | None:
     found: dict[str, Any] = {}
     origin: dict[str, Path] = {}
+    lines: dict[str, int] = {}
     prompts: dict[str, Any] = {}
     for path, policy, node in parsed:
         for section in SECTIONS:
@@ -165,6 +166,7 @@ def _merge(
                     f"already set in {origin['prompt:' + name]}"
                 )
             prompts[name], origin["prompt:" + name] = patch, path
+            lines["prompt:" + name] = _line_of(node, ["prompts", name])
     rules: tuple[Rule, ...] = tuple(found.get("rules") or ())
     _check_rules(rules, origin.get("rules"), problems)
     defaults: Settings = found.get("defaults") or Settings()
@@ -219,6 +221,9 @@ def _merge(
         prometheus=found.get("prometheus"),
         prompts=prompts,
         files=tuple(str(path) for path, _, _ in parsed),
+        prompt_origins={
+            name: f"{origin['prompt:' + name]}:{lines['prompt:' + name]}" for name in prompts
+        },
     )
 
 

@@ -49,10 +49,12 @@ class PolicyReloader:
         policies: PolicySet,
         notifier: Notifier,
         accept: Callable[[PolicySet], str | None] = lambda _new: None,
+        applied: Callable[[PolicySet], None] = lambda _new: None,
         poll_seconds: float = 2.0,
     ) -> None:
         self.directory = Path(directory)
         self.policies, self.notifier, self.accept = policies, notifier, accept
+        self.applied = applied  # told of each policy put in force (warnings about it)
         self.poll_seconds = poll_seconds
         self._seen = fingerprint(self.directory)
         self._requested = threading.Event()
@@ -103,6 +105,7 @@ class PolicyReloader:
                 len(new.rules),
                 len(new.prompts),
             )
+            self.applied(new)
             return True
 
     def _rejected(self, why: str, problems: list[str]) -> None:

@@ -397,12 +397,24 @@ class PolicySet(_Strict):
     prometheus: PrometheusConfig | None
     prompts: dict[str, SettingsPatch]
     files: tuple[str, ...] = ()
+    # Where each prompt override is written ("file:line"), for warnings about it.
+    prompt_origins: dict[str, str] = {}
 
     def adopt(self, other: PolicySet) -> None:
         """Become `other` in place (a reload): every holder of this set sees the new policy.
         The one exception to this model being frozen; the fields change in one dict update,
         so a reader sees the old policy or the new one, never a mix."""
         self.__dict__.update(other.__dict__)
+
+    def unknown_prompts(self, known: set[str]) -> list[str]:
+        """A warning for each override naming a prompt the registry does not have (a typo
+        there leaves the real prompt on the defaults without a word)."""
+        return [
+            f"{self.prompt_origins.get(name, 'policies')}: prompts.{name}: no prompt of that "
+            f"name is registered; a typo? (registered: {', '.join(sorted(known)[:10]) or 'none'})"
+            for name in sorted(self.prompts)
+            if name not in known
+        ]
 
     def lists_webhooks(self) -> bool:
         """Whether any prompt's changes go to webhooks."""
