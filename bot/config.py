@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import (
@@ -39,7 +40,7 @@ ADVICE_GENERATE = "generate one with `rollback-bot token new`"
 ADVICE_FROM_SLACK = "copy it from the Slack app's Basic Information / OAuth & Permissions pages"
 
 
-def _check_secret(value: SecretStr | None, hint: str = ADVICE_GENERATE) -> SecretStr | None:
+def check_secret(value: SecretStr | None, hint: str = ADVICE_GENERATE) -> SecretStr | None:
     if value is None:
         return None
     raw = value.get_secret_value().strip()
@@ -73,7 +74,9 @@ class Settings(BaseSettings):
     # How often serve looks for edits of the policy files (SIGHUP reloads at once).
     policy_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     # Seconds between checker passes (the seed's loop runs every 30 s).
-    rollback_check_interval: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # A pass reads every live version: not more often than 5 a second; the runbook's 2-minute
+    # limit for a critical rollback needs a pass at least every minute.
+    rollback_check_interval: Annotated[float, Field(ge=0.2, le=60)] = 30.0
     checker_enabled: bool = True
     # A replica that stops renewing loses the checker lease after this many seconds
     # (0: three check intervals, at least 5 s).
@@ -105,16 +108,26 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
+        if value.startswith("postgres://"):  # Heroku's and others' spelling of the scheme
+            value = "postgresql://" + value.removeprefix("postgres://")
         if not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
             raise ValueError(
                 "must start with sqlite:// or postgresql:// (for example sqlite:///./rollback-bot.db)"
             )
+        path = value.split("///", 1)[-1].split("?", 1)[0] if value.startswith("sqlite") else ""
+        if path and path != ":memory:":
+            folder = Path(path).expanduser().parent
+            if not folder.is_dir():
+                raise ValueError(
+                    f"the folder {folder} does not exist: create it (mkdir -p {folder}) or "
+                    "choose another path"
+                )
         return value
 
     @field_validator("rollback_api_token")
     @classmethod
     def _token_not_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_secret(value)
+        return check_secret(value)
 
     @field_validator("slack_bot_token", "slack_signing_secret", "slack_app_token")
     @classmethod
@@ -125,12 +138,12 @@ class Settings(BaseSettings):
         prefix = {"slack_bot_token": "xoxb-", "slack_app_token": "xapp-"}.get(info.field_name or "")
         if prefix and not raw.startswith(prefix):
             raise ValueError(f"must start with {prefix} (copy it from the Slack app's settings)")
-        return _check_secret(SecretStr(raw), ADVICE_FROM_SLACK)
+        return check_secret(SecretStr(raw), ADVICE_FROM_SLACK)
 
     @field_validator("rollback_webhook_secret")
     @classmethod
     def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_secret(value)
+        return check_secret(value)
 
     @field_validator("pagerduty_routing_key")
     @classmethod
@@ -172,11 +185,21 @@ class Settings(BaseSettings):
     @field_validator("rollback_api_tokens")
     @classmethod
     def _named_tokens(cls, value: str) -> str:
+        names: dict[str, str] = {}
+        tokens: dict[str, str] = {}
         for name, token in _split_named_tokens(value):
             if not name or not token:
                 raise ValueError("each entry must be name=token, comma-separated")
+            if token in tokens:
+                raise ValueError(
+                    f"{tokens[token]!r} and {name!r} have the same token: a request with it "
+                    "could not say who made it; give each its own"
+                )
+            if name in names:
+                raise ValueError(f"{name!r} is listed twice; list each name once")
+            tokens[token], names[name] = name, token
             try:
-                _check_secret(SecretStr(token))
+                check_secret(SecretStr(token))
             except ValueError as exc:
                 raise ValueError(f"token {name!r} {exc}") from None
         return value

@@ -31,6 +31,8 @@ BUSY_MS = "rollback_bot_busy_ms"  # execution option: this transaction's busy ti
 
 def normalise_url(url: str) -> str:
     """Use psycopg 3 for plain postgresql:// URLs."""
+    if url.startswith("postgres://"):  # Heroku's and others' spelling
+        url = "postgresql://" + url.removeprefix("postgres://")
     if url.startswith("postgresql://"):
         return "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return url
@@ -40,7 +42,6 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
     """Create an engine tuned for the registry's short write transactions."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        _ensure_sqlite_dir(url)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -60,12 +61,6 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
         )
     event.listen(engine, "handle_error", _drop_stale_connections)
     return engine
-
-
-def _ensure_sqlite_dir(url: str) -> None:
-    path = url.split("///", 1)[-1].split("?", 1)[0]
-    if path and path != ":memory:":
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:

@@ -63,8 +63,16 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return await _bot_error(request, DatabaseUnavailable(describe(exc)))
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if any(err.get("type") == "json_invalid" for err in exc.errors()):
+        try:
+            (await request.body()).decode("utf-8")
+        except UnicodeDecodeError:  # json.loads would guess UTF-16/32 from the first bytes
+            return JSONResponse(
+                {"error": "bad_request", "detail": "the body is not UTF-8; send UTF-8 JSON"},
+                status_code=400,
+            )
     problems = [
         {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
         for err in exc.errors()

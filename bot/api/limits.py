@@ -22,21 +22,25 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send)
             return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._refuse(send)
+        if declared is None:
+            # No length given (chunked): read the body here, up to the limit, and hand it on
+            # whole. Counting inside the app's own reads is not enough: FastAPI turns any error
+            # raised while it reads the body into 400 "error parsing the body".
+            body, more = bytearray(), True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    await self.app(scope, _replay([message], receive), send)
+                    return
+                body += message.get("body", b"")
+                more = bool(message.get("more_body"))
+                if len(body) > self.max_bytes:
+                    await self._refuse(send)
+                    return
+            whole: Message = {"type": "http.request", "body": bytes(body), "more_body": False}
+            await self.app(scope, _replay([whole], receive), send)
+            return
+        await self.app(scope, receive, send)
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(
@@ -52,5 +56,10 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that returns `messages` first, then the client's own (disconnects)."""
+
+    async def replaying() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replaying

@@ -44,9 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(USAGE_EXIT)
     except DBAPIError as exc:
-        if not is_transient(exc):
-            raise
-        click.echo(f"error: {describe(exc)}", err=True)
+        # Down, read-only or busy (transient), or not a database at all: one line either way.
+        said = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else repr(exc)
+        text = describe(exc) if is_transient(exc) else f"the database refused it: {said}"
+        if "file is not a database" in str(exc.orig):
+            text = "DATABASE_URL: that file is not a SQLite database (point it at another path)"
+        click.echo(f"error: {text}", err=True)
         sys.exit(USAGE_EXIT)
     except ValidationError as exc:
         first = exc.errors()[0]

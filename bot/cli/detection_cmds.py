@@ -6,15 +6,15 @@ import json
 from datetime import timedelta
 
 import click
-from sqlmodel import col, select
 
 from bot.cli.context import CliState, emit_table, json_option, pass_state
 from bot.db import read_session
 from bot.errors import BotError
 from bot.incidents.postmortem import postmortem
+from bot.incidents.queries import finite, list_incidents
 from bot.incidents.records import get_incident
 from bot.judging.checker import Checker
-from bot.models import Incident, utcnow
+from bot.models import IncidentStatus, utcnow
 from bot.notify import LogNotifier
 from bot.policy import load_policies
 from bot.policy.known import unknown_prompt_warnings
@@ -101,9 +101,10 @@ def check(state: CliState, once: bool, dry_run: bool, as_json: bool) -> None:
     if as_json:
         click.echo(
             json.dumps(
-                {"decisions": [d.as_dict() for d in decisions], "rollbacks": rollbacks},
+                finite({"decisions": [d.as_dict() for d in decisions], "rollbacks": rollbacks}),
                 indent=2,
                 default=str,
+                allow_nan=False,  # strict JSON: a non-finite figure is printed as null
             )
         )
         return
@@ -143,14 +144,25 @@ def incidents() -> None:
 
 @incidents.command("list")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
+@click.option("--prompt", default=None, help="Only this prompt's incidents.")
+@click.option(
+    "--status",
+    default=None,
+    type=click.Choice([s.value for s in IncidentStatus]),
+    help="Only incidents in this state.",
+)
 @json_option
 @pass_state
-def incidents_list(state: CliState, limit: int, as_json: bool) -> None:
+def incidents_list(
+    state: CliState, limit: int, prompt: str | None, status: str | None, as_json: bool
+) -> None:
     """The most recent incidents, newest first."""
     with read_session(state.engine()) as session:
-        rows = session.exec(select(Incident).order_by(col(Incident.id).desc()).limit(limit)).all()
+        rows = list_incidents(
+            session, prompt=prompt, status=IncidentStatus(status) if status else None, limit=limit
+        )
     if as_json:
-        click.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2, default=str))
+        click.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
         return
     emit_table(
         ["#", "prompt", "version", "severity", "status", "opened", "summary"],
@@ -172,7 +184,7 @@ def incidents_show(state: CliState, incident_id: int, markdown: bool, as_json: b
         incident = get_incident(session, incident_id)
         draft = postmortem(session=session, incident_id=incident_id)
     if as_json:
-        click.echo(json.dumps(incident.model_dump(mode="json"), indent=2, default=str))
+        click.echo(json.dumps(finite(incident.model_dump(mode="json")), indent=2, default=str))
     elif markdown:
         click.echo(draft)
     else:

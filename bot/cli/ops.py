@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from pydantic import SecretStr
 
 from bot import logs
 from bot.cli.context import CliState, pass_state
-from bot.config import Settings
+from bot.config import Settings, check_secret
 from bot.errors import BotError, ConfigError
 from bot.migrate import current_revision, head_revision, upgrade
 from bot.policy import PolicySet
@@ -145,8 +146,21 @@ def init(env_file: str) -> None:
     """Create ENV_FILE with a fresh ROLLBACK_API_TOKEN unless it already sets one."""
     path = Path(env_file)
     existing = path.read_text() if path.exists() else ""
-    if any(line.startswith("ROLLBACK_API_TOKEN=") for line in existing.splitlines()):
+    current = [
+        line.partition("=")[2].strip().strip("'\"")
+        for line in existing.splitlines()
+        if line.startswith("ROLLBACK_API_TOKEN=")
+    ]
+    if current:
         click.echo(f"{env_file} already sets ROLLBACK_API_TOKEN; leaving it as it is")
+        try:
+            check_secret(SecretStr(current[-1]))
+        except ValueError as exc:
+            click.echo(
+                f"warning: that ROLLBACK_API_TOKEN {exc}: `serve` will refuse it. Replace it "
+                "with the output of `rollback-bot token new`",
+                err=True,
+            )
         return
     prefix = "" if not existing or existing.endswith("\n") else "\n"
     with path.open("a") as handle:

@@ -14,6 +14,7 @@ from bot.db import read_session, write_session
 from bot.errors import InvalidRequest
 from bot.incidents import lifecycle
 from bot.models import (
+    TEMPLATE_MAX,
     ChangeResult,
     DeployRequest,
     Health,
@@ -73,7 +74,10 @@ def prompts() -> None:
 @click.argument("version")
 @click.option("--template", "template_text", help="The template text.")
 @click.option(
-    "--file", "template_file", type=click.File("r"), help="Read the template ('-': stdin)."
+    "--file",
+    "template_file",
+    type=click.Path(allow_dash=True),
+    help="Read the template ('-': stdin).",
 )
 @click.option(
     "--baseline", multiple=True, metavar="KEY=NUMBER", help="Baseline figure; repeatable."
@@ -86,7 +90,7 @@ def add(
     name: str,
     version: str,
     template_text: str | None,
-    template_file: click.File | None,
+    template_file: str | None,
     baseline: tuple[str, ...],
     operator: str,
     as_json: bool,
@@ -94,18 +98,8 @@ def add(
     """Register VERSION of prompt NAME (creating NAME if new)."""
     if (template_text is None) == (template_file is None):
         raise click.UsageError("give the template with exactly one of --template or --file")
-    text = template_text if template_text is not None else template_file.read()  # type: ignore[union-attr]
-    figures: dict[str, float] = {}
-    for item in baseline:
-        key, sep, number = item.partition("=")
-        try:
-            figures[key.strip()] = float(number)
-        except ValueError:
-            raise click.BadParameter(
-                f"{item!r} is not KEY=NUMBER", param_hint="--baseline"
-            ) from None
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not KEY=NUMBER", param_hint="--baseline")
+    text = template_text if template_text is not None else _read_template(template_file or "-")
+    figures = _figures(baseline)
     body = VersionCreate(
         version=version, template=text, baseline=figures or None, created_by=operator
     )
@@ -117,12 +111,32 @@ def add(
             template=body.template,
             created_by=operator,
             now=utcnow(),
-            baseline=body.baseline,
+            baseline=body.baseline.figures() if body.baseline else None,
         )
     if as_json:
         emit_json(created)
     else:
         click.echo(f"{name}: registered {created.version} (not serving until deployed)")
+
+
+def _read_template(path: str) -> str:
+    """The template file's text: UTF-8, readable, at most TEMPLATE_MAX characters' worth."""
+    limit = 4 * TEMPLATE_MAX + 1  # bytes: enough for the longest template in UTF-8
+    try:
+        with click.open_file(path, "rb") as handle:
+            data: bytes = handle.read(limit)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror or exc}", param_hint="--file"
+        ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(
+            f"{path} is not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x}); save it "
+            "as UTF-8",
+            param_hint="--file",
+        ) from None
 
 
 def _figures(items: tuple[str, ...]) -> dict[str, float]:
@@ -242,6 +256,8 @@ def split(
         label, sep, pct = share.partition("=")
         if not sep or not pct.strip().isdigit():
             raise InvalidRequest(f"{share!r} is not VERSION=PERCENT")
+        if label.strip() in parsed:
+            raise InvalidRequest(f"{label.strip()} given twice; name each version once")
         parsed[label.strip()] = int(pct)
     body = SplitRequest(split=parsed, reason=reason, force=force)
     with write_session(state.engine()) as session:

@@ -230,6 +230,10 @@ class PromptClient:
         answer = self._http.get("/api/routing", params=self._params())
         answer.raise_for_status()
         self.stats.polls += 1
+        unknown = answer.headers.get("x-unknown-prompts")
+        if unknown:
+            log.warning("prompt client: the server has no prompt named %s (a typo?)", unknown)
+            self._note(f"the server has no prompt named {unknown}")
         for state in answer.json():
             self._apply(state)
 

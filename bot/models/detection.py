@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool
 from pydantic import Field as PydanticField
 from sqlalchemy import (
     JSON,
@@ -24,6 +24,7 @@ from sqlmodel import Field, SQLModel
 from bot.models.registry import (
     PROMPT_NAME_MAX,
     VERSION_LABEL_MAX,
+    NoNul,
     Trigger,
     UTCDateTime,
     enum_column,
@@ -226,11 +227,15 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: Annotated[str, PydanticField(min_length=1, max_length=PROMPT_NAME_MAX)]
-    version: Annotated[str, PydanticField(min_length=1, max_length=VERSION_LABEL_MAX)]
-    error: bool
-    latency_ms: Annotated[float, PydanticField(ge=0, le=3_600_000, allow_inf_nan=False)]
-    quality: Annotated[float, PydanticField(ge=0, le=1, allow_inf_nan=False)] | None = None
+    prompt: Annotated[str, PydanticField(min_length=1, max_length=PROMPT_NAME_MAX), NoNul]
+    version: Annotated[str, PydanticField(min_length=1, max_length=VERSION_LABEL_MAX), NoNul]
+    error: StrictBool
+    latency_ms: Annotated[
+        float, PydanticField(strict=True, ge=0, le=3_600_000, allow_inf_nan=False)
+    ]
+    quality: (
+        Annotated[float, PydanticField(strict=True, ge=0, le=1, allow_inf_nan=False)] | None
+    ) = None
     ts: datetime | None = None
 
 
@@ -379,9 +384,13 @@ class RolloutRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: RolloutKind
-    version: Annotated[str, PydanticField(min_length=1, max_length=VERSION_LABEL_MAX)] | None = None
-    stage_seconds: Annotated[float, PydanticField(ge=1, le=86_400)] | None = None
-    reason: Annotated[str, PydanticField(max_length=1_000)] = ""
+    version: (
+        Annotated[str, PydanticField(min_length=1, max_length=VERSION_LABEL_MAX), NoNul] | None
+    ) = None
+    stage_seconds: (
+        Annotated[float, PydanticField(strict=True, ge=1, le=86_400, allow_inf_nan=False)] | None
+    ) = None
+    reason: Annotated[str, PydanticField(max_length=1_000), NoNul] = ""
 
 
 class RolloutPublic(BaseModel):
@@ -437,3 +446,40 @@ class VersionSeen(SQLModel, table=True):
 
     version_id: int = Field(foreign_key="prompt_version.id", primary_key=True)
     last_event_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class IncidentPublic(BaseModel):
+    """An incident as the API lists it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    prompt: str
+    version: str
+    status: IncidentStatus
+    severity: Severity
+    action: Action
+    summary: str
+    breaches: int
+    opened_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None
+    responders: list[str]
+    pages: int
+    rollback_audit_id: int | None
+
+
+class TimelineEntry(BaseModel):
+    """One thing that happened to an incident, when."""
+
+    at: datetime
+    what: str  # detected, paged, escalated, rolled_back, verification, closed
+    detail: str
+
+
+class IncidentDetail(IncidentPublic):
+    """One incident with the verdict that opened it, its timeline and the post-mortem draft."""
+
+    decision: dict[str, Any]
+    timeline: list[TimelineEntry]
+    postmortem_markdown: str

@@ -6,7 +6,15 @@ import enum
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+)
+from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.engine import Dialect
@@ -41,7 +49,24 @@ VersionLabel = Annotated[
         pattern=VERSION_LABEL_PATTERN,
     ),
 ]
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=REASON_MAX)]
+
+
+def no_nul(value: str) -> str:
+    """Refuse a NUL character: PostgreSQL cannot store one in text (SQLite can), so it is
+    refused on both, with the field named, instead of failing at the database."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return value
+
+
+NoNul = AfterValidator(no_nul)
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=REASON_MAX), NoNul]
+Template = Annotated[str, StringConstraints(min_length=1, max_length=TEMPLATE_MAX), NoNul]
+Operator = Annotated[str, StringConstraints(max_length=OPERATOR_MAX), NoNul]
+
+
+def _figure(*, ge: float | None = None, gt: float | None = None, le: float) -> object:
+    return PydanticField(default=None, strict=True, allow_inf_nan=False, ge=ge, gt=gt, le=le)
 
 
 def utcnow() -> datetime:
@@ -183,13 +208,27 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Baseline(_Request):
+    """Offline figures for a version (from an evaluation), used when live baseline traffic is
+    too thin: known keys only, finite, each in its range."""
+
+    error_rate_pct: Annotated[float | None, _figure(ge=0, le=100)]
+    latency_p50_ms: Annotated[float | None, _figure(gt=0, le=3_600_000)]
+    latency_p99_ms: Annotated[float | None, _figure(gt=0, le=3_600_000)]
+    quality: Annotated[float | None, _figure(gt=0, le=1)]
+
+    def figures(self) -> dict[str, float]:
+        """The figures given (as stored on the version)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class VersionCreate(_Request):
     """Register a new version of a prompt (the prompt is created if new)."""
 
     version: VersionLabel
-    template: Annotated[str, StringConstraints(min_length=1, max_length=TEMPLATE_MAX)]
-    baseline: dict[str, float] | None = None
-    created_by: Annotated[str, StringConstraints(max_length=OPERATOR_MAX)] | None = None
+    template: Template
+    baseline: Baseline | None = None
+    created_by: Operator | None = None
 
 
 class DeployRequest(_Request):
@@ -197,7 +236,7 @@ class DeployRequest(_Request):
 
     version: VersionLabel
     reason: Reason = ""
-    force: bool = False
+    force: StrictBool = False
 
 
 class RollbackRequest(_Request):
@@ -206,7 +245,7 @@ class RollbackRequest(_Request):
     prompt: PromptName
     target_version: VersionLabel | None = None
     reason: Reason = ""
-    force: bool = False
+    force: StrictBool = False
     # The version the caller saw active; if it changed meanwhile the rollback is refused.
     expected_version: VersionLabel | None = None
 
@@ -214,9 +253,9 @@ class RollbackRequest(_Request):
 class SplitRequest(_Request):
     """Share a prompt's traffic across versions; percentages sum to 100."""
 
-    split: dict[VersionLabel, Annotated[int, Field(ge=0, le=100)]]
+    split: dict[VersionLabel, Annotated[int, PydanticField(strict=True, ge=0, le=100)]]
     reason: Reason = ""
-    force: bool = False
+    force: StrictBool = False
 
     @field_validator("split")
     @classmethod

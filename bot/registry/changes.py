@@ -266,10 +266,13 @@ def mark_health(
     now: datetime,
     reason: str = "",
 ) -> VersionPublic:
-    """Mark a version good, bad or unknown by hand, with an audit entry."""
+    """Mark a version good, bad or unknown by hand, with an audit entry; marking it with the
+    health it already has changes nothing and records nothing (a retry, a double click)."""
     row = get_prompt(session, prompt)
     routing = lock_routing(session, row)
     record = get_version(session, row, version)
+    if record.health == health:
+        return to_public(record)
     _set_health(record, health, reason or None, now)
     session.add(
         AuditEntry(

@@ -69,7 +69,7 @@ def create_version(
             template=body.template,
             created_by=body.created_by or actor.operator,
             now=utcnow(),
-            baseline=body.baseline,
+            baseline=body.baseline.figures() if body.baseline else None,
         )
 
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from bot import registry
@@ -23,6 +23,7 @@ from bot.models import RoutingState
 router = APIRouter(prefix="/api", tags=["serving"])
 
 HEARTBEAT_SECONDS = 15.0
+UNKNOWN_HEADER = "X-Unknown-Prompts"
 PromptsQuery = Annotated[
     str | None, Query(description="comma-separated prompt names; all if unset")
 ]
@@ -38,11 +39,18 @@ def _event(state: RoutingState) -> str:
 
 @router.get("/routing", summary="Routing and templates of serving versions, for clients")
 def routing(
-    engine: EngineDep, _actor: ActorDep, prompts: PromptsQuery = None
+    engine: EngineDep, _actor: ActorDep, response: Response, prompts: PromptsQuery = None
 ) -> list[RoutingState]:
-    """What a client needs to choose versions by itself (the same sticky splits as /resolve)."""
+    """What a client needs to choose versions by itself (the same sticky splits as /resolve).
+    Names that are not registered are listed in the `X-Unknown-Prompts` header (a typo would
+    otherwise look like a prompt with no routing); the rest are answered as usual."""
+    names = _names(prompts)
     with read_session(engine) as session:
-        return registry.routing_states(session=session, names=_names(prompts))
+        states = registry.routing_states(session=session, names=names)
+    missing = sorted(set(names or ()) - {state.prompt for state in states})
+    if missing:
+        response.headers[UNKNOWN_HEADER] = ",".join(missing)
+    return states
 
 
 @router.get("/stream", summary="Server-Sent Events: every routing change, as it happens")
