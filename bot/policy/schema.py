@@ -68,35 +68,19 @@ Duration = Annotated[timedelta, BeforeValidator(_parse_duration), _SERIALISE]
 
 # The documented bounds of every duration (docs/policies.md): outside them a value is a typo
 # that would blind detection (a 5-second window) or stall it (a week-long verification).
-Window = Annotated[timedelta, BeforeValidator(_parse_duration), _bounded("10s", "24h"), _SERIALISE]
-BaselineWindow = Annotated[
-    timedelta, BeforeValidator(_parse_duration), _bounded("1m", "7d"), _SERIALISE
-]
-Observe = Annotated[timedelta, BeforeValidator(_parse_duration), _bounded("1m", "7d"), _SERIALISE]
-ResolveAfter = Annotated[
-    timedelta, BeforeValidator(_parse_duration), _bounded("1m", "7d"), _SERIALISE
-]
-Quiet = Annotated[timedelta, BeforeValidator(_parse_duration), _bounded("0s", "24h"), _SERIALISE]
-VerifyEvery = Annotated[
-    timedelta, BeforeValidator(_parse_duration), _bounded("1s", "10m"), _SERIALISE
-]
-VerifyFor = Annotated[
-    timedelta, BeforeValidator(_parse_duration), _bounded("1s", "24h"), _SERIALISE
-]
-VerifyWindow = Annotated[
-    timedelta, BeforeValidator(_parse_duration), _bounded("10s", "1h"), _SERIALISE
-]
-SwitchDeadline = Annotated[
-    timedelta, BeforeValidator(_parse_duration), _bounded("1s", "1h"), _SERIALISE
-]
-Stage = Annotated[timedelta, BeforeValidator(_parse_duration), _bounded("1s", "7d"), _SERIALISE]
-ActWithin = Annotated[
-    timedelta, BeforeValidator(_parse_duration), _bounded("10s", "7d"), _SERIALISE
-]
-FirstHour = Annotated[timedelta, BeforeValidator(_parse_duration), _bounded("1m", "7d"), _SERIALISE]
-Timeout = Annotated[
-    timedelta, BeforeValidator(_parse_duration), _bounded("100ms", "1m"), _SERIALISE
-]
+Window = Annotated[Duration, _bounded("10s", "24h")]
+BaselineWindow = Annotated[Duration, _bounded("1m", "7d")]
+Observe = Annotated[Duration, _bounded("1m", "7d")]
+ResolveAfter = Annotated[Duration, _bounded("1m", "7d")]
+Quiet = Annotated[Duration, _bounded("0s", "24h")]
+VerifyEvery = Annotated[Duration, _bounded("1s", "10m")]
+VerifyFor = Annotated[Duration, _bounded("1s", "24h")]
+VerifyWindow = Annotated[Duration, _bounded("10s", "1h")]
+SwitchDeadline = Annotated[Duration, _bounded("1s", "1h")]
+Stage = Annotated[Duration, _bounded("1s", "7d")]
+ActWithin = Annotated[Duration, _bounded("10s", "7d")]
+FirstHour = Annotated[Duration, _bounded("1m", "7d")]
+Timeout = Annotated[Duration, _bounded("100ms", "1m")]
 
 
 def _number(low: float, high: float, *, open_high: bool = False) -> Any:
