@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     verify_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     # Signs webhook deliveries (HMAC-SHA256); required when a policy lists webhooks.
     rollback_webhook_secret: SecretStr | None = None
+    # OTLP trace exports (POST /v1/traces): the span attributes naming the prompt, its version
+    # and a quality score (0..1) (docs/opentelemetry.md).
+    otlp_prompt_attribute: str = Field(default="gen_ai.prompt.name", min_length=1)
+    otlp_version_attribute: str = Field(default="gen_ai.prompt.version", min_length=1)
+    otlp_quality_attribute: str = Field(default="gen_ai.evaluation.score.value", min_length=1)
     # How often the server looks for routing changes to push to connected clients.
     stream_poll_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
 

@@ -54,6 +54,13 @@ SLACK_ERRORS = Counter(
     ["method", "error"],
     registry=REGISTRY,
 )
+OTLP_SPANS = Counter(
+    "rollback_bot_otlp_spans_total",
+    "Spans received at /v1/traces: accepted (stored as outcomes), ignored (no prompt "
+    "attributes), rejected (reported back in partial_success).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 LEADER = Gauge(
     "rollback_bot_checker_leader",
     "1 while this process holds the checker lease.",

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvicorn
 from sqlalchemy import Engine
 
 from bot.api.app import create_app
@@ -17,9 +14,9 @@ from bot.config import load_settings
 from bot.policy import load_policies
 from bot.slack.app import SlackService
 from tests.conftest import API_TOKEN
+from tests.live_kit import serving
 from tests.slack_kit import FakeSlack, SlackSender
 from tests.socket_kit import FakeSocketMode, socket_mode
-from tests.test_serve import free_port
 
 BOT_TOKEN = "xoxb-test-token-0123456789"
 SIGNING_SECRET = "test-signing-secret-0123456789"
@@ -72,18 +69,7 @@ def running(
         service = SlackService(settings=settings, engine=engine, policies=load_policies(policy_dir))
         service.worker.poll_seconds = 0.2
         app = create_app(settings, engine, slack=service)
-        port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        base = f"http://127.0.0.1:{port}"
-        try:
+        with serving(app) as base:
             yield Harness(
                 fake,
                 SlackSender(f"{base}/slack/events", SIGNING_SECRET, slack=fake),
@@ -91,6 +77,3 @@ def running(
                 base,
                 socket,
             )
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)

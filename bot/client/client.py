@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -230,7 +231,7 @@ class PromptClient:
         answer = self._http.get("/api/routing", params=self._params())
         answer.raise_for_status()
         self.stats.polls += 1
-        unknown = answer.headers.get("x-unknown-prompts")
+        unknown = unquote(answer.headers.get("x-unknown-prompts", ""))
         if unknown:
             log.warning("prompt client: the server has no prompt named %s (a typo?)", unknown)
             self._note(f"the server has no prompt named {unknown}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
+from urllib.parse import quote
 
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response
@@ -42,14 +43,16 @@ def routing(
     engine: EngineDep, _actor: ActorDep, response: Response, prompts: PromptsQuery = None
 ) -> list[RoutingState]:
     """What a client needs to choose versions by itself (the same sticky splits as /resolve).
-    Names that are not registered are listed in the `X-Unknown-Prompts` header (a typo would
-    otherwise look like a prompt with no routing); the rest are answered as usual."""
+    Names that are not registered are listed, percent-encoded, in the `X-Unknown-Prompts`
+    header (a typo would otherwise look like a prompt with no routing); the rest are answered
+    as usual."""
     names = _names(prompts)
     with read_session(engine) as session:
         states = registry.routing_states(session=session, names=names)
     missing = sorted(set(names or ()) - {state.prompt for state in states})
     if missing:
-        response.headers[UNKNOWN_HEADER] = ",".join(missing)
+        # Percent-encoded: a header carries Latin-1 only, a typed name may carry anything.
+        response.headers[UNKNOWN_HEADER] = ",".join(quote(m, safe="") for m in missing)[:2000]
     return states
 
 
