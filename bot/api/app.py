@@ -12,7 +12,17 @@ import bot
 from bot.api import errors
 from bot.api.feed import ChangeFeed
 from bot.api.limits import BodySizeLimit
-from bot.api.routes import events, health, incidents, otlp, prompts, rollback, rollouts, stream
+from bot.api.routes import (
+    events,
+    health,
+    incidents,
+    ofrep,
+    otlp,
+    prompts,
+    rollback,
+    rollouts,
+    stream,
+)
 from bot.api.routes import slack as slack_routes
 from bot.config import Settings
 from bot.notify import LogNotifier
@@ -71,6 +81,7 @@ def create_app(
     app.include_router(rollouts.router)
     app.include_router(incidents.router)
     app.include_router(otlp.router)
+    app.include_router(ofrep.router)
     app.include_router(stream.router)
     app.include_router(slack_routes.router)
     return app
