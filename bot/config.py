@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     otlp_prompt_attribute: str = Field(default="gen_ai.prompt.name", min_length=1)
     otlp_version_attribute: str = Field(default="gen_ai.prompt.version", min_length=1)
     otlp_quality_attribute: str = Field(default="gen_ai.evaluation.score.value", min_length=1)
+    # Alertmanager's webhook (POST /api/alertmanager): the alert labels naming the prompt and
+    # its version (docs/alertmanager.md).
+    alertmanager_prompt_label: str = Field(default="prompt", min_length=1)
+    alertmanager_version_label: str = Field(default="version", min_length=1)
     # How often the server looks for routing changes to push to connected clients.
     stream_poll_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
 

@@ -156,6 +156,8 @@ class PrometheusServer:
     exporter_port: int
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    rules: str | None = None  # a rule file's text (alerting and recording rules)
+    alertmanager: str | None = None  # host:port of an Alertmanager to send alerts to
 
     @property
     def url(self) -> str:
@@ -168,7 +170,16 @@ class PrometheusServer:
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             "scrape_configs:\n  - job_name: llm-app\n    static_configs:\n"
             f"      - targets: ['127.0.0.1:{self.exporter_port}']\n"
+            + (f"rule_files: ['{self.workdir / 'rules.yml'}']\n" if self.rules else "")
+            + (
+                "alerting:\n  alertmanagers:\n    - static_configs:\n"
+                f"        - targets: ['{self.alertmanager}']\n"
+                if self.alertmanager
+                else ""
+            )
         )
+        if self.rules:
+            (self.workdir / "rules.yml").write_text(self.rules)
         log = (self.workdir / "prometheus.log").open("ab")
         self.process = subprocess.Popen(
             [

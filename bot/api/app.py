@@ -13,6 +13,7 @@ from bot.api import errors
 from bot.api.feed import ChangeFeed
 from bot.api.limits import BodySizeLimit
 from bot.api.routes import (
+    alertmanager,
     events,
     health,
     incidents,
@@ -82,6 +83,7 @@ def create_app(
     app.include_router(incidents.router)
     app.include_router(otlp.router)
     app.include_router(ofrep.router)
+    app.include_router(alertmanager.router)
     app.include_router(stream.router)
     app.include_router(slack_routes.router)
     return app

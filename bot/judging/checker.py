@@ -110,20 +110,60 @@ class Checker:
         now = self.clock()
         report = TickReport(started_at=now)
         judged = self.judge(now)
-        report.decisions = [decision for _, decision in judged]
         plan = _Plan()
         for notice in self._source_notices():
             self._tell(notice, plan)
-        self._record(judged, now, plan)
-        for live, decision, incident_id in plan.rollbacks:
-            self._roll_back(live, decision, incident_id, now, report, plan)
+        self._act(judged, now, report, plan)
         self._mark_known_good(plan.mark_good, now)
-        report.notices = plan.notices
         report.duration_s = time.perf_counter() - started
         telemetry.CHECK_SECONDS.observe(report.duration_s)
         for decision in report.decisions:
             telemetry.DECISIONS.labels(decision.severity.value, decision.action.value).inc()
         return report
+
+    def act(self, judged: list[tuple[LiveVersion, Decision]], now: datetime) -> TickReport:
+        """Act on verdicts reached elsewhere (an Alertmanager alert) exactly as on the pass's
+        own: the same incidents, rollbacks, pages and cards."""
+        report = TickReport(started_at=now)
+        self._act(judged, now, report, _Plan())
+        return report
+
+    def resolve_alert(self, prompt: str, version: str, alert: str, now: datetime) -> bool:
+        """Close the version's active incident when the alert `alert` opened it and has now
+        resolved; True when one closed. An incident the bot's own figures opened stays open."""
+        with write_session(self.engine) as session:
+            incident = next(
+                (
+                    i
+                    for i in inc.active_incidents(session).values()
+                    if i.prompt == prompt and i.version == version
+                ),
+                None,
+            )
+            fired = (incident.decision.get("fired") or [{}])[0] if incident else {}
+            if incident is None or (fired.get("metric"), fired.get("rule")) != ("alert", alert):
+                return False
+            inc.close(incident, status=IncidentStatus.RESOLVED, now=now, note=f"{alert} resolved")
+            session.flush()
+            decision = Decision(
+                prompt, version, Severity.NONE, Action.NONE, reason=f"alert {alert} resolved"
+            )
+            resolved = _notice(NoticeKind.INCIDENT_RESOLVED, incident, decision)
+            self._tell(resolved, _Plan(), session)
+        return True
+
+    def _act(
+        self,
+        judged: list[tuple[LiveVersion, Decision]],
+        now: datetime,
+        report: TickReport,
+        plan: _Plan,
+    ) -> None:
+        report.decisions = [decision for _, decision in judged]
+        self._record(judged, now, plan)
+        for live, decision, incident_id in plan.rollbacks:
+            self._roll_back(live, decision, incident_id, now, report, plan)
+        report.notices = plan.notices
 
     # --- metrics ---------------------------------------------------------------------------
 

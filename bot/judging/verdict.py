@@ -29,7 +29,9 @@ class Fired:
 
     def describe(self) -> str:
         """'error_rate_pct 8.0 > 5.0' plus any note."""
-        if self.metric == "quality":  # a score where higher is better: its rules are floors
+        if self.metric == "alert":  # an Alertmanager alert: firing is the whole story
+            text = f"{self.rule}: alert firing"
+        elif self.metric == "quality":  # a score where higher is better: its rules are floors
             text = f"{self.rule}: {self.metric} {self.value:.3f} < {self.threshold:g}"
         else:
             text = f"{self.rule}: {self.metric} {self.value:.1f} > {self.threshold:g}"

@@ -193,6 +193,7 @@ def in_words(fired: dict[str, Any]) -> str:
         f"(limit {limit:g}%)",
         "latency_p99_ms": f"p99 latency {value:,.0f} ms is above {float(limit or 0):,.0f} ms",
         "quality": f"quality score {value:.3f} is below {limit}",
+        "alert": f"Alertmanager alert {fired.get('rule')} is firing",
     }.get(str(metric), f"{metric} {value:g} is above {limit}")
     note = str(fired.get("note") or "")
     if note.startswith("not yet significant"):

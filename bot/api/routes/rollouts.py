@@ -19,7 +19,7 @@ from bot.rollouts import stages as rollouts
 router = APIRouter(prefix="/api", tags=["rollouts"])
 
 
-def _policies(request: Request) -> PolicySet:
+def policies_of(request: Request) -> PolicySet:
     policies: PolicySet | None = request.app.state.policies
     if policies is None:
         policies = load_policies(request.app.state.settings.rollback_policy_dir)
@@ -36,7 +36,7 @@ def start_rollout(
     name: NamePath, body: RolloutRequest, request: Request, engine: EngineDep, actor: ActorDep
 ) -> RolloutPublic:
     """Gradual rollback (bad version 75/50/25/0%) or canary (1/5/25/100%); the first stage now."""
-    settings = _policies(request).for_prompt(name).settings
+    settings = policies_of(request).for_prompt(name).settings
     stage = (
         timedelta(seconds=body.stage_seconds)
         if body.stage_seconds
