@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     Field,
@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     verify_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     # Signs webhook deliveries (HMAC-SHA256); required when a policy lists webhooks.
     rollback_webhook_secret: SecretStr | None = None
+    # How change webhooks are sent: the bot's JSON, or CloudEvents 1.0 (structured or binary).
+    rollback_webhook_format: Literal["json", "cloudevents-structured", "cloudevents-binary"] = (
+        "json"
+    )
     # OTLP trace exports (POST /v1/traces): the span attributes naming the prompt, its version
     # and a quality score (0..1) (docs/opentelemetry.md).
     otlp_prompt_attribute: str = Field(default="gen_ai.prompt.name", min_length=1)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from datetime import timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
@@ -54,6 +58,20 @@ def test_metrics_report_checks_verdicts_rollbacks_and_durations(
     assert after[("rollback_bot_rollback_to_recovery_seconds_count", ())] == 1
     assert after[("rollback_bot_slack_outbox_depth", ())] == 0
     assert ("rollback_bot_checker_leader", ()) in after
+    _promtool_accepts(client.get("/metrics", headers={"Authorization": ""}).text)
+
+
+def _promtool_accepts(text: str) -> None:
+    """Prometheus' own linter: base units, _total counters, help text on every metric."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool (Debian's prometheus package) is required in CI")
+        pytest.skip("promtool is not installed")
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert (lint.returncode, lint.stdout + lint.stderr) == (0, ""), lint.stdout + lint.stderr
 
 
 def test_json_log_lines_carry_the_incident() -> None:

@@ -35,6 +35,7 @@ class Receiver:
 
     def __init__(self, fail_first: int = 0) -> None:
         self.received: list[dict[str, Any]] = []
+        self.raw: list[tuple[dict[str, str], bytes]] = []  # headers and body as delivered
         self.bad_signatures = 0
         self.fail_left = fail_first
         receiver = self
@@ -62,6 +63,7 @@ class Receiver:
                     status = 500
                 else:
                     receiver.received.append(json.loads(body))
+                    receiver.raw.append((dict(self.headers.items()), body))
                     status = 204
                 self.send_response(status)
                 self.end_headers()
@@ -167,3 +169,53 @@ def test_serve_refuses_webhooks_without_a_secret(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "ROLLBACK_WEBHOOK_SECRET: required because a policy lists webhooks" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["cloudevents-structured", "cloudevents-binary"])
+def test_cloudevents_deliveries_parse_with_the_cloudevents_sdk(
+    engine: Engine, tmp_path: Path, mode: str
+) -> None:
+    try:  # the CloudEvents SDK's HTTP binding: 1.x, or 2.x's compatible v1 API
+        from cloudevents.http import from_http
+    except ImportError:
+        from cloudevents.v1.http import from_http
+
+    receiver = Receiver()
+    try:
+        make_prompt(engine, deploy=("v1.8.0",))
+        dispatcher = WebhookDispatcher(
+            engine=engine,
+            policies=_policies(tmp_path, receiver.url),
+            secret=SECRET,
+            format=mode,
+        )
+        dispatcher.run_due()
+        with write_session(engine) as session:
+            registry.deploy(
+                session=session,
+                prompt="customer-support",
+                version="v2.0.0",
+                actor=Actor("U1", Trigger.SLACK),
+                now=utcnow(),
+            )
+        dispatcher.run_due()
+        assert receiver.bad_signatures == 0  # signed over the body, whatever the mode
+        [(headers, body)] = receiver.raw
+        event = from_http(headers, body)  # the CloudEvents project's own parser
+        assert event["specversion"] == "1.0"
+        assert event["type"] == "dev.rollback-bot.routing.changed"
+        assert event["source"] == "/rollback-bot/prompts/customer-support"
+        assert event["subject"] == "customer-support"
+        assert event["id"].startswith("audit-")
+        data = event.data if isinstance(event.data, dict) else json.loads(event.data)
+        assert (data["kind"], data["from_version"], data["to_version"]) == (
+            "deploy",
+            "v1.8.0",
+            "v2.0.0",
+        )
+        expected = (
+            "application/cloudevents+json" if mode.endswith("structured") else "application/json"
+        )
+        assert headers["Content-Type"] == expected
+    finally:
+        receiver.close()

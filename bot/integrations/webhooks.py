@@ -58,8 +58,10 @@ class WebhookDispatcher:
         secret: str | None,
         client: httpx.Client | None = None,
         clock: Callable[[], datetime] = utcnow,
+        format: str = "json",
     ) -> None:
         self.engine, self.policies, self.secret, self.clock = engine, policies, secret, clock
+        self.format = format  # json, cloudevents-structured or cloudevents-binary
         self.client = client or httpx.Client(timeout=10)
 
     def run_due(self) -> int:
@@ -124,10 +126,9 @@ class WebhookDispatcher:
     def _deliver(
         self, delivery_id: int, url: str, payload: dict[str, object], attempts: int
     ) -> None:
-        body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        body, headers = encode(payload, self.format)
         timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
+        headers |= {
             "X-Rollback-Bot-Timestamp": str(timestamp),
             "X-Rollback-Bot-Delivery": str(delivery_id),
         }
@@ -159,6 +160,32 @@ class WebhookDispatcher:
                 .values(values)
                 .execution_options(synchronize_session=False)
             )
+
+
+CLOUDEVENT_TYPE = "dev.rollback-bot.routing.changed"
+
+
+def encode(payload: dict[str, object], format: str) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a delivery: the bot's own JSON, or a CloudEvents 1.0 event in
+    the HTTP binding's structured or binary mode (the same signature over the body either way).
+    The event id is the audit entry's, so a retried delivery carries the same id."""
+    data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    if format == "json":
+        return data, {"Content-Type": "application/json"}
+    attributes = {
+        "specversion": "1.0",
+        "id": f"audit-{payload['audit_id']}",
+        "source": f"/rollback-bot/prompts/{payload['prompt']}",
+        "type": CLOUDEVENT_TYPE,
+        "subject": str(payload["prompt"]),
+        "time": str(payload["timestamp"]),
+    }
+    if format == "cloudevents-binary":
+        headers = {f"ce-{name}": value for name, value in attributes.items()}
+        return data, {**headers, "Content-Type": "application/json"}
+    event = {**attributes, "datacontenttype": "application/json", "data": payload}
+    body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+    return body, {"Content-Type": "application/cloudevents+json"}
 
 
 def _payload(entry: AuditEntry, prompt: str) -> dict[str, object]:

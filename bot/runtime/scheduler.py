@@ -107,6 +107,7 @@ class CheckerService:
             engine=engine,
             policies=policies,
             secret=secret.get_secret_value() if secret is not None else None,
+            format=settings.rollback_webhook_format,
         )
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.steps = StepWatch(self._rescheduled)
