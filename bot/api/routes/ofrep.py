@@ -67,9 +67,13 @@ async def evaluate_flag(
         return refused
     assert context is not None
     prompt, _ = prompt_of(key)
-    states = await run_in_threadpool(_states, engine, [prompt])
+    # From the server's routing cache, like /resolve (a prompt changed here, or unknown to the
+    # cache, is read from the database).
+    state = request.app.state.feed.current(prompt)
+    if state is None:
+        state = (await run_in_threadpool(_states, engine, [prompt])).get(prompt)
     try:
-        return JSONResponse(evaluate(key, states.get(prompt), context.get("targetingKey")))
+        return JSONResponse(evaluate(key, state, context.get("targetingKey")))
     except FlagError as exc:
         return JSONResponse(exc.body(), status_code=exc.status)
 
