@@ -10,16 +10,21 @@ client sends them (`--no-batch-id` leaves it out). Target: >= 20,000 events/s on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
-from _server import api, header, server
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _server import api, header, scratch_schema, server
 
 
 def main() -> None:
@@ -33,7 +38,15 @@ def main() -> None:
     print(header())
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{tmp}/ingest.db"
-        with server(url) as base, api(base) as client:
+        with contextlib.ExitStack() as stack:
+            if url.startswith("postgresql"):
+                url = stack.enter_context(scratch_schema(url, "bench_ingest"))
+                from bot.db import make_engine
+                from bot.migrate import upgrade
+
+                upgrade(make_engine(url))
+            base = stack.enter_context(server(url))
+            client = stack.enter_context(api(base))
             for label in ("v1.9.0", "v2.0.0"):
                 client.post(
                     "/api/prompts/customer-support/versions",
@@ -60,6 +73,8 @@ def main() -> None:
                 for _ in range(20)
             ]
             sent, latencies, lock = [0], [], threading.Lock()
+            errors: dict[int, int] = {}
+            deadlocks_before = _deadlocks(url)
             stop = time.perf_counter() + args.seconds
 
             def worker(index: int) -> None:
@@ -77,9 +92,11 @@ def main() -> None:
                             content=body,
                             headers={"Content-Type": "application/json"},
                         )
-                        r.raise_for_status()
-                        with lock:
-                            sent[0] += args.batch
+                        with lock:  # an error is counted and the client keeps going
+                            if r.status_code == 200:
+                                sent[0] += args.batch
+                            else:
+                                errors[r.status_code] = errors.get(r.status_code, 0) + 1
                             latencies.append((time.perf_counter() - started) * 1000)
                         i += 1
 
@@ -96,8 +113,28 @@ def main() -> None:
                 f"({args.clients} clients, batches of {args.batch}, "
                 f"{'no batch_id' if args.no_batch_id else 'batch_id each'}); per batch p50 "
                 f"{statistics.median(latencies):.1f} ms, p99 "
-                f"{latencies[int(len(latencies) * 0.99) - 1]:.1f} ms"
+                f"{latencies[int(len(latencies) * 0.99) - 1]:.1f} ms; errors {errors or 'none'}"
+                + (
+                    f"; PostgreSQL deadlocks {_deadlocks(url) - deadlocks_before}"
+                    if url.startswith("postgresql")
+                    else ""
+                )
             )
+
+
+def _deadlocks(url: str) -> int:
+    """pg_stat_database.deadlocks of the database (0 for SQLite)."""
+    if not url.startswith("postgresql"):
+        return 0
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        ).scalar_one()
+    engine.dispose()
+    return int(found)
 
 
 if __name__ == "__main__":

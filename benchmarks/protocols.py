@@ -155,12 +155,16 @@ def main() -> None:
             ).raise_for_status()
         count = int(args.seconds * 60)  # more than the server can take in the time
         events = [_events_body(rng) for _ in range(count)]
-        print("POST /api/events, JSON, 512 a batch:", _ingest(base, "/api/events", events,
-                                                              "application/json", args))
+        print(
+            "POST /api/events, JSON, 512 a batch:",
+            _ingest(base, "/api/events", events, "application/json", args),
+        )
         del events
         exports = [_otlp_body(rng) for _ in range(count)]
-        print("POST /v1/traces, OTLP protobuf, 512 spans an export:",
-              _ingest(base, "/v1/traces", exports, "application/x-protobuf", args))
+        print(
+            "POST /v1/traces, OTLP protobuf, 512 spans an export:",
+            _ingest(base, "/v1/traces", exports, "application/x-protobuf", args),
+        )
         if shutil.which("wrk") is None:
             print("wrk is not installed: evaluation throughput not measured")
             return
@@ -170,8 +174,10 @@ def main() -> None:
             "POST",
             '{"context":{"targetingKey":"u1"}}',
         )
-        print(f"GET /resolve: {resolve:,.0f} req/s; POST /ofrep single flag: {ofrep:,.0f} req/s "
-              f"({ofrep / resolve:.2f}x)")
+        print(
+            f"GET /resolve: {resolve:,.0f} req/s; POST /ofrep single flag: {ofrep:,.0f} req/s "
+            f"({ofrep / resolve:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,6 +22,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
 
 from bot.errors import DatabaseUnavailable
+
+T = TypeVar("T")
 
 # Execution option that asks SQLite for `BEGIN IMMEDIATE`: the write lock is taken up front,
 # so two writers queue on busy_timeout instead of failing when one upgrades a read lock.
@@ -173,6 +176,25 @@ def translate_db_errors() -> Iterator[None]:
         if is_transient(exc):
             raise DatabaseUnavailable(describe(exc)) from exc
         raise
+
+
+CONFLICT_STATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
+def retry_conflicts(work: Callable[[], T], attempts: int = 4) -> T:
+    """Run `work` (a whole transaction) again when PostgreSQL aborted it as a deadlock victim or
+    a serialization failure: such a transaction changed nothing and succeeds when run again,
+    so the caller never sees it (a 503 would only make every client retry)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except DatabaseUnavailable as exc:
+            cause = exc.__cause__
+            state = str(getattr(getattr(cause, "orig", None), "sqlstate", None) or "")
+            if state not in CONFLICT_STATES or attempt == attempts:
+                raise
+            time.sleep(random.uniform(0.002, 0.02) * attempt)
+    raise AssertionError("unreachable")
 
 
 def describe(exc: DBAPIError) -> str:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from bot.db import read_session, write_session
-from bot.metrics.ingest import prune
-from bot.models import metric_bucket
-from tests.conftest import make_prompt
+from bot.metrics.ingest import ingest, prune
+from bot.models import Event, EventBatch, metric_bucket, utcnow
+from tests.conftest import PG_ONLY, make_prompt
 
 
 def _buckets(engine: Engine) -> list[tuple[int, int, int]]:
@@ -176,3 +178,48 @@ def test_a_sender_whose_clock_is_off_has_its_times_corrected(
     assert abs((minute - datetime.now(UTC)).total_seconds()) < 120  # now, not an hour ago
     naive = client.post("/api/events", json={**body, "sent_at": "2026-12-02T10:00:00"})
     assert naive.status_code == 422 and "sent_at" in naive.text
+
+
+@pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
+def test_concurrent_batches_never_deadlock_on_postgresql(engine: Engine) -> None:
+    """Batches whose events name the versions in opposite orders, from 8 threads at once: the
+    buckets are locked in key order, so PostgreSQL records no deadlock and none is refused."""
+    versions = [f"v{i}" for i in range(6)]
+    make_prompt(engine, name="cs", versions=tuple(versions))
+
+    def deadlocks() -> int:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            return int(
+                conn.execute(
+                    text(
+                        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+                    )
+                ).scalar_one()
+            )
+
+    before, failures = deadlocks(), []
+
+    def client(index: int) -> None:
+        order = versions if index % 2 else versions[::-1]
+        for _ in range(25):
+            events = [Event(prompt="cs", version=v, error=False, latency_ms=100) for v in order * 5]
+            try:
+                with write_session(engine) as session:
+                    ingest(
+                        session=session,
+                        batch=EventBatch(events=events),
+                        now=utcnow(),
+                        retention=timedelta(hours=1),
+                    )
+            except Exception as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(1.0)  # statistics reach pg_stat_database at transaction end, give them a moment
+    assert failures == []
+    assert deadlocks() == before

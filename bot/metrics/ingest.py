@@ -97,7 +97,9 @@ def ingest(
         return IngestResult(
             accepted=len(batch.events), buckets=0, duplicate=True, clock_offset_s=skew
         )
-    _upsert(session, [{"version_id": v, "minute": m, **r} for (v, m), r in rows.items()])
+    # Rows in key order: two batches touching the same buckets lock them in the same order,
+    # so concurrent ingestion on PostgreSQL never deadlocks.
+    _upsert(session, [{"version_id": v, "minute": m, **rows[(v, m)]} for v, m in sorted(rows)])
     _mark_seen(session, latest)
     return IngestResult(accepted=len(batch.events), buckets=len(rows), clock_offset_s=skew)
 
@@ -148,7 +150,7 @@ def _upsert(session: Session, rows: list[dict[str, object]]) -> None:
 def _mark_seen(session: Session, latest: dict[int, datetime]) -> None:
     """Remember the newest outcome reported for each version (never moving it backwards)."""
     if latest:
-        rows = [{"version_id": v, "last_event_at": at} for v, at in latest.items()]
+        rows = [{"version_id": v, "last_event_at": latest[v]} for v in sorted(latest)]
         session.execute(_seen_upsert(_dialect(session)), rows)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from datetime import timedelta
+from functools import partial
 
 from fastapi import APIRouter, Request, Response
 from google.protobuf import json_format
@@ -26,7 +27,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from bot.api.deps import ActorDep, EngineDep, SettingsDep
-from bot.db import write_session
+from bot.db import retry_conflicts, write_session
 from bot.errors import InvalidEvents
 from bot.metrics.ingest import ingest
 from bot.metrics.otlp import SpanMapping, map_spans
@@ -112,30 +113,38 @@ def _store(engine: Engine, events: list[Event], batch_id: str, retention_hours: 
     """Store the usable events (in batches the ingester takes); returns a line for each span
     refused (an unknown prompt or version: register it first)."""
     refused: list[str] = []
-    retention = timedelta(hours=retention_hours)
     for start in range(0, len(events), EVENTS_MAX):
         chunk = events[start : start + EVENTS_MAX]
         chunk_id = f"{batch_id}:{start // EVENTS_MAX}"
-        with write_session(engine) as session:
-            try:
-                ingest(
-                    session=session,
-                    batch=EventBatch(events=chunk, batch_id=chunk_id),
-                    now=utcnow(),
-                    retention=retention,
-                )
-                continue
-            except InvalidEvents as exc:
-                bad = {int(p["field"].split(".")[1]): p["message"] for p in exc.problems}
-            kept = [event for index, event in enumerate(chunk) if index not in bad]
-            if kept:
-                ingest(
-                    session=session,
-                    batch=EventBatch(events=kept, batch_id=chunk_id),
-                    now=utcnow(),
-                    retention=retention,
-                )
+        bad = retry_conflicts(partial(_store_chunk, engine, chunk, chunk_id, retention_hours))
         refused += [
             f"{chunk[i].prompt} {chunk[i].version}: {why}" for i, why in sorted(bad.items())
         ]
     return refused
+
+
+def _store_chunk(
+    engine: Engine, chunk: list[Event], chunk_id: str, retention_hours: float
+) -> dict[int, str]:
+    """One transaction: the chunk, less the events the ingester refuses; those, by index."""
+    retention = timedelta(hours=retention_hours)
+    with write_session(engine) as session:
+        try:
+            ingest(
+                session=session,
+                batch=EventBatch(events=chunk, batch_id=chunk_id),
+                now=utcnow(),
+                retention=retention,
+            )
+            return {}
+        except InvalidEvents as exc:
+            bad = {int(p["field"].split(".")[1]): p["message"] for p in exc.problems}
+        kept = [event for index, event in enumerate(chunk) if index not in bad]
+        if kept:
+            ingest(
+                session=session,
+                batch=EventBatch(events=kept, batch_id=chunk_id),
+                now=utcnow(),
+                retention=retention,
+            )
+    return bad
