@@ -8,6 +8,7 @@ from bot.models import Trigger
 VIA = {
     Trigger.API: "via the API",
     Trigger.CLI: "via the CLI",
+    Trigger.DASHBOARD: "from the dashboard",
     Trigger.SLACK: "in Slack",
     Trigger.AUTOMATIC: "automatically",
 }

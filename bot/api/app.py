@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
 import bot
@@ -14,6 +16,7 @@ from bot.api.feed import ChangeFeed
 from bot.api.limits import BodySizeLimit
 from bot.api.routes import (
     alertmanager,
+    dashboard,
     events,
     health,
     incidents,
@@ -84,6 +87,13 @@ def create_app(
     app.include_router(otlp.router)
     app.include_router(ofrep.router)
     app.include_router(alertmanager.router)
+    app.include_router(dashboard.router)
+    app.include_router(dashboard.root)
+    app.mount(
+        "/ui/static",
+        StaticFiles(directory=str(Path(dashboard.HERE) / "static")),
+        name="dashboard-static",
+    )
     app.include_router(stream.router)
     app.include_router(slack_routes.router)
     return app

@@ -118,6 +118,7 @@ class Trigger(enum.StrEnum):
     SLACK = "slack"
     API = "api"
     CLI = "cli"
+    DASHBOARD = "dashboard"
     AUTOMATIC = "automatic"
 
 

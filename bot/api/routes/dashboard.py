@@ -1,0 +1,318 @@
+"""The web dashboard's pages (server-rendered; reading needs no JavaScript) and its one
+action, a rollback, through the same lifecycle as every other surface."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine
+
+from bot import registry
+from bot.api.deps import EngineDep, NotifierDep, SettingsDep
+from bot.api.routes.prompts import changed
+from bot.api.routes.rollouts import policies_of
+from bot.config import Settings
+from bot.dashboard import charts, data
+from bot.dashboard.session import (
+    COOKIE,
+    SESSION_HOURS,
+    DashboardSession,
+    csrf_ok,
+    issue,
+    operator_for,
+    read,
+)
+from bot.db import read_session, write_session
+from bot.errors import BotError
+from bot.incidents import lifecycle
+from bot.incidents.queries import incident_detail
+from bot.models import Trigger, utcnow
+from bot.notify import Notifier
+from bot.policy import PolicySet
+from bot.registry.changes import Actor
+from bot.registry.lookup import get_prompt, previous_known_good, rollback_choices
+from bot.slack.blocks import in_words
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+HERE = Path(__file__).resolve().parent.parent.parent / "dashboard"
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+STEPS = {"1h": timedelta(minutes=1), "24h": timedelta(minutes=15), "7d": timedelta(hours=2)}
+
+
+def _session(request: Request, settings: Settings) -> DashboardSession | None:
+    return read(settings, request.cookies.get(COOKIE))
+
+
+def _page(
+    request: Request,
+    settings: Settings,
+    session: DashboardSession,
+    template: str,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        template,
+        {"session": session, "csrf": session.csrf(settings), **context},
+        status_code=status_code,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _to_sign_in() -> RedirectResponse:
+    return RedirectResponse("/ui/sign-in", status_code=303)
+
+
+@router.get("/sign-in")
+def sign_in_form(request: Request) -> HTMLResponse:
+    """The sign-in form."""
+    return templates.TemplateResponse(request, "sign_in.html", {"session": None})
+
+
+@router.post("/sign-in")
+def sign_in(
+    request: Request, settings: SettingsDep, token: Annotated[str, Form(max_length=512)] = ""
+) -> Response:
+    """Exchange an API token for a session cookie."""
+    operator = operator_for(settings, token.strip())
+    if operator is None:
+        return templates.TemplateResponse(
+            request,
+            "sign_in.html",
+            {"session": None, "message": "That token is not accepted.", "message_kind": "error"},
+            status_code=401,
+        )
+    session = issue(settings, operator)
+    answer = RedirectResponse("/ui", status_code=303)
+    answer.set_cookie(
+        COOKIE,
+        session.cookie,
+        max_age=SESSION_HOURS * 3600,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return answer
+
+
+@router.post("/sign-out")
+def sign_out(
+    request: Request, settings: SettingsDep, csrf: Annotated[str, Form()] = ""
+) -> Response:
+    """End the session (a forged form cannot sign anyone out)."""
+    session = _session(request, settings)
+    if session is not None and not csrf_ok(settings, session, csrf):
+        return HTMLResponse("Refused: the form's CSRF token is wrong.", status_code=403)
+    answer = _to_sign_in()
+    answer.delete_cookie(COOKIE, path="/")
+    return answer
+
+
+@router.get("")
+def overview(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+    """Every prompt at a glance."""
+    session = _session(request, settings)
+    if session is None:
+        return _to_sign_in()
+    policies = policies_of(request)
+    with read_session(engine) as db:
+        rows = data.overview(db, policies, utcnow())
+    return _page(request, settings, session, "overview.html", rows=rows)
+
+
+@router.get("/prompts/{name}")
+def prompt_page(
+    name: str,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    range: str = "1h",
+    message: str | None = None,
+) -> Response:
+    """A prompt: routing, a rollback form, charts, versions and history."""
+    session = _session(request, settings)
+    if session is None:
+        return _to_sign_in()
+    if range not in data.RANGES:
+        range = "1h"
+    policies = policies_of(request)
+    context = _prompt_context(engine, policies, name, range)
+    return _page(request, settings, session, "prompt.html", message=message, **context)
+
+
+def _prompt_context(engine: Engine, policies: PolicySet, name: str, span: str) -> dict[str, Any]:
+    now = utcnow()
+    since = now - data.RANGES[span]
+    with read_session(engine) as db:
+        detail = registry.prompt_detail(session=db, name=name)
+        prompt = get_prompt(db, name)
+        lines = data.series(db, prompt.id or 0, since, STEPS[span])
+        moves = data.changes(db, prompt.id or 0, since)
+        history = registry.history(session=db, name=name, limit=30)
+        exclude = [detail.active_version] if detail.active_version else []
+        choices = rollback_choices(db, prompt, exclude)
+        default = previous_known_good(db, prompt, exclude)
+    return {
+        "name": name,
+        "active": detail.active_version,
+        "split": detail.split,
+        "revision": detail.revision,
+        "versions": detail.versions,
+        "history": history,
+        "series": lines,
+        "choices": choices,
+        "default": default.label if default else None,
+        "ranges": list(data.RANGES),
+        "span": span,
+        "chart": _chart(f"{name}, last {span}", lines, policies, name, moves),
+    }
+
+
+def _chart(
+    title: str, lines: list[data.Series], policies: PolicySet, name: str, moves: list[Any]
+) -> str | None:
+    if not lines:
+        return None
+    limits: dict[str, float] = {}
+    for rule in policies.for_prompt(name).rules:
+        if rule.enabled and rule.action.value == "rollback":
+            limits.setdefault(rule.metric.value, rule.limit)
+    return charts.svg(charts.figure(title, lines, limits, moves))
+
+
+@router.post("/prompts/{name}/rollback")
+def roll_back(
+    name: str,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    notifier: NotifierDep,
+    csrf: Annotated[str, Form()] = "",
+    target: Annotated[str, Form(max_length=64)] = "",
+    expected_version: Annotated[str, Form(max_length=64)] = "",
+    reason: Annotated[str, Form(max_length=1000)] = "",
+) -> Response:
+    """Roll back through the lifecycle, as the signed-in operator; only if the version the
+    person saw is still the one serving."""
+    session = _session(request, settings)
+    if session is None:
+        return _to_sign_in()
+    if not csrf_ok(settings, session, csrf):
+        return HTMLResponse("Refused: the form's CSRF token is wrong; reload the page.", 403)
+    message = _roll_back(engine, notifier, session, name, target, expected_version, reason)
+    changed(request, name)
+    return RedirectResponse(f"/ui/prompts/{name}?message={_quote(message)}", status_code=303)
+
+
+def _roll_back(
+    engine: Engine,
+    notifier: Notifier,
+    session: DashboardSession,
+    name: str,
+    target: str,
+    expected: str,
+    reason: str,
+) -> str:
+    actor = Actor(operator=session.operator, trigger=Trigger.DASHBOARD)
+    try:
+        with write_session(engine) as db:
+            result = lifecycle.rollback(
+                db,
+                prompt=name,
+                target=target or None,
+                actor=actor,
+                notifier=notifier,
+                now=utcnow(),
+                reason=reason.strip(),
+                expected_version=expected or None,
+            )
+    except BotError as exc:
+        return f"Not rolled back: {exc.message}"
+    return f"Rolled back {result.from_version} → {result.to_version}."
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+@router.get("/incidents/{incident_id}")
+def incident_page(
+    incident_id: int, request: Request, engine: EngineDep, settings: SettingsDep
+) -> Response:
+    """An incident: its timeline, what fired, the chart around it, the post-mortem draft."""
+    session = _session(request, settings)
+    if session is None:
+        return _to_sign_in()
+    policies = policies_of(request)
+    with read_session(engine) as db:
+        incident = incident_detail(db, incident_id)
+        since = incident.opened_at - timedelta(hours=1)
+        prompt = get_prompt(db, incident.prompt)
+        lines = [
+            s
+            for s in data.series(db, prompt.id or 0, since, timedelta(minutes=1))
+            if s.version == incident.version or s.version in _restored(incident)
+        ]
+        moves = data.changes(db, prompt.id or 0, since)
+    chart = _chart(
+        f"{incident.prompt} around incident #{incident_id}", lines, policies, incident.prompt, moves
+    )
+    return _page(
+        request, settings, session, "incident.html", incident=incident, chart=chart, words=in_words
+    )
+
+
+def _restored(incident: Any) -> set[str]:
+    return {
+        step.detail.split(" → ")[1].split(" ")[0]
+        for step in incident.timeline
+        if step.what == "rolled_back" and " → " in step.detail
+    }
+
+
+@router.get("/stream")
+async def stream(request: Request, settings: SettingsDep) -> Response:
+    """Routing changes as Server-Sent Events, for the open pages (the session cookie)."""
+    if _session(request, settings) is None:
+        return Response(status_code=401)
+    feed = request.app.state.feed
+    queue = feed.subscribe()
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            yield ": connected\n\n"
+            while not await request.is_disconnected():
+                try:
+                    state = await asyncio.wait_for(queue.get(), timeout=15)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if state is None:
+                    return
+                yield f"event: routing\ndata: {state.model_dump_json()}\n\n"
+        finally:
+            feed.unsubscribe(queue)
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
+
+
+root = APIRouter(include_in_schema=False)
+
+
+@root.get("/")
+def home() -> RedirectResponse:
+    """The dashboard is the server's home page."""
+    return RedirectResponse("/ui", status_code=307)
