@@ -32,7 +32,7 @@ import httpx
 T = TypeVar("T")
 
 RESPONSE_URL_POSTS = 5  # Slack accepts 5 posts per response_url (within 30 minutes)
-_JSON_FIELDS = ("blocks", "attachments", "metadata")
+_JSON_FIELDS = ("blocks", "attachments", "metadata", "files")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ class _State:
     ephemerals: dict[str, dict[str, Any]] = field(default_factory=dict)
     opened: set[str] = field(default_factory=set)
     views: list[dict[str, Any]] = field(default_factory=list)  # modals opened, oldest first
+    # Files by id: what files.getUploadURLExternal was told, and the bytes uploaded to its URL.
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)
     response_urls: dict[str, _ResponseUrl] = field(default_factory=dict)
     faults: dict[str, deque[_Fault]] = field(default_factory=dict)
     down: str | None = None
@@ -300,6 +302,11 @@ class FakeSlack:
         with self._lock:
             return list(self._state.calls)
 
+    def uploads(self) -> dict[str, dict[str, Any]]:
+        """Files uploaded, by id: filename, declared length, alt text, the bytes."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._state.uploads.items()}
+
     def calls_to(self, method: str) -> list[Call]:
         """The calls received for one method (or "response_url")."""
         return [c for c in self.calls if c.method == method]
@@ -327,9 +334,14 @@ class FakeSlack:
                 raise KeyError(f"no message with ts {ts}")
             return dict(self._state.messages[ts])
 
-    def thread(self, ts: str) -> list[dict[str, Any]]:
-        """The thread started by `ts`: the parent, then its replies, oldest first."""
-        return [m for m in self.messages() if m["ts"] == ts or m.get("thread_ts") == ts]
+    def thread(self, ts: str, *, files: bool = False) -> list[dict[str, Any]]:
+        """The thread started by `ts`: the parent, then its replies, oldest first; file shares
+        (charts) only with `files=True`."""
+        return [
+            m
+            for m in self.messages()
+            if (m["ts"] == ts or m.get("thread_ts") == ts) and (files or "files" not in m)
+        ]
 
     def ephemerals(
         self, channel: str | None = None, user: str | None = None
@@ -456,9 +468,11 @@ def _auth_test(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _post_message(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+def _post_message(
+    fake: FakeSlack, args: dict[str, Any], *, file_share: bool = False
+) -> dict[str, Any]:
     channel = fake.channel_id(str(args.get("channel", "")))
-    if not any(args.get(k) for k in ("text", "blocks", "attachments")):
+    if not file_share and not any(args.get(k) for k in ("text", "blocks", "attachments")):
         raise _SlackError("no_text")
     ts = fake._next_ts()
     message: dict[str, Any] = {
@@ -654,7 +668,52 @@ def _conversations_list(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]
     return {"channels": page, "response_metadata": {"next_cursor": more}}
 
 
+def _upload_url(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    """files.getUploadURLExternal: a file id and a one-time URL to POST the bytes to."""
+    filename, length = str(args.get("filename") or ""), str(args.get("length") or "")
+    if not filename or not length.isdigit() or int(length) <= 0:
+        raise _SlackError("invalid_arguments")
+    file_id = f"F{len(fake._state.uploads) + 1:08d}"
+    fake._state.uploads[file_id] = {
+        "filename": filename,
+        "length": int(length),
+        "alt_txt": args.get("alt_txt"),
+        "content": None,
+    }
+    return {"upload_url": f"{fake.url}/upload/{file_id}", "file_id": file_id}
+
+
+def _complete_upload(fake: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    """files.completeUploadExternal: share the uploaded files, in a thread if thread_ts."""
+    files = args.get("files")
+    if not isinstance(files, list) or not files:
+        raise _SlackError("invalid_arguments")
+    shared = []
+    for item in files:
+        upload = fake._state.uploads.get(str(item.get("id")))
+        if upload is None or upload["content"] is None:
+            raise _SlackError("file_not_found")
+        if len(upload["content"]) != upload["length"]:
+            raise _SlackError("file_upload_size_mismatch")
+        shared.append({"id": item["id"], "title": item.get("title"), **upload})
+    channel_id = args.get("channel_id")
+    if channel_id:
+        message = _post_message(
+            fake,
+            {
+                "channel": channel_id,
+                "text": str(args.get("initial_comment") or ""),
+                "thread_ts": args.get("thread_ts"),
+            },
+            file_share=True,
+        )
+        fake._state.messages[message["ts"]]["files"] = shared
+    return {"files": [{"id": f["id"], "title": f["title"]} for f in shared]}
+
+
 _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
+    "files.getUploadURLExternal": _upload_url,
+    "files.completeUploadExternal": _complete_upload,
     "conversations.list": _conversations_list,
     "conversations.history": _history,
     "conversations.replies": _replies,
@@ -727,6 +786,22 @@ def _handler_for(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 method = url.path[len("/api/") :]
             elif url.path.startswith("/response/"):
                 method = "response_url"
+            elif url.path.startswith("/upload/"):  # where files.getUploadURLExternal sends bytes
+                with fake._lock:
+                    upload = fake._state.uploads.get(url.path.rsplit("/", 1)[-1])
+                    if upload is not None:
+                        upload["content"] = raw
+                fake._record(
+                    Call(
+                        method="upload",
+                        args={},
+                        at=time.time(),
+                        path=url.path,
+                        status=200 if upload else 404,
+                    )
+                )
+                self._send(200 if upload else 404, f"OK - {len(raw)}".encode(), "text/plain")
+                return
             else:
                 self._send(404, b"Not Found", "text/plain")
                 return

@@ -17,6 +17,7 @@ class SlackStandIn:
 
     def __init__(self) -> None:
         self.messages: dict[str, dict[str, Any]] = {}  # ts -> message (edits applied)
+        self.files: dict[str, dict[str, Any]] = {}  # file id -> title and bytes received
         self._seq = 0
         self._lock = threading.Lock()
         standin = self
@@ -26,7 +27,16 @@ class SlackStandIn:
                 pass
 
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.startswith("/upload/"):  # the bytes of a file being uploaded
+                    with standin._lock:
+                        standin.files.get(self.path.rsplit("/", 1)[-1], {})["size"] = len(data)
+                    self.send_response(200)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"OK")
+                    return
+                raw = data.decode()
                 if self.headers.get("Content-Type", "").startswith("application/json"):
                     args = json.loads(raw or "{}")
                 else:
@@ -40,6 +50,7 @@ class SlackStandIn:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/api/"
+        self.upload_url = f"http://127.0.0.1:{self._server.server_address[1]}/upload/"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def call(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +94,28 @@ class SlackStandIn:
                     edited=True,
                 )
                 return {"ok": True, "channel": found["channel"], "ts": found["ts"]}
+            if method == "files.getUploadURLExternal":
+                self._seq += 1
+                file_id = f"F{self._seq:06d}"
+                self.files[file_id] = {"title": args.get("filename"), "size": 0}
+                return {"ok": True, "file_id": file_id, "upload_url": self.upload_url + file_id}
+            if method == "files.completeUploadExternal":
+                files = args.get("files")
+                files = json.loads(files) if isinstance(files, str) else files or []
+                self._seq += 1
+                ts = f"{int(time.time())}.{self._seq:06d}"
+                shown = ", ".join(
+                    f"{f.get('title')} ({self.files.get(f['id'], {}).get('size', 0):,} bytes)"
+                    for f in files
+                )
+                self.messages[ts] = {
+                    "ts": ts,
+                    "channel": args.get("channel_id"),
+                    "text": f"[chart: {shown}]",
+                    "blocks": None,
+                    "thread_ts": args.get("thread_ts"),
+                }
+                return {"ok": True, "files": [{"id": f["id"]} for f in files]}
             return {"ok": False, "error": "unknown_method"}
 
     def close(self) -> None:

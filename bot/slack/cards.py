@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
@@ -33,6 +34,8 @@ from bot.slack.blocks import (
     text_blocks,
     to_dicts,
 )
+
+CHART_BEFORE = timedelta(hours=1)
 
 
 def card_key(incident_id: int) -> str:
@@ -172,6 +175,32 @@ def announce_change(session: Session, channel: str, entry: AuditEntry, prompt: s
         payload={"channel": channel, "text": text, "blocks": to_dicts(text_blocks(text))},
     )
     return key
+
+
+def chart_under(
+    session: Session, incident: Incident, limits: dict[str, float], reason: str, what: str
+) -> None:
+    """Queue a chart of the incident's version (and the version restored) around the change,
+    uploaded into the card's thread (files.getUploadURLExternal, the upload,
+    files.completeUploadExternal); drawn when it is sent, from the figures stored then."""
+    since = incident.opened_at - CHART_BEFORE
+    title = f"{incident.prompt} {incident.version}, {what}"
+    outbox.enqueue(
+        session,
+        key=f"{card_key(incident.id or 0)}:chart:{reason}",
+        method=outbox.CHART_UPLOAD,
+        payload={
+            "prompt_id": incident.prompt_id,
+            "since": since.isoformat(),
+            "title": title,
+            "limits": limits,
+            "filename": f"{incident.prompt}-{incident.version}-incident-{incident.id}.png",
+            "alt_txt": f"Chart of error rate, quality and p99 latency per version of "
+            f"{incident.prompt} from {since:%H:%M} UTC: {what}.",
+        },
+        parent_key=card_key(incident.id or 0),
+        incident_id=incident.id,
+    )
 
 
 def reply_under(session: Session, parent_key: str, text: str, reason: str) -> None:

@@ -101,6 +101,10 @@ class SlackNotifier:
             cards.post_or_update_card(
                 session, incident, channel, notice.kind.value, paging=sorted(oncall)
             )
+            if notice.kind == NoticeKind.INCIDENT_OPENED:
+                cards.chart_under(
+                    session, incident, self._limits(incident.prompt), "opened", "when detected"
+                )
             template = THREAD_TEXT.get(notice.kind)
             if template is not None:
                 cards.thread_reply(
@@ -128,6 +132,14 @@ class SlackNotifier:
                 more = f"\n… (whole draft: `rollback-bot incidents show {incident_id} --markdown`)"
                 draft = draft[: 3000 - len(more)] + more
             cards.reply_under(session, cards.card_key(incident_id), draft, "postmortem")
+
+    def _limits(self, prompt: str) -> dict[str, float]:
+        """The policy's automatic-rollback limits per metric, drawn on charts."""
+        limits: dict[str, float] = {}
+        for rule in self.deps.policies.for_prompt(prompt).rules:
+            if rule.enabled and rule.action == Action.ROLLBACK:
+                limits.setdefault(rule.metric.value, rule.limit)
+        return limits
 
     def _rollout(self, session: Session, notice: Notice) -> None:
         """Update the rollout's announcement and thread the stage; page when it pauses."""
@@ -166,6 +178,14 @@ class SlackNotifier:
         ended = (*CLOSING, NoticeKind.VERIFICATION_FAILED, NoticeKind.VERIFICATION_NOT_JUDGED)
         if incident is not None and notice.kind in ended:
             cards.post_or_update_card(session, incident, self.deps.channel(prompt), reason)
+            outcome = notice.kind.value.removeprefix("verification_").replace("_", " ")
+            cards.chart_under(
+                session,
+                incident,
+                self._limits(prompt),
+                f"verified:{audit_id}",
+                f"after the rollback ({outcome})",
+            )
         if notice.action == Action.PAGE:  # not recovered, apps lagging
             summary = f"*{notice.severity.value.upper()}* {notice.title}: {notice.text}"
             oncall = self.deps.oncall.members(self.deps.group(prompt))

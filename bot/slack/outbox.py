@@ -46,6 +46,8 @@ CLAIM_FOR = timedelta(seconds=15)  # renewed before each message is sent
 # Backoff after 5xx/timeouts stops growing here, so messages land within ~5 s of Slack's return.
 MAX_BACKOFF_S = 5.0
 GIVE_UP_AFTER = timedelta(hours=24)
+CHART_UPLOAD = "files.upload"  # Slack's three-step file upload of a chart (cards.chart_under)
+CHART_STEP = timedelta(minutes=1)
 POSTS = frozenset({"chat.postMessage", "dm"})  # calls that add a message (an update does not)
 # Errors about one message that no retry can fix. A refused token (`invalid_auth`, ...) is not
 # one: every message waits until a person replaces the token, then all are delivered.
@@ -265,10 +267,13 @@ class OutboxWorker:
                 not_due = row.next_attempt_at > now or (
                     row.claimed_until is not None and row.claimed_until > now
                 )
+                # A chart never holds back the messages after it (it can be slow to draw, and
+                # a card's update matters more than its picture).
+                chart = row.method == CHART_UPLOAD
                 if groups & blocked or waiting or not_due:
-                    blocked |= groups
+                    blocked |= set() if chart else groups
                     continue
-                blocked |= groups
+                blocked |= set() if chart else groups
                 if take(session, row, now=now, until=now + CLAIM_FOR):
                     if row.parent_key:
                         parent = sent[row.parent_key]
@@ -283,7 +288,7 @@ class OutboxWorker:
             for row in chosen:
                 session.expunge(row)
                 row.claimed_until = now + CLAIM_FOR  # the claim's value, to renew it by
-            return chosen
+            return sorted(chosen, key=lambda r: r.method == CHART_UPLOAD)  # charts last
 
     def _orphaned(self, session: Session, row: SlackOutbox) -> None:
         log.error(
@@ -400,6 +405,8 @@ class OutboxWorker:
                 channel=str(parent_channel), ts=str(parent_ts), **payload
             )
             return answer.get("channel"), answer.get("ts")
+        if row.method == CHART_UPLOAD:
+            return self._upload_chart(row.payload)
         if row.method == "dm":
             payload["channel"] = self._dm_channel(payload.pop("user"))
         if row.payload.get("_link_to"):
@@ -411,6 +418,28 @@ class OutboxWorker:
         if channel and not posted.is_conversation_id(payload["channel"]):
             self._channel_ids[payload["channel"]] = channel
         return channel, answer.get("ts")
+
+    def _upload_chart(self, payload: dict[str, Any]) -> tuple[str | None, str | None]:
+        """Draw the chart from the figures stored now and upload it into the card's thread
+        with slack_sdk's files_upload_v2 (getUploadURLExternal, the upload, complete)."""
+        from bot.dashboard.charts import figure, png
+        from bot.dashboard.data import changes, series
+
+        since = datetime.fromisoformat(str(payload["since"]))
+        with read_session(self.engine) as session:
+            lines = series(session, int(payload["prompt_id"]), since, CHART_STEP)
+            moves = changes(session, int(payload["prompt_id"]), since)
+        image = png(figure(str(payload["title"]), lines, dict(payload["limits"]), moves))
+        answer = self.client.files_upload_v2(
+            content=image,
+            filename=str(payload["filename"]),
+            title=str(payload["title"]),
+            alt_txt=str(payload["alt_txt"])[:1000],
+            channel=str(payload["_parent_channel"]),
+            thread_ts=str(payload["_parent_ts"]),
+        )
+        files = answer.get("files") or [{}]
+        return str(payload["_parent_channel"]), str(files[0].get("id") or "")
 
     def _with_permalink(self, payload: dict[str, Any], key: str) -> dict[str, Any]:
         """`payload` with the permalink of the message `key` (sent before it: same incident)
