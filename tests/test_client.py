@@ -202,3 +202,13 @@ def test_recorded_outcomes_reach_the_bot(server: Server) -> None:
         check=True,
     ).stdout
     assert '"requests": 120' in out
+
+
+def test_close_is_prompt_and_lets_the_server_go(server: Server) -> None:
+    client = PromptClient(server.base, API_TOKEN, prompts=["customer-support"])
+    _connected(client)
+    started = time.monotonic()
+    client.close()
+    took = time.monotonic() - started
+    assert took < 0.5, took  # was 2 s: the stream thread's read was never woken
+    assert not any(t.is_alive() for t in client._threads)

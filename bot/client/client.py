@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
+import socket
 import threading
 import time
 import uuid
@@ -170,10 +172,22 @@ class PromptClient:
         self._stop.set()
         self._flush()
         if self._response is not None:
-            self._response.close()  # unblocks the stream thread's read
+            self._hang_up(self._response)
+            self._response.close()
         self._http.close()
         for thread in self._threads:
             thread.join(timeout=2)
+
+    @staticmethod
+    def _hang_up(response: httpx.Response) -> None:
+        """Shut the stream's socket down: the stream thread's blocked read returns at once
+        (closing the response from another thread does not wake it), and the server sees the
+        client go instead of holding the stream open."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> PromptClient:
         return self
