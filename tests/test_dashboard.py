@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from bot import registry
 from bot.api.app import create_app
 from bot.config import Settings
 from bot.db import read_session
@@ -70,7 +71,7 @@ def test_a_rollback_from_the_dashboard_happens_once_and_names_the_person(
     first = client.post("/ui/prompts/customer-support/rollback", data=form)
     assert first.status_code == 200 and "Rolled back v2.0.0 → v1.9.0." in first.text
     again = client.post("/ui/prompts/customer-support/rollback", data=form)
-    assert "Not rolled back:" in again.text  # a double submit: the state changed meanwhile
+    assert "Not done:" in again.text  # a double submit: the state changed meanwhile
     [rollback] = _rollbacks(engine)
     assert (rollback.operator, rollback.trigger.value, rollback.reason) == (
         "api",
@@ -216,3 +217,40 @@ def test_in_a_real_browser(browser: object, settings: Settings, engine: Engine) 
         _wait(d, lambda: "/ui/sign-in" in d.current_url)  # type: ignore[attr-defined]
         d.get(f"{base}/ui/prompts/billing")  # type: ignore[attr-defined]
         assert "/ui/sign-in" in d.current_url  # type: ignore[attr-defined]
+
+
+def test_deploy_canary_and_rollout_buttons_go_through_the_lifecycle(
+    client: TestClient, engine: Engine
+) -> None:
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"), deploy=("v1.9.0",))
+    csrf = _signed_in(client)
+    base = "/ui/prompts/customer-support"
+    page = client.get(base).text
+    assert 'action="/ui/prompts/customer-support/deploy"' in page
+    started = client.post(
+        f"{base}/rollouts", data={"csrf": csrf, "kind": "canary", "version": "v2.0.0"}
+    )
+    assert "Started:" in started.text and 'id="rollout"' in started.text
+    rollout_id = re.search(r"/rollouts/(\d+)/abort", started.text).group(1)  # type: ignore[union-attr]
+    forged = client.post(f"{base}/rollouts/{rollout_id}/abort", data={"csrf": "x"})
+    assert forged.status_code == 403
+    aborted = client.post(f"{base}/rollouts/{rollout_id}/abort", data={"csrf": csrf})
+    assert "Aborted:" in aborted.text
+    again = client.post(f"{base}/rollouts/{rollout_id}/abort", data={"csrf": csrf})
+    assert "Not done:" in again.text  # already ended: nothing changes twice
+    refused = client.post(f"{base}/deploy", data={"csrf": csrf, "version": "v2.0.0"})
+    assert "Not done: v2.0.0 is marked bad" in refused.text  # the aborted canary marked it
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    new = {"version": "v2.1.0", "template": "t"}
+    assert client.post("/api/prompts/customer-support/versions", json=new, headers=auth).is_success
+    deployed = client.post(
+        f"{base}/deploy", data={"csrf": csrf, "version": "v2.1.0", "reason": "fixed wording"}
+    )
+    assert "Deployed v2.1.0 (was v1.9.0)." in deployed.text
+    with read_session(engine) as session:
+        history = registry.history(session=session, name="customer-support")
+    assert (history[0].kind.value, history[0].operator, history[0].trigger.value) == (
+        "deploy",
+        "api",
+        "dashboard",
+    )

@@ -83,18 +83,16 @@ def abort_rollout(state: CliState, rollout_id: int, operator: str, as_json: bool
 def _end(
     state: CliState, rollout_id: int, operator: str, as_json: bool, *, finishing: bool
 ) -> None:
-    end = rollouts.finish if finishing else rollouts.abort
     verb = "finished" if finishing else "aborted"
     with write_session(state.engine()) as session:
-        rollout = rollouts.get_rollout(session, rollout_id)
-        end(
-            session=session,
-            rollout=rollout,
+        rollout = lifecycle.end_rollout(
+            session,
+            rollout_id=rollout_id,
+            finishing=finishing,
             actor=_actor(operator),
+            notifier=state.notifier(),
             now=utcnow(),
-            note=f"{verb} by {operator} via the CLI",
         )
-        lifecycle.after_latest(session, rollout.prompt, state.notifier())
         public, text = _public(rollout), rollouts.describe(rollout)
     if as_json:
         emit_json(public)

@@ -132,6 +132,31 @@ def split(
     return result
 
 
+def end_rollout(
+    session: Session,
+    *,
+    rollout_id: int,
+    finishing: bool,
+    actor: Actor,
+    notifier: Notifier,
+    now: datetime,
+) -> Rollout:
+    """Finish a rollout now (all traffic to its target) or abort it, for any surface, then
+    bring the prompt's incidents and cards in line."""
+    rollout = rollouts.get_rollout(session, rollout_id)
+    end = rollouts.finish if finishing else rollouts.abort
+    verb = "finished" if finishing else "aborted"
+    end(
+        session=session,
+        rollout=rollout,
+        actor=actor,
+        now=now,
+        note=f"{verb} {people.by(actor.operator, actor.trigger)}",
+    )
+    after_latest(session, rollout.prompt, notifier)
+    return rollout
+
+
 def start_rollout(
     session: Session,
     *,

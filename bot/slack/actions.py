@@ -229,11 +229,14 @@ def on_rollout(deps: SlackDeps, body: dict[str, Any], respond: Respond) -> None:
     deps.authorize(user, prompt)
     actor = Actor(operator=user, trigger=Trigger.SLACK)
     with write_session(deps.engine) as session:
-        rollout = rollouts.get_rollout(session, rollout_id)
-        end = rollouts.finish if finishing else rollouts.abort
-        note = f"finished now by <@{user}>" if finishing else f"aborted by <@{user}>"
-        end(session=session, rollout=rollout, actor=actor, now=utcnow(), note=note)
-        lifecycle.after_latest(session, prompt, SlackNotifier(deps))
+        rollout = lifecycle.end_rollout(
+            session,
+            rollout_id=rollout_id,
+            finishing=finishing,
+            actor=actor,
+            notifier=SlackNotifier(deps),
+            now=utcnow(),
+        )
         key = cards.post_or_update_rollout(
             session, rollout, deps.channel(prompt), rollout.status.value
         )

@@ -4,15 +4,16 @@ action, a rollback, through the same lifecycle as every other surface."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from bot import registry
 from bot.api.deps import EngineDep, NotifierDep, SettingsDep
@@ -33,11 +34,12 @@ from bot.db import read_session, write_session
 from bot.errors import BotError
 from bot.incidents import lifecycle
 from bot.incidents.queries import incident_detail
-from bot.models import Trigger, utcnow
+from bot.models import RolloutKind, Trigger, utcnow
 from bot.notify import Notifier
 from bot.policy import PolicySet
 from bot.registry.changes import Actor
 from bot.registry.lookup import get_prompt, previous_known_good, rollback_choices
+from bot.rollouts import stages as rollouts
 from bot.slack.blocks import in_words
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -161,6 +163,8 @@ def _prompt_context(engine: Engine, policies: PolicySet, name: str, span: str) -
         exclude = [detail.active_version] if detail.active_version else []
         choices = rollback_choices(db, prompt, exclude)
         default = previous_known_good(db, prompt, exclude)
+        rollout = rollouts.active_rollout(db, prompt.id or 0)
+        rollout_text = rollouts.describe(rollout) if rollout else None
     return {
         "name": name,
         "active": detail.active_version,
@@ -170,6 +174,13 @@ def _prompt_context(engine: Engine, policies: PolicySet, name: str, span: str) -
         "history": history,
         "series": lines,
         "choices": choices,
+        "rollout": rollout,
+        "rollout_text": rollout_text,
+        "deployable": [
+            v.version
+            for v in detail.versions
+            if v.version != detail.active_version and v.health.value != "bad"
+        ],
         "default": default.label if default else None,
         "ranges": list(data.RANGES),
         "span": span,
@@ -189,6 +200,35 @@ def _chart(
     return charts.svg(charts.figure(title, lines, limits, moves))
 
 
+Change = Callable[[Session, Actor, Notifier], str]
+
+
+def _act(
+    request: Request,
+    settings: Settings,
+    engine: Engine,
+    notifier: Notifier,
+    name: str,
+    csrf: str,
+    change: Change,
+) -> Response:
+    """Run one change as the signed-in operator (trigger `dashboard`), in one transaction,
+    then show the prompt's page saying what happened; a refused change changes nothing."""
+    session = _session(request, settings)
+    if session is None:
+        return _to_sign_in()
+    if not csrf_ok(settings, session, csrf):
+        return HTMLResponse("Refused: the form's CSRF token is wrong; reload the page.", 403)
+    actor = Actor(operator=session.operator, trigger=Trigger.DASHBOARD)
+    try:
+        with write_session(engine) as db:
+            message = change(db, actor, notifier)
+    except BotError as exc:
+        message = f"Not done: {exc.message}"
+    changed(request, name)
+    return RedirectResponse(f"/ui/prompts/{name}?message={_quote(message)}", status_code=303)
+
+
 @router.post("/prompts/{name}/rollback")
 def roll_back(
     name: str,
@@ -201,43 +241,109 @@ def roll_back(
     expected_version: Annotated[str, Form(max_length=64)] = "",
     reason: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
-    """Roll back through the lifecycle, as the signed-in operator; only if the version the
-    person saw is still the one serving."""
-    session = _session(request, settings)
-    if session is None:
-        return _to_sign_in()
-    if not csrf_ok(settings, session, csrf):
-        return HTMLResponse("Refused: the form's CSRF token is wrong; reload the page.", 403)
-    message = _roll_back(engine, notifier, session, name, target, expected_version, reason)
-    changed(request, name)
-    return RedirectResponse(f"/ui/prompts/{name}?message={_quote(message)}", status_code=303)
+    """Roll back through the lifecycle, only if the version the person saw still serves."""
+
+    def change(db: Session, actor: Actor, notifier: Notifier) -> str:
+        result = lifecycle.rollback(
+            db,
+            prompt=name,
+            target=target or None,
+            actor=actor,
+            notifier=notifier,
+            now=utcnow(),
+            reason=reason.strip(),
+            expected_version=expected_version or None,
+        )
+        return f"Rolled back {result.from_version} → {result.to_version}."
+
+    return _act(request, settings, engine, notifier, name, csrf, change)
 
 
-def _roll_back(
-    engine: Engine,
-    notifier: Notifier,
-    session: DashboardSession,
+@router.post("/prompts/{name}/deploy")
+def deploy(
     name: str,
-    target: str,
-    expected: str,
-    reason: str,
-) -> str:
-    actor = Actor(operator=session.operator, trigger=Trigger.DASHBOARD)
-    try:
-        with write_session(engine) as db:
-            result = lifecycle.rollback(
-                db,
-                prompt=name,
-                target=target or None,
-                actor=actor,
-                notifier=notifier,
-                now=utcnow(),
-                reason=reason.strip(),
-                expected_version=expected or None,
-            )
-    except BotError as exc:
-        return f"Not rolled back: {exc.message}"
-    return f"Rolled back {result.from_version} → {result.to_version}."
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    notifier: NotifierDep,
+    csrf: Annotated[str, Form()] = "",
+    version: Annotated[str, Form(max_length=64)] = "",
+    reason: Annotated[str, Form(max_length=1000)] = "",
+) -> Response:
+    """Put a registered version live, all traffic at once."""
+
+    def change(db: Session, actor: Actor, notifier: Notifier) -> str:
+        result = lifecycle.deploy(
+            db,
+            prompt=name,
+            version=version,
+            actor=actor,
+            notifier=notifier,
+            now=utcnow(),
+            reason=reason.strip(),
+        )
+        return f"Deployed {result.to_version} (was {result.from_version or 'nothing'})."
+
+    return _act(request, settings, engine, notifier, name, csrf, change)
+
+
+@router.post("/prompts/{name}/rollouts")
+def start_rollout(
+    name: str,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    notifier: NotifierDep,
+    csrf: Annotated[str, Form()] = "",
+    kind: Annotated[RolloutKind, Form()] = RolloutKind.CANARY,
+    version: Annotated[str, Form(max_length=64)] = "",
+    reason: Annotated[str, Form(max_length=1000)] = "",
+) -> Response:
+    """A canary of a new version, or a gradual rollback, its first stage at once."""
+    stage = policies_of(request).for_prompt(name).settings.rollout_stage(kind.value)
+
+    def change(db: Session, actor: Actor, notifier: Notifier) -> str:
+        rollout = lifecycle.start_rollout(
+            db,
+            prompt=name,
+            kind=kind,
+            version=version or None,
+            actor=actor,
+            stage_seconds=stage.total_seconds(),
+            notifier=notifier,
+            now=utcnow(),
+            reason=reason.strip(),
+        )
+        return f"Started: {rollouts.describe(rollout)}."
+
+    return _act(request, settings, engine, notifier, name, csrf, change)
+
+
+@router.post("/prompts/{name}/rollouts/{rollout_id}/{verb}")
+def end_rollout(
+    name: str,
+    rollout_id: int,
+    verb: Literal["finish", "abort"],
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    notifier: NotifierDep,
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    """Finish a rollout now, or abort it."""
+
+    def change(db: Session, actor: Actor, notifier: Notifier) -> str:
+        rollout = lifecycle.end_rollout(
+            db,
+            rollout_id=rollout_id,
+            finishing=verb == "finish",
+            actor=actor,
+            notifier=notifier,
+            now=utcnow(),
+        )
+        return f"{'Finished' if verb == 'finish' else 'Aborted'}: {rollouts.describe(rollout)}."
+
+    return _act(request, settings, engine, notifier, name, csrf, change)
 
 
 def _quote(text: str) -> str:

@@ -85,19 +85,15 @@ def abort_rollout(
 def _end(
     rollout_id: int, request: Request, engine: Engine, actor: Actor, *, finishing: bool
 ) -> RolloutPublic:
-    notifier = request.app.state.notifier
-    end = rollouts.finish if finishing else rollouts.abort
     with write_session(engine) as session:
-        rollout = rollouts.get_rollout(session, rollout_id)
-        verb = "finished" if finishing else "aborted"
-        end(
-            session=session,
-            rollout=rollout,
+        rollout = lifecycle.end_rollout(
+            session,
+            rollout_id=rollout_id,
+            finishing=finishing,
             actor=actor,
+            notifier=request.app.state.notifier,
             now=utcnow(),
-            note=f"{verb} by {actor.operator}",
         )
-        lifecycle.after_latest(session, rollout.prompt, notifier)
         public = _public(rollout)
     changed(request, public.prompt)
     return public
