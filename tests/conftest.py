@@ -160,3 +160,13 @@ def roll_back(engine: Engine, name: str = "customer-support") -> None:
             reason="by hand",
             dedup_window=timedelta(0),
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _charts_ready() -> None:
+    """Draw one chart before any test: the first import of matplotlib in a fresh environment
+    compiles it and builds its font cache (many seconds), which would otherwise land inside
+    whichever timed test first uploads a chart to Slack."""
+    from bot.dashboard.charts import figure, png
+
+    png(figure("warm-up", [], {}, []))

@@ -80,7 +80,10 @@ def test_sticky_split_assignments_match_resolve(base: str) -> None:
             )
             assert details.reason == "SPLIT"
             seen[user] = details.value
-            assert seen[user] == bot.get("/api/prompts/cs/resolve", params={"key": user}).json()["version"]
+            assert (
+                seen[user]
+                == bot.get("/api/prompts/cs/resolve", params={"key": user}).json()["version"]
+            )
     assert set(seen.values()) == {"v1", "v2"}
     # Without a targeting key a split cannot be sticky: the provider is told so.
     missing = flags.get_string_details("cs", "fallback", EvaluationContext())
@@ -142,7 +145,8 @@ def test_the_node_provider_agrees(base: str) -> None:
         bot.put("/api/prompts/cs/split", json={"split": {"v1": 50, "v2": 50}})
         users = [f"user-{i}" for i in range(20)]
         expected = {
-            u: bot.get("/api/prompts/cs/resolve", params={"key": u}).json()["version"] for u in users
+            u: bot.get("/api/prompts/cs/resolve", params={"key": u}).json()["version"]
+            for u in users
         }
     done = subprocess.run(
         ["node", "evaluate.mjs", base, API_TOKEN, *users],
