@@ -101,7 +101,7 @@ class SlackNotifier:
             cards.post_or_update_card(
                 session, incident, channel, notice.kind.value, paging=sorted(oncall)
             )
-            if notice.kind == NoticeKind.INCIDENT_OPENED:
+            if notice.kind == NoticeKind.INCIDENT_OPENED and self.deps.settings.slack_charts:
                 cards.chart_under(
                     session, incident, self._limits(incident.prompt), "opened", "when detected"
                 )
@@ -178,6 +178,7 @@ class SlackNotifier:
         ended = (*CLOSING, NoticeKind.VERIFICATION_FAILED, NoticeKind.VERIFICATION_NOT_JUDGED)
         if incident is not None and notice.kind in ended:
             cards.post_or_update_card(session, incident, self.deps.channel(prompt), reason)
+        if incident is not None and notice.kind in ended and self.deps.settings.slack_charts:
             outcome = notice.kind.value.removeprefix("verification_").replace("_", " ")
             cards.chart_under(
                 session,

@@ -124,6 +124,7 @@ class OutboxWorker:
         self.loop = Loop("slack-outbox", poll_seconds)
         self._dm_channels: dict[str, str] = {}
         self._channel_ids: dict[str, str] = {}  # "#name" -> id, from posts' answers
+        self._images: dict[str, bytes] = {}  # charts drawn, by row, for their upload
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -306,6 +307,8 @@ class OutboxWorker:
 
     def _deliver(self, row: SlackOutbox) -> bool:
         """Send one row; False when Slack looks down (no answer, 5xx, 429, refused token)."""
+        if row.method == CHART_UPLOAD and not self._drawn(row):
+            return True  # given up: a chart that cannot be drawn never holds the outbox
         stage = "lookup"
         try:
             in_doubt = row.in_doubt_since is not None and row.method in POSTS
@@ -406,7 +409,7 @@ class OutboxWorker:
             )
             return answer.get("channel"), answer.get("ts")
         if row.method == CHART_UPLOAD:
-            return self._upload_chart(row.payload)
+            return self._upload_chart(row)
         if row.method == "dm":
             payload["channel"] = self._dm_channel(payload.pop("user"))
         if row.payload.get("_link_to"):
@@ -419,17 +422,32 @@ class OutboxWorker:
             self._channel_ids[payload["channel"]] = channel
         return channel, answer.get("ts")
 
-    def _upload_chart(self, payload: dict[str, Any]) -> tuple[str | None, str | None]:
-        """Draw the chart from the figures stored now and upload it into the card's thread
-        with slack_sdk's files_upload_v2 (getUploadURLExternal, the upload, complete)."""
+    def _drawn(self, row: SlackOutbox) -> bool:
+        """Draw the row's chart (kept for the upload); a chart that cannot be drawn is given
+        up at once with the reason logged, never retried."""
         from bot.dashboard.charts import figure, png
         from bot.dashboard.data import changes, series
 
-        since = datetime.fromisoformat(str(payload["since"]))
-        with read_session(self.engine) as session:
-            lines = series(session, int(payload["prompt_id"]), since, CHART_STEP)
-            moves = changes(session, int(payload["prompt_id"]), since)
-        image = png(figure(str(payload["title"]), lines, dict(payload["limits"]), moves))
+        payload = row.payload
+        try:
+            since = datetime.fromisoformat(str(payload["since"]))
+            with read_session(self.engine) as session:
+                lines = series(session, int(payload["prompt_id"]), since, CHART_STEP)
+                moves = changes(session, int(payload["prompt_id"]), since)
+            self._images[row.dedupe_key] = png(
+                figure(str(payload["title"]), lines, dict(payload["limits"]), moves)
+            )
+            return True
+        except Exception as exc:  # a drawing bug must not stop Slack delivery
+            log.exception("chart %s not drawn", row.dedupe_key)
+            self._give_up(row, f"chart not drawn: {exc.__class__.__name__}: {exc}")
+            return False
+
+    def _upload_chart(self, row: SlackOutbox) -> tuple[str | None, str | None]:
+        """Upload the drawn chart into the card's thread with slack_sdk's files_upload_v2
+        (getUploadURLExternal, the upload, completeUploadExternal)."""
+        payload = row.payload
+        image = self._images.pop(row.dedupe_key)
         answer = self.client.files_upload_v2(
             content=image,
             filename=str(payload["filename"]),
