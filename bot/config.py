@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         "json"
     )
     # Charts of an incident's figures uploaded into its Slack thread (needs files:write).
-    slack_charts: bool = True
+    slack_charts: bool = False
     # OTLP trace exports (POST /v1/traces): the span attributes naming the prompt, its version
     # and a quality score (0..1) (docs/opentelemetry.md).
     otlp_prompt_attribute: str = Field(default="gen_ai.prompt.name", min_length=1)

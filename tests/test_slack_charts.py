@@ -30,7 +30,7 @@ def _wait(probe, timeout: float = 20):  # type: ignore[no-untyped-def]
 def test_an_opened_incident_gets_a_chart_in_its_thread(
     engine: Engine, db_url: str, outage: bool
 ) -> None:
-    with running(engine, db_url) as harness:
+    with running(engine, db_url, slack_charts="true") as harness:
         fake = harness.fake
         if outage:  # the upload's first step fails twice: retried, not lost
             fake.fail_next("files.getUploadURLExternal", count=2, status=503)

@@ -88,6 +88,7 @@ def run_demo(echo: Callable[[str], None] = print) -> bool:
         slack_api_url=standin.base_url,
         slack_oncall_users="U0ONCALL",
         rollback_check_interval=2.0,
+        slack_charts=True,
         verify_poll_seconds=0.5,
         rollback_policy_dir=str(policy_dir),
     )
