@@ -62,7 +62,6 @@ class Row:
 def overview(session: Session, policies: PolicySet, now: datetime) -> list[Row]:
     """Every prompt: routing, the last 5 minutes' figures of its live versions, its incident."""
     rows: dict[int, Row] = {}
-    labels: dict[int, str] = {}
     routing = session.execute(
         rows_of(
             col(Prompt.id),
@@ -100,7 +99,6 @@ def overview(session: Session, policies: PolicySet, now: datetime) -> list[Row]:
         if row is not None and serving:
             row.requests += int(requests or 0)
             row.errors += int(errors or 0)
-        labels[prompt_id] = label
     incidents = session.exec(
         select(Incident).where(col(Incident.status).in_(ACTIVE)).order_by(col(Incident.id))
     ).all()

@@ -372,6 +372,15 @@ class EffectivePolicy(_Strict):
     prometheus: PrometheusConfig | None
 
 
+def rollback_limits(policy: EffectivePolicy) -> dict[str, float]:
+    """Each metric's automatic-rollback threshold (the first enabled rule), for charts."""
+    limits: dict[str, float] = {}
+    for rule in policy.rules:
+        if rule.enabled and rule.action == Action.ROLLBACK:
+            limits.setdefault(rule.metric.value, rule.limit)
+    return limits
+
+
 class PolicySet(_Strict):
     """All loaded policies: defaults, rules, and per-prompt overrides."""
 

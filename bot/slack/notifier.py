@@ -9,6 +9,7 @@ from bot.db import write_session
 from bot.incidents.postmortem import postmortem
 from bot.models import Action, AuditEntry, Incident, IncidentStatus, Rollout, utcnow
 from bot.notify import Notice, NoticeKind
+from bot.policy.schema import rollback_limits
 from bot.slack import cards, outbox
 from bot.slack.blocks import text_blocks, to_dicts
 from bot.slack.deps import SlackDeps
@@ -135,11 +136,7 @@ class SlackNotifier:
 
     def _limits(self, prompt: str) -> dict[str, float]:
         """The policy's automatic-rollback limits per metric, drawn on charts."""
-        limits: dict[str, float] = {}
-        for rule in self.deps.policies.for_prompt(prompt).rules:
-            if rule.enabled and rule.action == Action.ROLLBACK:
-                limits.setdefault(rule.metric.value, rule.limit)
-        return limits
+        return rollback_limits(self.deps.policies.for_prompt(prompt))
 
     def _rollout(self, session: Session, notice: Notice) -> None:
         """Update the rollout's announcement and thread the stage; page when it pauses."""

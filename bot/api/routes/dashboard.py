@@ -34,9 +34,10 @@ from bot.db import read_session, write_session
 from bot.errors import BotError
 from bot.incidents import lifecycle
 from bot.incidents.queries import incident_detail
-from bot.models import RolloutKind, Trigger, utcnow
+from bot.models import AuditEntry, RolloutKind, Trigger, utcnow
 from bot.notify import Notifier
 from bot.policy import PolicySet
+from bot.policy.schema import rollback_limits
 from bot.registry.changes import Actor
 from bot.registry.lookup import get_prompt, previous_known_good, rollback_choices
 from bot.rollouts import stages as rollouts
@@ -193,10 +194,7 @@ def _chart(
 ) -> str | None:
     if not lines:
         return None
-    limits: dict[str, float] = {}
-    for rule in policies.for_prompt(name).rules:
-        if rule.enabled and rule.action.value == "rollback":
-            limits.setdefault(rule.metric.value, rule.limit)
+    limits = rollback_limits(policies.for_prompt(name))
     return charts.svg(charts.figure(title, lines, limits, moves))
 
 
@@ -368,7 +366,7 @@ def incident_page(
         lines = [
             s
             for s in data.series(db, prompt.id or 0, since, timedelta(minutes=1))
-            if s.version == incident.version or s.version in _restored(incident)
+            if s.version in (incident.version, _restored(db, incident.rollback_audit_id))
         ]
         moves = data.changes(db, prompt.id or 0, since)
     chart = _chart(
@@ -379,12 +377,10 @@ def incident_page(
     )
 
 
-def _restored(incident: Any) -> set[str]:
-    return {
-        step.detail.split(" → ")[1].split(" ")[0]
-        for step in incident.timeline
-        if step.what == "rolled_back" and " → " in step.detail
-    }
+def _restored(db: Session, audit_id: int | None) -> str | None:
+    """The version the incident's rollback put back, if it was rolled back."""
+    entry = db.get(AuditEntry, audit_id) if audit_id is not None else None
+    return entry.to_version if entry is not None else None
 
 
 @router.get("/stream")
