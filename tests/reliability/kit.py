@@ -323,6 +323,25 @@ class Ledger:
         return sum(fragment in text for where, _, text in self.posted if where == channel)
 
 
+def assert_checks_told(found: Ledger, checks: int) -> list[str]:
+    """Every verification check told once, in order, in #incidents, and the last always.
+
+    One exception, by design (bot/verification/verifier.py): a check that again finds too
+    little traffic is not repeated, so a check may be missing only right after a "waiting
+    for traffic" one. Returns the check lines told, in order.
+    """
+    told: list[str] = []
+    for number in range(1, checks + 1):
+        lines = [t for c, _, t in found.posted if c == "C1" and f"Check {number}/{checks}:" in t]
+        assert len(lines) <= 1, (number, found.texts())
+        if lines:
+            told.extend(lines)
+        else:
+            assert number < checks, ("the last check is always told", found.texts())
+            assert told and "waiting for traffic" in told[-1], (number, found.texts())
+    return told
+
+
 def ledger(engine: Engine, slack: FakeSlack, prompt: str = PROMPT) -> Ledger:
     with read_session(engine) as session:
         row = session.exec(select(Prompt).where(Prompt.name == prompt)).one()

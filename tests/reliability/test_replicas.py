@@ -25,6 +25,7 @@ from tests.reliability.kit import (
     FAST_POLICY,
     Bot,
     Ledger,
+    assert_checks_told,
     assert_consistent,
     events,
     ledger,
@@ -86,8 +87,7 @@ def test_alerted_once_rolled_back_once_verified_once_across_a_leader_sigkill(
     assert len(found.incidents) == 1
     assert len([p for p in found.posted if p[0] == "C1" and p[1] is None]) == 1, "one card"
     assert found.count("Rolled back v2.0.0 → v1.9.0 automatically") == 1
-    for number in range(1, CHECKS + 1):
-        assert found.count(f"Check {number}/{CHECKS}:") == 1, (number, found.texts())
+    assert_checks_told(found, CHECKS)
     assert found.verifications[0].checks_done == CHECKS
     assert takeover_s < LEASE_S + 1.5
     record(

@@ -17,6 +17,7 @@ from tests.conftest import PG_ONLY
 from tests.reliability.kit import (
     Bot,
     Ledger,
+    assert_checks_told,
     assert_consistent,
     events,
     ledger,
@@ -43,9 +44,7 @@ def _assert_story(found: Ledger, slack: FakeSlack) -> None:
     thread = [p for p in found.posted if p[0] == "C1" and p[1] is not None]
     assert {ts for _, ts, _ in thread} == {card["ts"]}, "every reply under the card"
     texts = [text for _, _, text in thread]
-    expected = ["Rolled back v2.0.0 → v1.9.0 automatically"] + [
-        f"Check {n}/{CHECKS}:" for n in range(1, CHECKS + 1)
-    ]
+    expected = ["Rolled back v2.0.0 → v1.9.0 automatically", *assert_checks_told(found, CHECKS)]
     positions = [next(i for i, t in enumerate(texts) if fragment in t) for fragment in expected]
     assert positions == sorted(positions), texts
     for fragment in expected:
