@@ -1,54 +1,87 @@
-"""Schema migrations (Alembic): upgrade to head, and check that a database is current."""
+"""Schema migrations (Alembic): upgrade to head, and check that a database is current.
+
+Checking is cheap: the revisions this release ships are read from the `revision = ...` lines of
+the files in migrations/versions, and the database's from its `alembic_version` table, so the
+commands that only read (and `/healthz`) never import Alembic; only an upgrade does.
+"""
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 
 from bot.db import translate_db_errors
 from bot.errors import DatabaseUnavailable, SchemaOutOfDate, SchemaTooNew
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 # A migration waits at most this long for a table lock (PostgreSQL). Beside serving replicas,
 # an ALTER queued behind a long query would otherwise block every later query on that table.
 LOCK_TIMEOUT_S = 5
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version"  # Alembic's default, which migrations/env.py keeps
+
+_REVISION_LINE = re.compile(
+    r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(?:['\"]([^'\"]+)['\"]|None)\s*$", re.M
+)
 
 
 def alembic_config() -> Config:
     """An Alembic config pointing at the bundled migrations (no alembic.ini needed)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
 
 
+@cache
+def shipped_revisions() -> dict[str, str | None]:
+    """Each migration this release ships → the one it revises (None for the first), read
+    from the `revision` and `down_revision` lines of migrations/versions/*.py (Alembic's
+    own reading of the same files is what `upgrade` uses; a test keeps the two in step)."""
+    revisions: dict[str, str | None] = {}
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        found = {name: value or None for name, value in _REVISION_LINE.findall(path.read_text())}
+        revision = found.get("revision")
+        if revision is None:
+            raise RuntimeError(f"{path.name}: no `revision = '...'` line")
+        revisions[revision] = found.get("down_revision")
+    return revisions
+
+
 def head_revision() -> str:
-    """The newest migration this release ships."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+    """The newest migration this release ships (the one no other revises)."""
+    revisions = shipped_revisions()
+    heads = set(revisions) - {down for down in revisions.values() if down is not None}
+    if len(heads) != 1:
+        raise RuntimeError(f"the bundled migrations have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop()
 
 
 def current_revision(engine: Engine) -> str | None:
     """The migration the database is at, or None for an empty database."""
     with translate_db_errors(), engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(rows) > 1:
+        raise SchemaOutOfDate(
+            f"the database records {len(rows)} schema revisions ({', '.join(sorted(rows))}); "
+            "this release has one line of migrations and cannot use it safely"
+        )
+    return rows[0] if rows else None
 
 
 def known(revision: str | None) -> bool:
     """Whether this release ships `revision` (None: an empty database)."""
-    if revision is None:
-        return True
-    try:
-        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
-    except CommandError:
-        return False
+    return revision is None or revision in shipped_revisions()
 
 
 def refuse_newer(revision: str | None) -> None:
@@ -65,6 +98,8 @@ def upgrade(
     engine: Engine, revision: str = "head", *, lock_timeout_s: float = LOCK_TIMEOUT_S
 ) -> None:
     """Bring the database's schema up to `revision`; all or nothing."""
+    from alembic import command
+
     refuse_newer(current_revision(engine))
     config = alembic_config()
     try:
