@@ -122,11 +122,11 @@ def main() -> None:
                 )
                 if count == 10:
                     with read_session(engine) as session:
-                        lines = data.series(
+                        found = data.chart_data(
                             session, 1, utcnow() - timedelta(hours=1), timedelta(minutes=1)
                         )
-                    svg_ms = _median(lambda ls=lines: charts.svg(charts.figure("p", ls, {}, [])))
-                    png_ms = _median(lambda ls=lines: charts.png(charts.figure("p", ls, {}, [])))
+                    svg_ms = _median(lambda c=found: charts.svg(charts.figure("p", c, {})))
+                    png_ms = _median(lambda c=found: charts.png(charts.figure("p", c, {})))
                     full = _median(lambda c=client: c.get("/ui/prompts/p0000"))
                     print(
                         f"chart of 2 versions x 60 points: SVG {svg_ms:.0f} ms, PNG "

@@ -168,5 +168,6 @@ def _charts_ready() -> None:
     compiles it and builds its font cache (many seconds), which would otherwise land inside
     whichever timed test first uploads a chart to Slack."""
     from bot.dashboard.charts import figure, png
+    from bot.dashboard.data import ChartData
 
-    png(figure("warm-up", [], {}, []))
+    png(figure("warm-up", ChartData([], [], []), {}))

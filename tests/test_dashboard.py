@@ -145,7 +145,6 @@ def test_in_a_real_browser(browser: object, settings: Settings, engine: Engine) 
     traffic(engine, version="v2.0.0", n=1000, errors=80, at=clock.now)
     clock.advance(minutes=2)
     checker, _ = make_checker(engine, clock)
-    assert len(checker.tick().rollbacks) == 1  # an incident to look at
     with read_session(engine) as session:
         stored = int(session.execute(select(metric_bucket.c.requests)).scalar_one())
     with serving(create_app(settings, engine)) as base:
@@ -159,7 +158,21 @@ def test_in_a_real_browser(browser: object, settings: Settings, engine: Engine) 
             for r in d.find_elements(By.CSS_SELECTOR, "#prompts tbody tr")
         }  # type: ignore[attr-defined]
         assert set(rows) == {"billing", "customer-support"}
-        assert rows["customer-support"].find_element(By.CLASS_NAME, "serving").text == "v1.9.0"
+        row = rows["customer-support"]
+        assert row.find_element(By.CLASS_NAME, "serving").text == "v2.0.0"
+        assert row.find_element(By.CLASS_NAME, "error-rate").text == "8.0%"
+        assert row.find_element(By.CLASS_NAME, "verdict").text == "no open incident"
+
+        # Live: the checker rolls v2.0.0 back; the open overview shows the incident and the
+        # restored version without a reload (routing pushed at once, the row within seconds).
+        assert len(checker.tick().rollbacks) == 1
+        verdict = row.find_element(By.CLASS_NAME, "verdict")
+        _wait(d, lambda: verdict.text.startswith("critical incident on v2.0.0 (rolled back"))
+        assert row.find_element(By.CLASS_NAME, "serving").text == "v1.9.0"
+        assert row.find_element(By.CSS_SELECTOR, ".verdict a").get_attribute("href").endswith(
+            "/ui/incidents/1"
+        )
+        assert "alert" in row.get_attribute("class")
         d.save_screenshot(str(SHOTS / "overview.png"))  # type: ignore[attr-defined]
 
         # Live: a rollback elsewhere (the API) shows on the open overview without a reload.
@@ -254,3 +267,45 @@ def test_deploy_canary_and_rollout_buttons_go_through_the_lifecycle(
         "api",
         "dashboard",
     )
+
+
+def test_split_from_the_dashboard_and_the_chart_marks_it_with_the_incident(
+    client: TestClient, engine: Engine
+) -> None:
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"), deploy=("v1.9.0",))
+    csrf = _signed_in(client)
+    base = "/ui/prompts/customer-support"
+    revision = re.search(r'name="expected_revision" value="(\d+)"', client.get(base).text)
+    assert revision is not None
+    form = {"csrf": csrf, "version": "v2.0.0", "percent": "25", "expected_revision": revision[1]}
+    done = client.post(f"{base}/split", data={**form, "reason": "try the new wording"})
+    assert "Split: v1.9.0 75%, v2.0.0 25%." in done.text
+    stale = client.post(f"{base}/split", data=form)  # the page was made before the split
+    assert "Not done: customer-support&#39;s traffic changed since the page was shown" in stale.text
+    refused = client.post(f"{base}/split", data={**form, "percent": "100"})
+    assert refused.status_code == 422 and "<html" in refused.text  # a page, not JSON
+    assert "<strong>percent</strong>: Input should be less than or equal to 99" in refused.text
+    with read_session(engine) as session:
+        history = registry.history(session=session, name="customer-support")
+        assert (history[0].kind.value, history[0].split, history[0].trigger.value) == (
+            "split",
+            {"v1.9.0": 75, "v2.0.0": 25},
+            "dashboard",
+        )
+    # Traffic on both versions (3:1, as split), then v2.0.0 breaches: an incident.
+    clock = Clock(activated_at(engine))
+    traffic(engine, version="v1.9.0", n=600, errors=3, at=clock.now)
+    traffic(engine, version="v2.0.0", n=200, errors=40, at=clock.now)
+    clock.advance(minutes=2)
+    checker, _ = make_checker(engine, clock)
+    checker.tick()
+    page = client.get(base).text
+    assert re.search(r'<g id="incident-1"', page), "the incident is shaded on the chart"
+    assert page.count('<g id="change-') >= 4 * 2  # deploy and split, on each of 4 panels
+    assert "split v1.9.0 75%, v2.0.0 25%" in page  # the marker says what the split was
+    assert 'id="share-v1.9.0"' in page and 'id="share-v2.0.0"' in page
+    shares = re.findall(
+        r"<tr><td>(v[\d.]+)</td>(?:<td[^>]*>[^<]*</td>){5}<td class=\"num\">([\d.]+)</td></tr>",
+        page,
+    )
+    assert sorted(shares) == [("v1.9.0", "75.0"), ("v2.0.0", "25.0")]

@@ -8,7 +8,7 @@ from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -63,7 +63,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return await _bot_error(request, DatabaseUnavailable(describe(exc)))
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     if any(err.get("type") == "json_invalid" for err in exc.errors()):
         try:
@@ -77,6 +77,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
         for err in exc.errors()
     ]
+    if request.url.path.startswith("/ui/"):  # a dashboard form: a page, not JSON
+        from bot.api.routes.dashboard import problem_page
+
+        return problem_page(request, exc.errors())
     summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return JSONResponse(
         {"error": "invalid_request", "detail": summary, "problems": problems}, status_code=422

@@ -426,16 +426,15 @@ class OutboxWorker:
         """Draw the row's chart (kept for the upload); a chart that cannot be drawn is given
         up at once with the reason logged, never retried."""
         from bot.dashboard.charts import figure, png
-        from bot.dashboard.data import changes, series
+        from bot.dashboard.data import chart_data
 
         payload = row.payload
         try:
             since = datetime.fromisoformat(str(payload["since"]))
             with read_session(self.engine) as session:
-                lines = series(session, int(payload["prompt_id"]), since, CHART_STEP)
-                moves = changes(session, int(payload["prompt_id"]), since)
+                chart = chart_data(session, int(payload["prompt_id"]), since, CHART_STEP)
             self._images[row.dedupe_key] = png(
-                figure(str(payload["title"]), lines, dict(payload["limits"]), moves)
+                figure(str(payload["title"]), chart, dict(payload["limits"]))
             )
             return True
         except Exception as exc:  # a drawing bug must not stop Slack delivery

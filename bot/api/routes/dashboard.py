@@ -4,7 +4,8 @@ action, a rollback, through the same lifecycle as every other surface."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,7 @@ from bot.api.routes.prompts import changed
 from bot.api.routes.rollouts import policies_of
 from bot.config import Settings
 from bot.dashboard import charts, data
+from bot.dashboard.live import OverviewFeed
 from bot.dashboard.session import (
     COOKIE,
     SESSION_HOURS,
@@ -66,6 +68,24 @@ def _page(
         template,
         {"session": session, "csrf": session.csrf(settings), **context},
         status_code=status_code,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def problem_page(request: Request, errors: Sequence[Any]) -> HTMLResponse:
+    """A form the bot refused (a value out of range, a wrong type): what was wrong, in a
+    page, with nothing changed (answered 422)."""
+    problems = [
+        {"field": str(err["loc"][-1]) if err.get("loc") else "form", "message": err["msg"]}
+        for err in errors
+    ]
+    parts = request.url.path.split("/")
+    back = "/".join(parts[:4]) if len(parts) > 3 and parts[2] == "prompts" else None
+    return templates.TemplateResponse(
+        request,
+        "problem.html",
+        {"session": None, "problems": problems, "back": back},
+        status_code=422,
         headers={"Cache-Control": "no-store"},
     )
 
@@ -158,8 +178,7 @@ def _prompt_context(engine: Engine, policies: PolicySet, name: str, span: str) -
     with read_session(engine) as db:
         detail = registry.prompt_detail(session=db, name=name)
         prompt = get_prompt(db, name)
-        lines = data.series(db, prompt.id or 0, since, STEPS[span])
-        moves = data.changes(db, prompt.id or 0, since)
+        chart = data.chart_data(db, prompt.id or 0, since, STEPS[span])
         history = registry.history(session=db, name=name, limit=30)
         exclude = [detail.active_version] if detail.active_version else []
         choices = rollback_choices(db, prompt, exclude)
@@ -173,7 +192,7 @@ def _prompt_context(engine: Engine, policies: PolicySet, name: str, span: str) -
         "revision": detail.revision,
         "versions": detail.versions,
         "history": history,
-        "series": lines,
+        "series": chart.lines,
         "choices": choices,
         "rollout": rollout,
         "rollout_text": rollout_text,
@@ -185,17 +204,15 @@ def _prompt_context(engine: Engine, policies: PolicySet, name: str, span: str) -
         "default": default.label if default else None,
         "ranges": list(data.RANGES),
         "span": span,
-        "chart": _chart(f"{name}, last {span}", lines, policies, name, moves),
+        "chart": _chart(f"{name}, last {span}", chart, policies, name),
     }
 
 
-def _chart(
-    title: str, lines: list[data.Series], policies: PolicySet, name: str, moves: list[Any]
-) -> str | None:
-    if not lines:
+def _chart(title: str, chart: data.ChartData, policies: PolicySet, name: str) -> str | None:
+    if not chart.lines:
         return None
     limits = rollback_limits(policies.for_prompt(name))
-    return charts.svg(charts.figure(title, lines, limits, moves))
+    return charts.svg(charts.figure(title, chart, limits))
 
 
 Change = Callable[[Session, Actor, Notifier], str]
@@ -285,6 +302,46 @@ def deploy(
     return _act(request, settings, engine, notifier, name, csrf, change)
 
 
+@router.post("/prompts/{name}/split")
+def split(
+    name: str,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    notifier: NotifierDep,
+    csrf: Annotated[str, Form()] = "",
+    version: Annotated[str, Form(max_length=64)] = "",
+    percent: Annotated[int, Form(ge=1, le=99)] = 10,
+    expected_revision: Annotated[int, Form()] = 0,
+    reason: Annotated[str, Form(max_length=1000)] = "",
+) -> Response:
+    """Send `percent` of the traffic to `version`, the rest staying on the live version."""
+
+    def change(db: Session, actor: Actor, notifier: Notifier) -> str:
+        seen = registry.prompt_detail(session=db, name=name)
+        live = seen.active_version
+        if seen.revision != expected_revision or not live or seen.split:
+            raise BotError(
+                f"{name}'s traffic changed since the page was shown (it is at revision "
+                f"{seen.revision}); reload the page and choose again"
+            )
+        if version == live:
+            raise BotError(f"{version} already serves all traffic; choose another version")
+        shares = {live: 100 - percent, version: percent}
+        lifecycle.split(
+            db,
+            prompt=name,
+            shares=shares,
+            actor=actor,
+            notifier=notifier,
+            now=utcnow(),
+            reason=reason.strip(),
+        )
+        return f"Split: {live} {100 - percent}%, {version} {percent}%."
+
+    return _act(request, settings, engine, notifier, name, csrf, change)
+
+
 @router.post("/prompts/{name}/rollouts")
 def start_rollout(
     name: str,
@@ -363,14 +420,10 @@ def incident_page(
         incident = incident_detail(db, incident_id)
         since = incident.opened_at - timedelta(hours=1)
         prompt = get_prompt(db, incident.prompt)
-        lines = [
-            s
-            for s in data.series(db, prompt.id or 0, since, timedelta(minutes=1))
-            if s.version in (incident.version, _restored(db, incident.rollback_audit_id))
-        ]
-        moves = data.changes(db, prompt.id or 0, since)
+        shown = (incident.version, _restored(db, incident.rollback_audit_id))
+        found = data.chart_data(db, prompt.id or 0, since, timedelta(minutes=1), shown)
     chart = _chart(
-        f"{incident.prompt} around incident #{incident_id}", lines, policies, incident.prompt, moves
+        f"{incident.prompt} around incident #{incident_id}", found, policies, incident.prompt
     )
     return _page(
         request, settings, session, "incident.html", incident=incident, chart=chart, words=in_words
@@ -384,31 +437,60 @@ def _restored(db: Session, audit_id: int | None) -> str | None:
 
 
 @router.get("/stream")
-async def stream(request: Request, settings: SettingsDep) -> Response:
-    """Routing changes as Server-Sent Events, for the open pages (the session cookie)."""
+async def stream(request: Request, settings: SettingsDep, overview: bool = False) -> Response:
+    """Server-Sent Events for the open pages (the session cookie): every routing change, and
+    with `overview=1` the overview rows whose figures, verdict, incident or rollout changed."""
     if _session(request, settings) is None:
         return Response(status_code=401)
     feed = request.app.state.feed
-    queue = feed.subscribe()
+    routing = feed.subscribe()
+    rows_feed = _overview_feed(request) if overview else None
+    rows = rows_feed.subscribe() if rows_feed is not None else None
 
     async def events() -> AsyncIterator[str]:
+        waiting: dict[asyncio.Task[Any], str] = {}
         try:
             yield ": connected\n\n"
             while not await request.is_disconnected():
-                try:
-                    state = await asyncio.wait_for(queue.get(), timeout=15)
-                except TimeoutError:
+                if "routing" not in waiting.values():
+                    waiting[asyncio.ensure_future(routing.get())] = "routing"
+                if rows is not None and "rows" not in waiting.values():
+                    waiting[asyncio.ensure_future(rows.get())] = "rows"
+                done, _ = await asyncio.wait(
+                    waiting, timeout=15, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
                     yield ": keep-alive\n\n"
                     continue
-                if state is None:
-                    return
-                yield f"event: routing\ndata: {state.model_dump_json()}\n\n"
+                for task in done:
+                    kind, item = waiting.pop(task), task.result()
+                    if item is None:
+                        return
+                    if kind == "routing":
+                        yield f"event: routing\ndata: {item.model_dump_json()}\n\n"
+                    else:
+                        yield f"event: rows\ndata: {json.dumps(item)}\n\n"
         finally:
-            feed.unsubscribe(queue)
+            for task in waiting:
+                task.cancel()
+            feed.unsubscribe(routing)
+            if rows_feed is not None and rows is not None:
+                rows_feed.unsubscribe(rows)
 
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
     )
+
+
+def _overview_feed(request: Request) -> OverviewFeed:
+    """The process's one live overview (made when the first overview page opens)."""
+    state = request.app.state
+    found: OverviewFeed | None = getattr(state, "overview_feed", None)
+    if found is None:
+        engine = state.engine
+        found = OverviewFeed(engine, lambda: policies_of(request))
+        state.overview_feed = found
+    return found
 
 
 root = APIRouter(include_in_schema=False)
