@@ -80,6 +80,10 @@ def test_a_rollback_from_the_dashboard_happens_once_and_names_the_person(
     )
     forged = client.post("/ui/prompts/customer-support/rollback", data={**form, "csrf": "forged"})
     assert forged.status_code == 403 and len(_rollbacks(engine)) == 1
+    # A link made elsewhere cannot make the page claim a rollback that did not happen.
+    claim = "Rolled back v1.9.0 → v1.8.0."
+    crafted = client.get("/ui/prompts/customer-support", params={"message": claim, "seal": "0"})
+    assert crafted.status_code == 200 and claim not in crafted.text
 
 
 def test_the_chart_table_is_the_stored_figures(client: TestClient, engine: Engine) -> None:
@@ -169,8 +173,10 @@ def test_in_a_real_browser(browser: object, settings: Settings, engine: Engine) 
         verdict = row.find_element(By.CLASS_NAME, "verdict")
         _wait(d, lambda: verdict.text.startswith("critical incident on v2.0.0 (rolled back"))
         assert row.find_element(By.CLASS_NAME, "serving").text == "v1.9.0"
-        assert row.find_element(By.CSS_SELECTOR, ".verdict a").get_attribute("href").endswith(
-            "/ui/incidents/1"
+        assert (
+            row.find_element(By.CSS_SELECTOR, ".verdict a")
+            .get_attribute("href")
+            .endswith("/ui/incidents/1")
         )
         assert "alert" in row.get_attribute("class")
         d.save_screenshot(str(SHOTS / "overview.png"))  # type: ignore[attr-defined]

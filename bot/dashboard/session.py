@@ -34,6 +34,17 @@ class DashboardSession:
         """The CSRF token for this session's forms."""
         return _mac(settings, f"csrf:{self.cookie}")[:32]
 
+    def seal(self, settings: Settings, message: str) -> str:
+        """The signature of a result message shown after an action (carried in the redirect's
+        URL): a link made elsewhere cannot make the page claim something happened."""
+        return _mac(settings, f"said:{self.cookie}:{message}")[:32]
+
+    def said(self, settings: Settings, message: str | None, seal: str | None) -> str | None:
+        """`message` if this session's action produced it, else None."""
+        if message is None or seal is None:
+            return None
+        return message if hmac.compare_digest(seal, self.seal(settings, message)) else None
+
 
 def _key(settings: Settings) -> bytes:
     tokens = "\n".join(sorted(settings.api_tokens()))

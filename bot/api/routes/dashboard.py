@@ -160,6 +160,7 @@ def prompt_page(
     settings: SettingsDep,
     range: str = "1h",
     message: str | None = None,
+    seal: str | None = None,
 ) -> Response:
     """A prompt: routing, a rollback form, charts, versions and history."""
     session = _session(request, settings)
@@ -169,7 +170,8 @@ def prompt_page(
         range = "1h"
     policies = policies_of(request)
     context = _prompt_context(engine, policies, name, range)
-    return _page(request, settings, session, "prompt.html", message=message, **context)
+    said = session.said(settings, message, seal)
+    return _page(request, settings, session, "prompt.html", message=said, **context)
 
 
 def _prompt_context(engine: Engine, policies: PolicySet, name: str, span: str) -> dict[str, Any]:
@@ -241,7 +243,10 @@ def _act(
     except BotError as exc:
         message = f"Not done: {exc.message}"
     changed(request, name)
-    return RedirectResponse(f"/ui/prompts/{name}?message={_quote(message)}", status_code=303)
+    seal = session.seal(settings, message)
+    return RedirectResponse(
+        f"/ui/prompts/{_quote(name)}?message={_quote(message)}&seal={seal}", status_code=303
+    )
 
 
 @router.post("/prompts/{name}/rollback")
