@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic import BaseModel
-from sqlalchemy import Engine
 
 from bot import __version__
-from bot.config import Settings, load_settings
-from bot.db import make_engine
-from bot.migrate import ensure_current
-from bot.notify import LogNotifier, Notifier
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from sqlalchemy import Engine
+
+    from bot.config import Settings
+    from bot.notify import Notifier
+
+# What a subcommand needs is imported where it is used, so `rollback-bot --version`, `token new`
+# or a read-only command loads only its own part (see tests/test_cli_imports.py).
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,8 @@ class CliState:
     def settings(self) -> Settings:
         """The settings (a bad value stops here with one line naming the variable)."""
         if self._settings is None:
+            from bot.config import load_settings
+
             self._settings = load_settings(**self.overrides)
         return self._settings
 
@@ -46,6 +53,8 @@ class CliState:
         return self._notifier
 
     def _build_notifier(self) -> Notifier:
+        from bot.notify import LogNotifier
+
         settings = self.settings
         if settings.slack_bot_token is None:
             return LogNotifier()
@@ -62,6 +71,9 @@ class CliState:
     def engine(self, *, migrate: bool = True) -> Engine:
         """The database engine; SQLite is brought up to date, PostgreSQL must already be."""
         if self._engine is None:
+            from bot.db import make_engine
+            from bot.migrate import ensure_current
+
             s = self.settings
             self._engine = make_engine(
                 s.database_url, pool_size=s.db_pool_size, max_overflow=s.db_max_overflow
@@ -71,7 +83,44 @@ class CliState:
         return self._engine
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when one is run or listed (click's LazyGroup
+    pattern): `lazy` maps a command name to "module:attribute". `--help` still lists every
+    command with its help text (it loads them all to do so)."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+COMMANDS = {
+    "serve": "bot.cli.ops:serve",
+    "db": "bot.cli.ops:db",
+    "token": "bot.cli.ops:token",
+    "init": "bot.cli.ops:init",
+    "demo": "bot.cli.ops:demo",
+    "policy": "bot.cli.detection_cmds:policy",
+    "check": "bot.cli.detection_cmds:check",
+    "incidents": "bot.cli.detection_cmds:incidents",
+    "prompts": "bot.cli.registry_cmds:prompts",
+    "rollback": "bot.cli.registry_cmds:rollback",
+    "rollouts": "bot.cli.rollout_cmds:rollouts_group",
+}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rollback-bot")
 @click.option("--database-url", envvar="DATABASE_URL", default=None, help="Overrides DATABASE_URL.")
 @click.pass_context
@@ -88,6 +137,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 def emit_json(data: BaseModel | Sequence[BaseModel]) -> None:
     """Print a model or list of models as JSON."""
+    from pydantic import BaseModel
+
     if isinstance(data, BaseModel):
         click.echo(data.model_dump_json(indent=2))
     else:

@@ -8,18 +8,11 @@ from datetime import timedelta
 import click
 
 from bot.cli.context import CliState, emit_table, json_option, pass_state
-from bot.db import read_session
 from bot.errors import BotError
-from bot.incidents.postmortem import postmortem
-from bot.incidents.queries import finite, list_incidents
-from bot.incidents.records import get_incident
-from bot.judging.checker import Checker
-from bot.models import IncidentStatus, utcnow
-from bot.notify import LogNotifier
-from bot.policy import load_policies
-from bot.policy.known import unknown_prompt_warnings
-from bot.runtime import lease
-from bot.runtime.scheduler import LEASE, build_sources
+from bot.models import IncidentStatus
+
+# Each command imports what it uses: `policy check` and `incidents list` need neither the
+# checker nor the metric sources, and nothing here needs the scheduler (APScheduler).
 
 
 @click.group()
@@ -34,6 +27,9 @@ def policy() -> None:
 def policy_check(state: CliState, directory: str | None, as_json: bool) -> None:
     """Validate DIRECTORY (default ROLLBACK_POLICY_DIR): each problem with file, line and field
     (exit 2). Overrides for prompts the registry does not have are warned about."""
+    from bot.policy import load_policies
+    from bot.policy.known import unknown_prompt_warnings
+
     folder = directory or state.settings.rollback_policy_dir
     policies = load_policies(folder)
     warnings: list[str] = []
@@ -72,6 +68,14 @@ def policy_check(state: CliState, directory: str | None, as_json: bool) -> None:
 @pass_state
 def check(state: CliState, once: bool, dry_run: bool, as_json: bool) -> None:
     """Run one checker pass now and print every verdict."""
+    from bot.incidents.queries import finite
+    from bot.judging.checker import Checker
+    from bot.models import utcnow
+    from bot.notify import LogNotifier
+    from bot.policy import load_policies
+    from bot.runtime import lease
+    from bot.runtime.sources import LEASE, build_sources
+
     settings = state.settings
     engine = state.engine()
     policies = load_policies(settings.rollback_policy_dir)
@@ -157,6 +161,9 @@ def incidents_list(
     state: CliState, limit: int, prompt: str | None, status: str | None, as_json: bool
 ) -> None:
     """The most recent incidents, newest first."""
+    from bot.db import read_session
+    from bot.incidents.queries import list_incidents
+
     with read_session(state.engine()) as session:
         rows = list_incidents(
             session, prompt=prompt, status=IncidentStatus(status) if status else None, limit=limit
@@ -180,6 +187,11 @@ def incidents_list(
 @pass_state
 def incidents_show(state: CliState, incident_id: int, markdown: bool, as_json: bool) -> None:
     """One incident: its record, or its post-mortem draft with --markdown."""
+    from bot.db import read_session
+    from bot.incidents.postmortem import postmortem
+    from bot.incidents.queries import finite
+    from bot.incidents.records import get_incident
+
     with read_session(state.engine()) as session:
         incident = get_incident(session, incident_id)
         draft = postmortem(session=session, incident_id=incident_id)

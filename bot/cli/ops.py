@@ -9,17 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from pydantic import SecretStr
 
 from bot import logs
 from bot.cli.context import CliState, pass_state
-from bot.config import Settings, check_secret
 from bot.errors import BotError, ConfigError
-from bot.migrate import current_revision, head_revision, upgrade
-from bot.policy import PolicySet
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from bot.config import Settings
+    from bot.policy import PolicySet
 
 log = logging.getLogger("bot")
 
@@ -122,6 +121,8 @@ def db() -> None:
 @pass_state
 def db_upgrade(state: CliState) -> None:
     """Bring the database schema up to this release (safe to run twice)."""
+    from bot.migrate import current_revision, upgrade
+
     engine = state.engine(migrate=False)
     before = current_revision(engine)
     upgrade(engine)
@@ -136,6 +137,8 @@ def db_upgrade(state: CliState) -> None:
 @pass_state
 def db_current(state: CliState) -> None:
     """Print the schema revision of the database and of this release."""
+    from bot.migrate import current_revision, head_revision
+
     revision = current_revision(state.engine(migrate=False))
     click.echo(f"database: {revision or 'empty'}; this release: {head_revision()}")
 
@@ -144,6 +147,10 @@ def db_current(state: CliState) -> None:
 @click.option("--env-file", default=".env", show_default=True, type=click.Path(dir_okay=False))
 def init(env_file: str) -> None:
     """Create ENV_FILE with a fresh ROLLBACK_API_TOKEN unless it already sets one."""
+    from pydantic import SecretStr
+
+    from bot.config import check_secret
+
     path = Path(env_file)
     existing = path.read_text() if path.exists() else ""
     current = [

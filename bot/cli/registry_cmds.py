@@ -12,7 +12,6 @@ from bot import registry
 from bot.cli.context import CliState, emit_json, emit_table, json_option, pass_state
 from bot.db import read_session, write_session
 from bot.errors import InvalidRequest
-from bot.incidents import lifecycle
 from bot.models import (
     TEMPLATE_MAX,
     ChangeResult,
@@ -27,9 +26,10 @@ from bot.models import (
     VersionCreate,
     utcnow,
 )
-from bot.policy import load_policies
 from bot.registry.changes import Actor
-from bot.rollouts import stages as rollouts
+
+# The lifecycle (incidents, notices, policies) is imported by the commands that change
+# routing, so the read-only ones (`list`, `show`, `history`) load only the registry.
 
 
 def _default_operator() -> str:
@@ -218,6 +218,8 @@ def deploy(
     if canary:
         _start_rollout(state, RolloutKind.CANARY, name, version, operator, reason, as_json)
         return
+    from bot.incidents import lifecycle
+
     body = DeployRequest(version=version, reason=reason, force=force)
     with write_session(state.engine()) as session:
         result = lifecycle.deploy(
@@ -259,6 +261,8 @@ def split(
         if label.strip() in parsed:
             raise InvalidRequest(f"{label.strip()} given twice; name each version once")
         parsed[label.strip()] = int(pct)
+    from bot.incidents import lifecycle
+
     body = SplitRequest(split=parsed, reason=reason, force=force)
     with write_session(state.engine()) as session:
         result = lifecycle.split(
@@ -360,6 +364,8 @@ def rollback(
             state, RolloutKind.GRADUAL_ROLLBACK, prompt, version, operator, reason, as_json
         )
         return
+    from bot.incidents import lifecycle
+
     body = RollbackRequest(
         prompt=prompt, target_version=version, reason=reason, force=force, expected_version=expected
     )
@@ -391,6 +397,10 @@ def _start_rollout(
     as_json: bool,
 ) -> None:
     """Start a staged move; a running server's scheduler drives its stages."""
+    from bot.incidents import lifecycle
+    from bot.policy import load_policies
+    from bot.rollouts import stages as rollouts
+
     stage = load_policies(state.settings.rollback_policy_dir).for_prompt(prompt).settings
     seconds = stage.rollout_stage(kind.value).total_seconds()
     with write_session(state.engine()) as session:

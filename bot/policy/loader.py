@@ -9,7 +9,6 @@ import yaml
 from pydantic import ValidationError
 
 from bot.errors import BotError, ConfigError
-from bot.metrics.prometheus import query_templates
 from bot.policy.schema import PolicyFile, PolicySet, Rule, Settings, apply_rule_patches
 
 SECTIONS = ("defaults", "rules", "new_version", "prometheus")
@@ -208,6 +207,10 @@ def _merge(
         )
     prometheus = found.get("prometheus")
     if prometheus is not None:
+        # Imported only when a policy names Prometheus: it brings httpx and the metrics
+        # machinery, which `policy check` of other policies never needs.
+        from bot.metrics.prometheus import query_templates
+
         try:
             query_templates(prometheus)
         except ConfigError as exc:

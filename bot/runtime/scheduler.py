@@ -21,31 +21,19 @@ from bot.integrations.pagerduty import PagerDuty
 from bot.integrations.webhooks import WebhookDispatcher
 from bot.judging.checker import Checker
 from bot.liveness import Loop
-from bot.metrics import MetricsSource
-from bot.metrics.builtin import BuiltinSource
 from bot.metrics.ingest import prune
 from bot.models import utcnow
 from bot.notify import Notifier
 from bot.policy import PolicySet
 from bot.rollouts.driver import RolloutDriver
 from bot.runtime import lease
+from bot.runtime.sources import LEASE, build_sources
 from bot.telemetry import LEADER
 from bot.verification.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
-LEASE = "checker"
 PRUNE_EVERY = timedelta(minutes=10)
-
-
-def build_sources(engine: Engine, policies: PolicySet) -> dict[str, MetricsSource]:
-    """The metrics sources the policies name."""
-    sources: dict[str, MetricsSource] = {"builtin": BuiltinSource(engine)}
-    if policies.prometheus is not None:
-        from bot.metrics.prometheus import PrometheusSource
-
-        sources["prometheus"] = PrometheusSource(policies.prometheus)
-    return sources
 
 
 class EveryInterval(IntervalTrigger):  # type: ignore[misc]  # APScheduler is untyped
