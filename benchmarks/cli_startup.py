@@ -1,0 +1,171 @@
+"""Start-up: `rollback-bot prompts list` against `python -c "import sqlalchemy"` and
+`python -c pass`, and `serve` → first 200 from /healthz against a bare FastAPI app under uvicorn,
+each reference measured in the same run (issue 17: at most 3 and 1.5 times).
+
+    python benchmarks/cli_startup.py [--runs 3] [--n 5] [--no-serve] [--root CHECKOUT]
+
+A run times N invocations of each command, interleaved, as wall time from spawning the process
+to its exit (or to the first 200); each line prints min/median/max of the N and the ratio of the
+medians. The database is a fresh SQLite file migrated by `db upgrade`, holding 5 prompts.
+`--root` measures another checkout of the bot (e.g. a `git worktree` of an older commit) with
+`python -m bot` in that directory instead of the console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+from _server import TOKEN, free_port, header
+
+ROOT = Path(__file__).resolve().parent.parent
+CONSOLE_SCRIPT = Path(sys.executable).parent / "rollback-bot"
+
+# The reference for `serve`: the smallest FastAPI app with a /healthz, under uvicorn with the
+# settings `serve` passes (log level, no log config, proxy headers), on PORT like `serve`.
+BARE_FASTAPI = """
+import os
+import uvicorn
+from fastapi import FastAPI
+
+app = FastAPI()
+
+@app.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+uvicorn.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_level="warning",
+            log_config=None, proxy_headers=True)
+"""
+
+
+def wall(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    """Seconds from spawning `argv` to its exit (which must be 0)."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=120)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def until_healthy(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    """Seconds from spawning a server to its first 200 from /healthz (polled every 5 ms)."""
+    port = free_port()
+    env = {**env, "PORT": str(port)}
+    url = f"http://127.0.0.1:{port}/healthz"
+    started = time.perf_counter()
+    quiet = subprocess.DEVNULL
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=quiet, stderr=quiet)
+    try:
+        with httpx.Client(timeout=2) as client:
+            while True:
+                try:
+                    if client.get(url).status_code == 200:
+                        return time.perf_counter() - started
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.perf_counter() - started > 60:
+                    raise SystemExit(f"{' '.join(argv)} did not become healthy")
+                time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def spread(values: list[float]) -> str:
+    return (
+        f"min {min(values) * 1000:7.1f}  median {statistics.median(values) * 1000:7.1f}  "
+        f"max {max(values) * 1000:7.1f} ms"
+    )
+
+
+def measure(
+    runs: int, n: int, cases: dict[str, Callable[[], float]], target: str, reference: str
+) -> None:
+    """Print each case per run, interleaving their N invocations; then the ratio of medians."""
+    for run in range(1, runs + 1):
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(n):
+            for name, case in cases.items():
+                times[name].append(case())
+        print(f"run {run}:")
+        for name, values in times.items():
+            print(f"  {name:<38} {spread(values)}")
+        ratio = statistics.median(times[target]) / statistics.median(times[reference])
+        print(f"  ratio {target} / {reference}: {ratio:.2f}x (medians)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--n", type=int, default=5, help="invocations per command per run")
+    parser.add_argument("--no-serve", action="store_true", help="only the CLI")
+    parser.add_argument("--root", type=Path, default=None, help="measure this checkout")
+    args = parser.parse_args()
+
+    print(header())
+    with tempfile.TemporaryDirectory() as folder:
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{folder}/startup.db",
+            "ROLLBACK_API_TOKEN": TOKEN,
+            "ROLLBACK_POLICY_DIR": str(ROOT / "policies"),
+            "LOG_LEVEL": "WARNING",
+        }
+        if args.root is not None:
+            cwd = args.root.resolve()
+            env["PYTHONPATH"] = str(cwd)
+            bot = [sys.executable, "-m", "bot"]
+            label = f"python -m bot (in {cwd})"
+        else:
+            cwd, bot, label = ROOT, [str(CONSOLE_SCRIPT)], "rollback-bot"
+        python = [sys.executable]
+        wall([*bot, "db", "upgrade"], env, cwd)
+        for i in range(5):
+            wall([*bot, "prompts", "add", f"p{i}", "v1", "--template", "t {q}"], env, cwd)
+        wall([*bot, "prompts", "deploy", "p0", "v1"], env, cwd)
+
+        print(f"\n{label} prompts list, N={args.n} a run:")
+        target, reference = f"{label.split(' (')[0]} prompts list", 'python -c "import sqlalchemy"'
+        measure(
+            args.runs,
+            args.n,
+            {
+                target: lambda: wall([*bot, "prompts", "list"], env, cwd),
+                reference: lambda: wall([*python, "-c", "import sqlalchemy"], env, cwd),
+                "python -c pass": lambda: wall([*python, "-c", "pass"], env, cwd),
+            },
+            target,
+            reference,
+        )
+        if args.no_serve:
+            return
+        print(f"\n{label} serve → first 200 from /healthz, N={args.n} a run (checker on):")
+        measure(
+            args.runs,
+            args.n,
+            {
+                "serve": lambda: until_healthy([*bot, "serve"], env, cwd),
+                "bare FastAPI under uvicorn": lambda: until_healthy(
+                    [*python, "-c", BARE_FASTAPI], env, cwd
+                ),
+            },
+            "serve",
+            "bare FastAPI under uvicorn",
+        )
+
+
+if __name__ == "__main__":
+    main()
