@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = None
     slack_app_token: SecretStr | None = None
     slack_api_url: str = "https://slack.com/api/"
+    # Sign in with Slack on the dashboard (OpenID Connect): the Slack app's client id and
+    # secret (Basic Information → App Credentials); unset, the dashboard takes API tokens only.
+    slack_client_id: str | None = None
+    slack_client_secret: SecretStr | None = None
     slack_incidents_channel: str = "#incidents"
     slack_oncall_users: str = ""
     slack_oncall_usergroup: str = ""

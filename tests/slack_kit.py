@@ -9,6 +9,7 @@ requests Slack sends to the app, byte for byte as Slack signs them.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -147,6 +148,12 @@ class FakeSlack:
         # URL it hands out (tests/socket_kit.py attaches one).
         self.app_token: str | None = None
         self.socket: Any = None
+        # Sign in with Slack (OpenID Connect): the app's credentials, and who "approves" on
+        # Slack's authorize page (the stand-in skips the page and redirects back at once).
+        self.oidc_client = ("1111.2222", "oidc-client-secret-0123456789")
+        self.oidc_user = "U1"
+        self.oidc_team: str | None = None  # the workspace the user signs in from (team_id)
+        self._oidc_codes: dict[str, dict[str, str]] = {}
         self.team_id = team_id
         self.team = team
         self.bot_user_id = bot_user_id
@@ -412,6 +419,52 @@ class FakeSlack:
             if fault is None and down is None and rate and self._state.rng.random() < rate:
                 fault = _Fault(503, 0, after_accept=self._state.rng.random() < self._state.lost)
             return down, fault, self._state.delay
+
+    def _oidc_authorize(self, query: dict[str, str]) -> str:
+        """Slack's authorize page, approved at once by `oidc_user`: where it redirects."""
+        code = uuid.uuid4().hex
+        with self._lock:
+            self._oidc_codes[code] = {**query, "user": self.oidc_user}
+        back = {"code": code, "state": query.get("state", "")}
+        return f"{query.get('redirect_uri', '')}?{urlencode(back)}"
+
+    def _oidc_token(self, args: dict[str, Any], basic: tuple[str, str] | None) -> dict[str, Any]:
+        """openid.connect.token: the code (once) for an access token and an ID token whose
+        claims are those Slack documents (signature bytes are not checked by the bot)."""
+        client = basic or (str(args.get("client_id", "")), str(args.get("client_secret", "")))
+        if client != self.oidc_client:
+            return {"ok": False, "error": "invalid_client_id"}
+        with self._lock:
+            grant = self._oidc_codes.pop(str(args.get("code", "")), None)
+        if grant is None:
+            return {"ok": False, "error": "invalid_code"}
+        if grant.get("redirect_uri") and grant["redirect_uri"] != args.get("redirect_uri"):
+            return {"ok": False, "error": "bad_redirect_uri"}
+        now = int(time.time())
+        claims = {
+            "iss": "https://slack.com",
+            "sub": grant["user"],
+            "aud": self.oidc_client[0],
+            "exp": now + 3600,
+            "iat": now,
+            "auth_time": now,
+            "nonce": grant.get("nonce", ""),
+            "https://slack.com/user_id": grant["user"],
+            "https://slack.com/team_id": self.oidc_team or self.team_id,
+            "name": self.users.get(grant["user"], {}).get("real_name", grant["user"]),
+        }
+
+        def part(value: dict[str, Any]) -> str:
+            raw = json.dumps(value).encode()
+            return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+        id_token = f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+        return {
+            "ok": True,
+            "access_token": f"xoxp-oidc-{uuid.uuid4().hex[:12]}",
+            "token_type": "Bearer",
+            "id_token": id_token,
+        }
 
     def _api(self, method: str, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         if method == "apps.connections.open":  # the one method called with the app-level token
@@ -782,6 +835,27 @@ def _handler_for(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if url.path == "/openid/connect/authorize":  # a browser, sent by the bot
+                query = dict(parse_qsl(url.query))
+                fake._record(
+                    Call(method="openid.authorize", args=query, at=time.time(), path=url.path)
+                )
+                location = fake._oidc_authorize(query)
+                self._send(302, b"", "text/plain", {"Location": location})
+                return
+            if url.path == "/api/openid.connect.token":  # client credentials, not a token
+                args, _, _ = self._parse(url.query, raw)
+                auth = self.headers.get("Authorization") or ""
+                basic = None
+                if auth.startswith("Basic "):
+                    user, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+                    basic = (user, secret)
+                answer = fake._oidc_token(args, basic)
+                fake._record(
+                    Call(method="openid.connect.token", args=args, at=time.time(), path=url.path)
+                )
+                self._send(200, json.dumps(answer).encode(), "application/json; charset=utf-8")
+                return
             if url.path.startswith("/api/"):
                 method = url.path[len("/api/") :]
             elif url.path.startswith("/response/"):

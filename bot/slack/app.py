@@ -78,6 +78,7 @@ class SlackService:
         oncall = OnCall(
             users=settings.oncall_users(), usergroup=settings.slack_oncall_usergroup, client=client
         )
+        self.oncall = oncall  # who may act: in Slack, and when signing in with Slack
         self.pool = ThreadPoolExecutor(
             max_workers=settings.slack_listener_threads, thread_name_prefix="slack-work"
         )

@@ -59,6 +59,7 @@ class SlackStatus:
         self.detail = "auth.test not answered yet"
         self.since: datetime = utcnow()
         self.bot_user_id: str | None = None
+        self.team_id: str | None = None  # the workspace the bot token belongs to
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,6 +86,7 @@ class SlackStatus:
             self.saw_unreachable(f"{exc.__class__.__name__}: {exc}")
         else:
             self.bot_user_id = answer.get("user_id")
+            self.team_id = answer.get("team_id")
             self.saw_ok()
         return self.state
 

@@ -21,7 +21,7 @@ from bot.api.deps import EngineDep, NotifierDep, SettingsDep
 from bot.api.routes.prompts import changed
 from bot.api.routes.rollouts import policies_of
 from bot.config import Settings
-from bot.dashboard import charts, data
+from bot.dashboard import charts, data, slack_sign_in
 from bot.dashboard.live import OverviewFeed
 from bot.dashboard.session import (
     COOKIE,
@@ -95,9 +95,18 @@ def _to_sign_in() -> RedirectResponse:
 
 
 @router.get("/sign-in")
-def sign_in_form(request: Request) -> HTMLResponse:
+def sign_in_form(request: Request, settings: SettingsDep) -> HTMLResponse:
     """The sign-in form."""
-    return templates.TemplateResponse(request, "sign_in.html", {"session": None})
+    return _sign_in_page(request, settings)
+
+
+def _sign_in_page(
+    request: Request, settings: Settings, refused: str | None = None, status_code: int = 200
+) -> HTMLResponse:
+    context: dict[str, Any] = {"session": None, "slack": slack_sign_in.enabled(settings)}
+    if refused:
+        context |= {"message": refused, "message_kind": "error"}
+    return templates.TemplateResponse(request, "sign_in.html", context, status_code=status_code)
 
 
 @router.post("/sign-in")
@@ -107,12 +116,65 @@ def sign_in(
     """Exchange an API token for a session cookie."""
     operator = operator_for(settings, token.strip())
     if operator is None:
-        return templates.TemplateResponse(
-            request,
-            "sign_in.html",
-            {"session": None, "message": "That token is not accepted.", "message_kind": "error"},
-            status_code=401,
+        return _sign_in_page(request, settings, "That token is not accepted.", 401)
+    return _signed_in(request, settings, operator)
+
+
+@router.get("/sign-in/slack")
+def slack_sign_in_start(request: Request, settings: SettingsDep) -> Response:
+    """Off to Slack's authorize page (Sign in with Slack)."""
+    if not slack_sign_in.enabled(settings):
+        return _sign_in_page(request, settings, "Sign in with Slack is not set up here.", 404)
+    pending = slack_sign_in.begin(settings, _callback_url(request))
+    answer = RedirectResponse(pending.url, status_code=303)
+    answer.set_cookie(
+        slack_sign_in.STATE_COOKIE,
+        pending.cookie,
+        max_age=slack_sign_in.STATE_SECONDS,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/ui/sign-in/slack",
+    )
+    return answer
+
+
+@router.get("/sign-in/slack/callback")
+def slack_sign_in_callback(
+    request: Request,
+    settings: SettingsDep,
+    code: str = "",
+    state: str = "",
+    error: str = "",
+) -> Response:
+    """Back from Slack: check the round trip and the ID token, then a session."""
+    if not slack_sign_in.enabled(settings):
+        return _sign_in_page(request, settings, "Sign in with Slack is not set up here.", 404)
+    if error or not code:
+        return _sign_in_page(request, settings, f"Slack did not sign you in ({error}).", 401)
+    slack = request.app.state.slack
+    try:
+        operator = slack_sign_in.finish(
+            settings,
+            cookie=request.cookies.get(slack_sign_in.STATE_COOKIE),
+            state=state,
+            code=code,
+            redirect_uri=_callback_url(request),
+            team_id=slack.status.team_id if slack is not None else None,
+            allowed=(lambda user: slack.oncall.allowed(user)) if slack else (lambda _u: False),
         )
+    except slack_sign_in.SignInRefused as exc:
+        return _sign_in_page(request, settings, str(exc), 401)
+    answer = _signed_in(request, settings, operator)
+    answer.delete_cookie(slack_sign_in.STATE_COOKIE, path="/ui/sign-in/slack")
+    return answer
+
+
+def _callback_url(request: Request) -> str:
+    return str(request.url_for("slack_sign_in_callback"))
+
+
+def _signed_in(request: Request, settings: Settings, operator: str) -> Response:
     session = issue(settings, operator)
     answer = RedirectResponse("/ui", status_code=303)
     answer.set_cookie(
