@@ -33,8 +33,9 @@ from bot.rollouts.stages import describe
 WINDOW = timedelta(minutes=5)
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 # Incidents the overview shows: waiting for people, observed, or rolled back and not yet
-# resolved (verification running, or it ended without recovery).
+# resolved (verification running, or it ended without recovery less than a day ago).
 SHOWN = (IncidentStatus.OPEN, IncidentStatus.OBSERVING, IncidentStatus.ROLLED_BACK)
+KEEP_ROLLED_BACK = timedelta(hours=24)  # a rolled-back incident stays this long after its check
 VERIFYING = {
     VerificationStatus.RUNNING: "verifying",
     VerificationStatus.ESCALATED: "not recovered",
@@ -151,7 +152,8 @@ def overview(session: Session, policies: PolicySet, now: datetime) -> list[Row]:
     ).all()
     for incident, verification in incidents:
         row = rows.get(incident.prompt_id)
-        if row is None:
+        ended = verification.finished_at if verification is not None else None
+        if row is None or (ended is not None and ended < now - KEEP_ROLLED_BACK):
             continue
         row.incident_id = incident.id
         row.incident_severity = incident.severity.value
