@@ -164,7 +164,7 @@ def test_in_a_real_browser(browser: object, settings: Settings, engine: Engine) 
         assert set(rows) == {"billing", "customer-support"}
         row = rows["customer-support"]
         assert row.find_element(By.CLASS_NAME, "serving").text == "v2.0.0"
-        assert row.find_element(By.CLASS_NAME, "error-rate").text == "8.0%"
+        assert row.find_element(By.CLASS_NAME, "error-rate").text == "8.0% (6.7 to 9.5)"
         assert row.find_element(By.CLASS_NAME, "verdict").text == "no open incident"
 
         # Live: the checker rolls v2.0.0 back; the open overview shows the incident and the

@@ -11,6 +11,7 @@ from sqlalchemy import func, or_
 from sqlalchemy import select as rows_of
 from sqlmodel import Session, col, select
 
+from bot.judging.verdict import wilson_interval
 from bot.metrics.histogram import percentile
 from bot.models import (
     ACTIVE_ROLLOUT,
@@ -60,10 +61,20 @@ class Row:
     verification: str | None = None  # "verifying (check 2/5)", "not recovered", …
     rollout: str | None = None
     min_requests: int = 50
+    confidence: float = 0.95
 
     @property
     def error_rate(self) -> float | None:
         return None if not self.requests else 100 * self.errors / self.requests
+
+    @property
+    def error_rate_text(self) -> str:
+        """'8.0% (6.7 to 9.5)': the rate and its Wilson bounds at the policy's confidence, the
+        interval the checker judges by (check --once prints the same)."""
+        if self.error_rate is None:
+            return "—"
+        low, high = wilson_interval(self.errors, self.requests, self.confidence)
+        return f"{self.error_rate:.1f}% ({low:.1f} to {high:.1f})"
 
     @property
     def serving(self) -> str:
@@ -91,7 +102,7 @@ class Row:
             "revision": self.revision,
             "serving": self.serving,
             "requests": f"{self.requests:,}",
-            "error_rate": "—" if self.error_rate is None else f"{self.error_rate:.1f}%",
+            "error_rate": self.error_rate_text,
             "verdict": self.verdict,
             "incident_id": self.incident_id,
             "severity": self.incident_severity,
@@ -116,12 +127,14 @@ def overview(session: Session, policies: PolicySet, now: datetime) -> list[Row]:
         .order_by(col(Prompt.name))
     ).all()
     for prompt_id, name, revision, split, active in routing:
+        settings = policies.for_prompt(name).settings
         rows[prompt_id or 0] = Row(
             name,
             revision,
             active,
             split,
-            min_requests=policies.for_prompt(name).settings.min_requests,
+            min_requests=settings.min_requests,
+            confidence=settings.confidence,
         )
     figures = session.execute(
         rows_of(
