@@ -5,7 +5,14 @@ Every function takes the session it works in; write functions expect a session f
 """
 
 from bot.registry.changes import create_version, deploy, mark_health, rollback, set_split
-from bot.registry.queries import history, list_prompts, prompt_detail, revisions, routing_states
+from bot.registry.queries import (
+    history,
+    list_prompts,
+    prompt_detail,
+    revisions,
+    routing_fingerprint,
+    routing_states,
+)
 from bot.registry.resolve import bucket_for, resolve
 
 __all__ = [
@@ -19,6 +26,7 @@ __all__ = [
     "resolve",
     "revisions",
     "rollback",
+    "routing_fingerprint",
     "routing_states",
     "set_split",
 ]

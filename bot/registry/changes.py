@@ -40,6 +40,7 @@ from bot.models import (
     metric_bucket,
 )
 from bot.people import mention
+from bot.registry import events
 from bot.registry.lookup import (
     get_prompt,
     get_version,
@@ -415,6 +416,7 @@ def _switch(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise ConcurrentChange(f"{prompt.name} changed while this request ran; look and retry")
     session.expire(routing)
+    events.routing_changed(session, prompt.name, revision + 1)  # NOTIFY; published at commit
     entry = AuditEntry(
         prompt_id=_id(prompt),
         kind=kind,

@@ -154,3 +154,14 @@ def revisions(*, session: Session) -> dict[str, int]:
         )
     ).all()
     return {name: int(revision) for name, revision in rows}
+
+
+def routing_fingerprint(*, session: Session) -> tuple[int, int]:
+    """One cheap value that changes whenever any prompt's routing does: the number of routing
+    rows and the sum of their revisions. Every change adds one to one revision, and PostgreSQL
+    may commit changes out of id order, so neither the highest revision (it is per prompt) nor
+    the highest audit id would do: a later snapshot sees a strictly larger sum."""
+    count, total = session.execute(
+        sa_select(func.count(), func.coalesce(func.sum(col(Routing.revision)), 0))
+    ).one()
+    return int(count), int(total)
