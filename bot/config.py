@@ -121,8 +121,13 @@ class Settings(BaseSettings):
     # its version (docs/alertmanager.md).
     alertmanager_prompt_label: str = Field(default="prompt", min_length=1)
     alertmanager_version_label: str = Field(default="version", min_length=1)
-    # How often the server looks for routing changes to push to connected clients.
-    stream_poll_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
+    # Routing changes are pushed to connected clients at commit (this process) or by
+    # LISTEN/NOTIFY (other processes, PostgreSQL). Besides, each server reads one value (the
+    # routing fingerprint) this often to catch changes nothing pushed: SQLite, whose other
+    # processes (the CLI) cannot notify, and PostgreSQL while the LISTEN connection is down...
+    stream_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.1
+    # ... and this often on PostgreSQL while LISTEN works (a safety net).
+    stream_safety_poll_seconds: Annotated[float, Field(gt=0, le=300)] = 2.0
 
     @field_validator("database_url")
     @classmethod

@@ -1,54 +1,281 @@
-"""The routing change feed: a change made in this process is never hidden by a stale cache."""
+"""The routing change feed: changes are pushed at commit (this process) and by LISTEN/NOTIFY
+(other processes, PostgreSQL); a cheap poll catches the rest; a change made in this process is
+never hidden by a stale cache."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from sqlalchemy import Engine
+import httpx
+import pytest
+from sqlalchemy import Engine, create_engine, text
 
 from bot.api.feed import ChangeFeed
-from bot.models import RoutingState
-from tests.conftest import make_prompt, roll_back
+from bot.api.notify_pg import APPLICATION_NAME
+from bot.client import PromptClient
+from bot.db import write_session
+from bot.models import RoutingState, utcnow
+from bot.registry import deploy
+from tests.conftest import API_TOKEN, OPERATOR, PG_ONLY, PG_URL, make_prompt, roll_back
+from tests.test_serve import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "customer-support"
 
 
-class PausedFeed(ChangeFeed):
-    """A feed whose change query waits, after reading, until the test lets it answer."""
+class GatedFeed(ChangeFeed):
+    """A feed whose every read, once it has read, waits for the test to let it answer."""
 
     def __init__(self, engine: Engine) -> None:
-        super().__init__(engine, poll_seconds=0.4)
-        self.read = threading.Event()
-        self.answer = threading.Event()
+        super().__init__(engine, poll_seconds=30, listen=False)
+        self.reading = threading.Semaphore(0)  # released by each read that has read
+        self.answer = threading.Semaphore(0)  # one release lets one read answer
 
-    def _changes(self) -> list[RoutingState]:
-        found = super()._changes()
-        if not self.answer.is_set():
-            self.read.set()
-            self.answer.wait(5)
+    def _read(
+        self, names: list[str], poll: bool
+    ) -> tuple[list[RoutingState], set[str] | None, tuple[int, int] | None]:
+        found = super()._read(names, poll)
+        self.reading.release()
+        assert self.answer.acquire(timeout=10)
         return found
 
 
-def test_a_change_committed_while_a_poll_reads_stays_uncached_until_the_next_poll(
+async def _next(queue: asyncio.Queue[RoutingState | None], timeout: float = 10) -> RoutingState:
+    state = await asyncio.wait_for(queue.get(), timeout)
+    assert state is not None
+    return state
+
+
+def test_a_change_committed_while_a_read_runs_stays_uncached_until_a_later_read(
     engine: Engine,
 ) -> None:
     make_prompt(engine)  # v2.0.0 live
 
     async def scenario() -> tuple[RoutingState | None, RoutingState | None]:
-        feed = PausedFeed(engine)
-        feed.mark_dirty("customer-support")  # deployed here: not cached yet
+        feed = GatedFeed(engine)
+        feed.mark_dirty(PROMPT)  # deployed here: not cached yet
         feed.start()
-        await asyncio.to_thread(feed.read.wait, 5)  # a poll has read v2.0.0...
-        roll_back(engine)  # ... when this process rolls back and marks the prompt again
-        feed.mark_dirty("customer-support")
-        feed.answer.set()
-        await asyncio.sleep(0.2)  # that poll has answered; the next one is 0.4 s away
-        during = feed.current("customer-support")
-        await asyncio.sleep(0.5)  # the next poll reads the rollback
-        after = feed.current("customer-support")
+        assert await asyncio.to_thread(feed.reading.acquire, True, 10)  # a read has v2.0.0...
+        await asyncio.to_thread(roll_back, engine)  # ... when this process rolls back
+        feed.answer.release()  # that read answers v2.0.0, which must not settle the rollback
+        assert await asyncio.to_thread(feed.reading.acquire, True, 10)  # the next read runs
+        during = feed.current(PROMPT)
+        feed.answer.release()
+        for _ in range(100):
+            if feed.current(PROMPT) is not None:
+                break
+            await asyncio.sleep(0.05)
+        after = feed.current(PROMPT)
         await feed.stop()
         return during, after
 
     during, after = asyncio.run(scenario())
-    # Between the two polls the prompt is read from the database, never the stale v2.0.0.
+    # Until a read that began after the rollback answers, the prompt is read from the
+    # database, never the stale v2.0.0.
     assert during is None, during
     assert after is not None and after.active_version == "v1.9.0"
+
+
+def test_a_change_made_in_this_process_is_pushed_without_waiting_for_the_poll(
+    engine: Engine,
+) -> None:
+    make_prompt(engine)
+
+    async def scenario() -> tuple[RoutingState, RoutingState, float]:
+        feed = ChangeFeed(engine, poll_seconds=30, listen=False)  # no poll, no NOTIFY here
+        feed.start()
+        await asyncio.sleep(0.5)  # the first read (everything) is done
+        queue = feed.subscribe()
+        started = time.monotonic()
+        await asyncio.to_thread(roll_back, engine)  # committed by a worker thread
+        rolled_back = await _next(queue)
+        await asyncio.to_thread(_deploy, engine, "v2.0.0")
+        deployed = await _next(queue)
+        elapsed = time.monotonic() - started
+        await feed.stop()
+        return rolled_back, deployed, elapsed
+
+    rolled_back, deployed, elapsed = asyncio.run(scenario())
+    assert (rolled_back.active_version, deployed.active_version) == ("v1.9.0", "v2.0.0")
+    assert deployed.revision == rolled_back.revision + 1
+    assert elapsed < 10  # generous: the poll would have taken 30 s
+
+
+def _deploy(engine: Engine, version: str, prompt: str = PROMPT) -> None:
+    with write_session(engine) as session:
+        deploy(
+            session=session,
+            prompt=prompt,
+            version=version,
+            actor=OPERATOR,
+            now=utcnow(),
+            force=True,
+        )
+
+
+def test_another_process_change_is_caught_by_the_poll_even_below_the_highest_revision(
+    engine: Engine, db_url: str
+) -> None:
+    # "busy" has the highest revision (5); the other process rolls "customer-support" back
+    # from revision 3 to 4, which leaves the highest revision where it was.
+    make_prompt(engine, "busy", versions=("v1", "v2", "v3", "v4", "v5"))
+    make_prompt(engine)
+
+    async def scenario() -> RoutingState:
+        feed = ChangeFeed(engine, poll_seconds=0.2, listen=False)
+        feed.start()
+        await asyncio.sleep(0.5)
+        queue = feed.subscribe()
+        code = (
+            "from bot.db import make_engine; from tests.conftest import roll_back; "
+            f"roll_back(make_engine({db_url!r}))"
+        )
+        await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60
+        )
+        state = await _next(queue)
+        await feed.stop()
+        return state
+
+    state = asyncio.run(scenario())
+    assert (state.prompt, state.active_version, state.revision) == (PROMPT, "v1.9.0", 4)
+
+
+# --- across processes on PostgreSQL: LISTEN/NOTIFY --------------------------------------------
+
+SLOW_POLL = {"STREAM_POLL_SECONDS": "30", "STREAM_SAFETY_POLL_SECONDS": "30"}
+
+
+class Replica:
+    """A `rollback-bot serve` process whose polls are 30 s apart: only NOTIFY can be quick."""
+
+    def __init__(self, db_url: str, log_path: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.log = log_path.open("w")
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "ROLLBACK_API_TOKEN": API_TOKEN,
+            "PORT": str(self.port),
+            "CHECKER_ENABLED": "false",
+            "LOG_LEVEL": "INFO",
+            **SLOW_POLL,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve"],
+            env=env,
+            cwd=ROOT,
+            text=True,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.api = httpx.Client(
+            base_url=self.base, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=30
+        )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while httpx_ok(self.base) is False:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < deadline, self.log_path.read_text()
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        self.api.close()
+        self.log.close()
+
+
+def httpx_ok(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture
+def replicas(db_url: str, tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
+    pair = (Replica(db_url, tmp_path / "a.log"), Replica(db_url, tmp_path / "b.log"))
+    try:
+        for replica in pair:
+            replica.wait_ready()
+        yield pair
+    finally:
+        for replica in pair:
+            replica.stop()
+
+
+def _listener_pids(proc: subprocess.Popen[str]) -> list[int]:
+    assert PG_URL is not None
+    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with admin.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE application_name = :name AND query LIKE 'LISTEN %'"
+                ),
+                {"name": f"{APPLICATION_NAME} {proc.pid}"},
+            )
+            return [int(pid) for (pid,) in rows]
+    finally:
+        admin.dispose()
+
+
+def _wait_listening(replica: Replica, other_than: int | None = None) -> int:
+    deadline = time.monotonic() + 30
+    while True:
+        pids = [pid for pid in _listener_pids(replica.proc) if pid != other_than]
+        if pids:
+            return pids[0]
+        assert time.monotonic() < deadline, replica.log_path.read_text()
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
+def test_a_rollback_through_one_replica_reaches_the_other_replicas_stream_by_notify(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    for label in ("v1.9.0", "v2.0.0"):
+        a.api.post(
+            f"/api/prompts/{PROMPT}/versions", json={"version": label, "template": label}
+        ).raise_for_status()
+        a.api.post(f"/api/prompts/{PROMPT}/deploy", json={"version": label}).raise_for_status()
+    listener = _wait_listening(b)
+    with PromptClient(b.base, API_TOKEN, prompts=[PROMPT]) as client:
+        assert client.wait_for(PROMPT, "v2.0.0", timeout=10)
+        polls = client.stats.polls  # the client's first look; from now on only the stream
+        a.api.post("/api/rollback", json={"prompt": PROMPT}).raise_for_status()
+        assert client.wait_for(PROMPT, "v1.9.0", timeout=5), b.log_path.read_text()
+        # B's /resolve cache took it too (B's poll is 30 s away).
+        assert b.api.get(f"/api/prompts/{PROMPT}/resolve").json()["version"] == "v1.9.0"
+
+        # Cut B's LISTEN connection (only that backend): it reconnects and pushes again.
+        assert PG_URL is not None
+        admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": listener})
+        admin.dispose()
+        _wait_listening(b, other_than=listener)
+        a.api.post(
+            f"/api/prompts/{PROMPT}/deploy", json={"version": "v2.0.0", "force": True}
+        ).raise_for_status()
+        assert client.wait_for(PROMPT, "v2.0.0", timeout=5), b.log_path.read_text()
+        assert (client.stats.polls, client.stats.stream_connects) == (polls, 1)
+    b.stop()
+    log = b.log_path.read_text()
+    assert "LISTEN connection lost" in log, log
+    assert "LISTEN connection restored" in log, log

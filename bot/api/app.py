@@ -45,7 +45,7 @@ def create_app(
 ) -> FastAPI:
     """The HTTP API over the given settings and engine, with the checker and Slack if given."""
 
-    feed = ChangeFeed(engine, settings.stream_poll_seconds)
+    feed = ChangeFeed(engine, settings.stream_poll_seconds, settings.stream_safety_poll_seconds)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -1,8 +1,18 @@
-"""The routing change feed behind GET /api/stream.
+"""The routing change feed behind GET /api/stream, /resolve's cache and OFREP.
 
-One poller per process notices routing changes by their revision (a cheap query every
-STREAM_POLL_SECONDS) — so a change made by any replica, the CLI or the checker is seen — and
-fans each new state out to the connected streams.
+Changes are pushed, not polled for:
+
+- a change committed in this process (an API route, the checker, a rollout, verification,
+  Slack) reaches the feed at commit through a session event (bot/registry/events.py), from
+  whatever thread committed it;
+- on PostgreSQL a change committed by another process (a replica, the CLI) arrives by
+  LISTEN/NOTIFY on one dedicated connection (bot/api/notify_pg.py);
+- a poll reads one value, the routing fingerprint (row count and sum of revisions), and only
+  when it moved reads which prompts changed. It is the safety net on PostgreSQL (every
+  STREAM_SAFETY_POLL_SECONDS while LISTEN works, every STREAM_POLL_SECONDS while it is down)
+  and how a SQLite server sees the CLI's changes (every STREAM_POLL_SECONDS).
+
+Each pushed prompt is read from the database and fanned out to the connected streams.
 """
 
 from __future__ import annotations
@@ -10,37 +20,59 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from contextlib import suppress
 
 from anyio import to_thread
-from sqlalchemy import Engine
+from sqlalchemy import URL, Engine
+from sqlmodel import Session
 
 from bot import registry
+from bot.api.notify_pg import PgListener
 from bot.db import read_session
 from bot.errors import BotError
 from bot.liveness import Loop
 from bot.models import RoutingState
+from bot.registry import events
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 1_000  # a subscriber this far behind is dropped; its client reconnects
+SAFETY_POLL_SECONDS = 2.0
 
 
 class ChangeFeed:
     """Publishes every routing change to subscribers (asyncio queues)."""
 
-    def __init__(self, engine: Engine, poll_seconds: float) -> None:
-        self.loop = Loop("change-feed", poll_seconds)
+    def __init__(
+        self,
+        engine: Engine,
+        poll_seconds: float,
+        safety_poll_seconds: float = SAFETY_POLL_SECONDS,
+        *,
+        listen: bool = True,
+    ) -> None:
         self.engine, self.poll_seconds = engine, poll_seconds
+        self.safety_poll_seconds = max(safety_poll_seconds, poll_seconds)
+        self.loop = Loop("change-feed", self.safety_poll_seconds)
         self._subscribers: set[asyncio.Queue[RoutingState | None]] = set()
-        self._seen: dict[str, int] = {}
+        self._seen: dict[str, int] = {}  # every prompt's revision as last read
         self._states: dict[str, RoutingState] = {}
-        # Prompts changed here, each with the number of its latest mark: a poll settles only
-        # the marks made before it read (a change committed during the read may be missed).
+        self._fingerprint: tuple[int, int] | None = None
+        # Prompts changed here, each with the number of its latest mark: a read settles only
+        # the marks made before it began (a change committed during the read may be missed).
         self._dirty: dict[str, int] = {}
         self._marks = 0
-        self._lock = threading.Lock()  # routes mark from worker threads
+        # Prompts to read at once: {name: revision announced, or None if not known}.
+        self._pending: dict[str, int | None] = {}
+        self._poll_now = False
+        self._lock = threading.Lock()  # changes are announced from worker threads
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self.listener: PgListener | None = None
+        if listen and engine.dialect.name == "postgresql":
+            self.listener = PgListener(engine, self._notified, self._listening)
 
     def current(self, prompt: str) -> RoutingState | None:
         """The prompt's routing as last seen (None if unknown, or changed here since)."""
@@ -48,10 +80,8 @@ class ChangeFeed:
 
     def mark_dirty(self, prompt: str) -> None:
         """This process just changed the prompt (committed): read it from the database until a
-        poll that began after this call has finished."""
-        with self._lock:
-            self._marks += 1
-            self._dirty[prompt] = self._marks
+        read that began after this call has finished (one is started at once)."""
+        self._changed_here({prompt: None})
 
     def subscribe(self) -> asyncio.Queue[RoutingState | None]:
         """A queue that receives every change from now on."""
@@ -64,11 +94,19 @@ class ChangeFeed:
         self._subscribers.discard(queue)
 
     def start(self) -> None:
-        """Start polling (inside the running event loop)."""
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        """Start following changes (inside the running event loop)."""
+        self._aloop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        events.add_listener(self._committed)
+        self._task = self._aloop.create_task(self._run())
+        if self.listener is not None:
+            self.listener.start()
 
     async def stop(self) -> None:
-        """Stop polling and end every stream."""
+        """Stop following changes and end every stream."""
+        events.remove_listener(self._committed)
+        if self.listener is not None:
+            await self.listener.stop()
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
@@ -77,17 +115,84 @@ class ChangeFeed:
             with suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
 
+    # --- what wakes the feed (any thread) --------------------------------------------------
+
+    def _committed(self, url: URL, changed: dict[str, int]) -> None:
+        """A commit in this process changed routing (called in the committing thread)."""
+        if url == self.engine.url:
+            self._changed_here(dict(changed))
+
+    def _changed_here(self, changed: dict[str, int | None]) -> None:
+        with self._lock:
+            for prompt, revision in changed.items():
+                self._marks += 1
+                self._dirty[prompt] = self._marks
+                self._pending[prompt] = revision
+        self._poke()
+
+    def _notified(self, payload: str) -> None:
+        """NOTIFY from PostgreSQL: a change committed by any process, this one included."""
+        prompt, revision = events.parse_payload(payload)
+        with self._lock:
+            if revision is None or self._seen.get(prompt) != revision:
+                self._pending[prompt] = revision
+        self._poke()
+
+    def _listening(self, listening: bool) -> None:
+        """The LISTEN connection came up (poll once: catch what it missed) or went down."""
+        with self._lock:
+            self._poll_now = True
+        self._poke()
+
+    def _poke(self) -> None:
+        aloop, wake = self._aloop, self._wake
+        if aloop is None or wake is None:
+            return  # not started: the first read covers everything
+        with suppress(RuntimeError):  # the event loop has closed (shutting down)
+            aloop.call_soon_threadsafe(wake.set)
+
+    # --- the feed's own task ---------------------------------------------------------------
+
+    def _poll_interval(self) -> float:
+        """Slow while NOTIFY brings other processes' changes; fast when nothing does."""
+        listening = self.listener is not None and self.listener.listening
+        return self.safety_poll_seconds if listening else self.poll_seconds
+
     async def _run(self) -> None:
+        assert self._wake is not None
         with suppress(BotError):
-            for state in await to_thread.run_sync(self._everything):
+            self._fingerprint, states = await to_thread.run_sync(self._everything)
+            for state in states:
                 self._states[state.prompt] = state
                 self._seen[state.prompt] = state.revision
+        next_poll = time.monotonic() + self._poll_interval()
+        if self._pending:
+            self._wake.set()  # announced before the feed started
         while True:
-            await asyncio.sleep(self.poll_seconds)
-            # Marked before this poll began: it reads after their commits, so it settles them.
-            settled = self._marks
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that lands as the wait ends, and stop() would then wait for ever.
+            with suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_poll - time.monotonic())):
+                    await self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                pending, self._pending = self._pending, {}
+                poll = self._poll_now or time.monotonic() >= next_poll
+                self._poll_now = False
+                # Marked before this read began: it reads after their commits, so it settles
+                # them (those of the prompts it reads).
+                settled = self._marks
+            if poll:
+                next_poll = time.monotonic() + self._poll_interval()
+            names = [
+                name
+                for name, revision in pending.items()
+                if revision is None or self._seen.get(name) != revision or name in self._dirty
+            ]
+            if not names and not poll:
+                continue
             try:
-                changed = await to_thread.run_sync(self._changes)
+                changed, covered, fingerprint = await to_thread.run_sync(self._read, names, poll)
             except BotError as exc:  # the database is unreachable: keep the streams open
                 log.warning("change feed: %s", exc.message)
                 continue
@@ -95,15 +200,27 @@ class ChangeFeed:
                 await asyncio.sleep(self.loop.failed(exc))
                 continue
             self.loop.ok()
+            self._publish(changed)
+            if fingerprint is not None:
+                self._fingerprint = fingerprint
             with self._lock:
-                self._dirty = {name: mark for name, mark in self._dirty.items() if mark > settled}
-            for state in changed:
-                self._states[state.prompt] = state
-                for queue in list(self._subscribers):
-                    try:
-                        queue.put_nowait(state)
-                    except asyncio.QueueFull:
-                        self._drop(queue)
+                self._dirty = {
+                    name: mark
+                    for name, mark in self._dirty.items()
+                    if mark > settled or (covered is not None and name not in covered)
+                }
+
+    def _publish(self, changed: list[RoutingState]) -> None:
+        for state in changed:
+            if self._seen.get(state.prompt) == state.revision and state.prompt in self._states:
+                continue  # already published (read twice: pushed, then polled)
+            self._states[state.prompt] = state
+            self._seen[state.prompt] = state.revision
+            for queue in list(self._subscribers):
+                try:
+                    queue.put_nowait(state)
+                except asyncio.QueueFull:
+                    self._drop(queue)
 
     def _drop(self, queue: asyncio.Queue[RoutingState | None]) -> None:
         """End a stream that fell too far behind: its client reconnects and gets a snapshot."""
@@ -112,19 +229,36 @@ class ChangeFeed:
             queue.get_nowait()
         queue.put_nowait(None)
 
-    def _revisions(self) -> dict[str, int]:
-        with read_session(self.engine) as session:
-            return registry.revisions(session=session)
+    # --- reads (worker threads) ------------------------------------------------------------
 
-    def _everything(self) -> list[RoutingState]:
+    def _everything(self) -> tuple[tuple[int, int], list[RoutingState]]:
         with read_session(self.engine) as session:
-            return registry.routing_states(session=session)
+            fingerprint = registry.routing_fingerprint(session=session)  # read first: see _read
+            return fingerprint, registry.routing_states(session=session)
 
-    def _changes(self) -> list[RoutingState]:
-        current = self._revisions()
-        names = [name for name, rev in current.items() if self._seen.get(name) != rev]
-        self._seen = current
-        if not names:
-            return []
+    def _read(
+        self, names: list[str], poll: bool
+    ) -> tuple[list[RoutingState], set[str] | None, tuple[int, int] | None]:
+        """The states of `names`, and on a poll of every prompt whose revision moved.
+
+        Returns the states read, the prompts this read covers (None: all of them) and the new
+        fingerprint if it moved. The fingerprint is read before anything else, so the states
+        read are at least as new as it: a later poll finding it unchanged knows they are
+        current."""
+        wanted = set(names)
+        fingerprint: tuple[int, int] | None = None
         with read_session(self.engine) as session:
-            return registry.routing_states(session=session, names=names)
+            if poll:
+                found = registry.routing_fingerprint(session=session)
+                if found != self._fingerprint:
+                    fingerprint = found
+                    wanted |= set(self._changes(session))
+            states = (
+                registry.routing_states(session=session, names=sorted(wanted)) if wanted else []
+            )
+        return states, None if poll else wanted, fingerprint
+
+    def _changes(self, session: Session) -> list[str]:
+        """The prompts whose revision differs from the one last read."""
+        current = registry.revisions(session=session)
+        return [name for name, rev in current.items() if self._seen.get(name) != rev]
