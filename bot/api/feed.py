@@ -28,6 +28,7 @@ from sqlalchemy import URL, Engine
 from sqlmodel import Session
 
 from bot import registry
+from bot.api.data_version import DataVersion
 from bot.api.notify_pg import PgListener
 from bot.db import read_session
 from bot.errors import BotError
@@ -59,6 +60,9 @@ class ChangeFeed:
         self._seen: dict[str, int] = {}  # every prompt's revision as last read
         self._states: dict[str, RoutingState] = {}
         self._fingerprint: tuple[int, int] | None = None
+        # SQLite: the file's change counter as of the last poll that read (None: unknown).
+        self._data_version = DataVersion(engine)
+        self._polled_version: int | None = None
         # Prompts changed here, each with the number of its latest mark: a read settles only
         # the marks made before it began (a change committed during the read may be missed).
         self._dirty: dict[str, int] = {}
@@ -111,6 +115,7 @@ class ChangeFeed:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
+        self._data_version.close()
         for queue in list(self._subscribers):
             with suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
@@ -182,14 +187,22 @@ class ChangeFeed:
                 # Marked before this read began: it reads after their commits, so it settles
                 # them (those of the prompts it reads).
                 settled = self._marks
+            version, quiet = None, False
             if poll:
                 next_poll = time.monotonic() + self._poll_interval()
+                version = self._data_version.read()
+                # Nothing committed to the file since the last poll that read: nothing to read.
+                quiet = version is not None and version == self._polled_version
+                poll = not quiet
             names = [
                 name
                 for name, revision in pending.items()
                 if revision is None or self._seen.get(name) != revision or name in self._dirty
             ]
             if not names and not poll:
+                if quiet:
+                    self.loop.ok()
+                    self._settle(settled, None)
                 continue
             try:
                 changed, covered, fingerprint = await to_thread.run_sync(self._read, names, poll)
@@ -203,12 +216,18 @@ class ChangeFeed:
             self._publish(changed)
             if fingerprint is not None:
                 self._fingerprint = fingerprint
-            with self._lock:
-                self._dirty = {
-                    name: mark
-                    for name, mark in self._dirty.items()
-                    if mark > settled or (covered is not None and name not in covered)
-                }
+            if poll:
+                self._polled_version = version  # read before the poll: it is at least as new
+            self._settle(settled, None if quiet else covered)
+
+    def _settle(self, settled: int, covered: set[str] | None) -> None:
+        """Marks up to `settled` of the prompts read (None: all of them) are settled."""
+        with self._lock:
+            self._dirty = {
+                name: mark
+                for name, mark in self._dirty.items()
+                if mark > settled or (covered is not None and name not in covered)
+            }
 
     def _publish(self, changed: list[RoutingState]) -> None:
         for state in changed:
