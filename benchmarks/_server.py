@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "benchmark-token-0123456789abcdef"
+PIDS: dict[str, int] = {}  # base URL -> the server's process id, while it runs
 
 
 def header() -> str:
@@ -48,6 +49,7 @@ def server(database_url: str, **env: str) -> Iterator[str]:
     }
     proc = subprocess.Popen([sys.executable, "-m", "bot", "serve"], env=environment, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
+    PIDS[base] = proc.pid
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -61,6 +63,7 @@ def server(database_url: str, **env: str) -> Iterator[str]:
             time.sleep(0.1)
         yield base
     finally:
+        PIDS.pop(base, None)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
 
