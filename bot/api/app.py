@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 import bot
 from bot.api import errors
+from bot.api.fast_resolve import FastResolve
 from bot.api.feed import ChangeFeed
 from bot.api.limits import BodySizeLimit
 from bot.api.routes import (
@@ -77,6 +78,7 @@ def create_app(
     app.state.policies = policies
     app.state.feed = feed
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(FastResolve, settings=settings)  # outermost: /resolve's cached answers
     errors.install(app)
     app.include_router(health.router)
     app.include_router(prompts.router)
