@@ -32,7 +32,8 @@ def _through_slack(h: Harness, browser: httpx.Client) -> httpx.Response:
     to_slack = browser.get("/ui/sign-in/slack")
     assert to_slack.status_code == 303
     query = parse_qs(urlsplit(to_slack.headers["location"]).query)
-    assert to_slack.headers["location"].startswith(f"{h.fake.base_url.rstrip('/api/')}")
+    authorize = h.fake.base_url.removesuffix("/").removesuffix("/api") + "/openid/connect/authorize"
+    assert to_slack.headers["location"].startswith(f"{authorize}?")
     assert query["scope"] == ["openid profile"] and query["response_type"] == ["code"]
     assert query["client_id"] == [h.fake.oidc_client[0]] and query["nonce"][0]
     assert query["redirect_uri"] == [f"{h.base_url}/ui/sign-in/slack/callback"]
@@ -45,6 +46,7 @@ def test_an_on_call_engineer_signs_in_with_slack_and_is_named_in_what_they_do(
     harness: Harness, engine: Engine
 ) -> None:
     make_prompt(engine)  # v2.0.0 serving
+    harness.fake.wait_for(lambda _calls: harness.service.status.team_id == "T1")  # auth.test
     with httpx.Client(base_url=harness.base_url, follow_redirects=False) as browser:
         page = browser.get("/ui/sign-in").text
         assert 'href="/ui/sign-in/slack"' in page

@@ -108,7 +108,9 @@ def finish(
     fresh = isinstance(expires, int | float) and expires >= (now or time.time())
     if claims.get("nonce") != nonce or not fresh:
         raise SignInRefused("The sign-in expired or was replayed; start again.")
-    if team_id is not None and claims.get(TEAM_CLAIM) != team_id:
+    if team_id is None:  # the bot's workspace is not known until Slack answers auth.test
+        raise SignInRefused("Slack has not confirmed the bot's workspace yet; try again shortly.")
+    if claims.get(TEAM_CLAIM) != team_id:
         raise SignInRefused("That Slack account is in another workspace than the bot.")
     user = str(claims.get("sub") or "")
     if not user or not allowed(user):
