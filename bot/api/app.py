@@ -63,6 +63,9 @@ def create_app(
             if slack is not None:
                 slack.stop()
             await feed.stop()
+            overview = getattr(_app.state, "overview_feed", None)  # made by the first overview
+            if overview is not None:
+                await overview.stop()
 
     app = FastAPI(
         title="Prompt rollback bot",
