@@ -41,7 +41,12 @@ from bot.notify import Notifier
 from bot.policy import PolicySet
 from bot.policy.schema import rollback_limits
 from bot.registry.changes import Actor
-from bot.registry.lookup import get_prompt, previous_known_good, rollback_choices
+from bot.registry.lookup import (
+    get_prompt,
+    lock_routing,
+    previous_known_good,
+    rollback_choices,
+)
 from bot.rollouts import stages as rollouts
 from bot.slack.blocks import in_words
 
@@ -385,6 +390,7 @@ def split(
     """Send `percent` of the traffic to `version`, the rest staying on the live version."""
 
     def change(db: Session, actor: Actor, notifier: Notifier) -> str:
+        lock_routing(db, get_prompt(db, name))  # nobody changes it between this check and ours
         seen = registry.prompt_detail(session=db, name=name)
         live = seen.active_version
         if seen.revision != expected_revision or not live or seen.split:
