@@ -180,3 +180,59 @@ def test_the_rollback_dialog_closes_the_incident_and_updates_its_card(deps, engi
 
 def reason(text: str) -> dict[str, Any]:
     return {"reason": {"reason_text": {"type": "plain_text_input", "value": text}}}
+
+
+def test_every_listener_dispatched_on_the_event_loop_only_acks(deps) -> None:
+    """Commands and clicks are dispatched on the HTTP server's event loop (runs_inline): each
+    listener that can match one must be `deferred` (ack, then queue the work), or a click would
+    stall every other request while it talks to the database or Slack."""
+    from slack_bolt import App, BoltRequest, BoltResponse
+    from slack_bolt.authorization import AuthorizeResult
+
+    from bot.slack import blocks
+    from bot.slack.listener import runs_inline
+
+    app = App(
+        client=WebClient(base_url="http://127.0.0.1:9/", timeout=1),
+        authorize=lambda **_: AuthorizeResult(enterprise_id=None, team_id="T1", bot_token="x"),
+        request_verification_enabled=False,
+        process_before_response=True,
+    )
+    commands.register(app, deps)
+    actions.register(app, deps)
+    user = {"id": "U1"}
+    bodies: list[dict[str, Any]] = [
+        {"command": name, "text": "cs", "user_id": "U1", "team_id": "T1"}
+        for name in ("/rollback", "/deploy")
+    ]
+    bodies += [
+        {"type": "block_actions", "user": user, "team": {"id": "T1"}, "actions": [{"action_id": a}]}
+        for a in (
+            blocks.ROLLBACK_ACTION,
+            blocks.GRADUAL_ACTION,
+            blocks.FINISH_ROLLOUT_ACTION,
+            blocks.ABORT_ROLLOUT_ACTION,
+            blocks.ACKNOWLEDGE_ACTION,
+            blocks.INVESTIGATE_ACTION,
+        )
+    ]
+    submit = {
+        "type": "view_submission",
+        "user": user,
+        "team": {"id": "T1"},
+        "view": {"type": "modal", "callback_id": blocks.ROLLBACK_MODAL},
+    }
+    inline_matched, threaded = 0, []
+    for body in [*bodies, submit]:
+        request = BoltRequest(body=json.dumps(body), headers={"content-type": "application/json"})
+        for listener in app._listeners:
+            if not listener.matches(req=request, resp=BoltResponse(status=404)):
+                continue
+            if runs_inline(body):
+                inline_matched += 1
+                assert getattr(listener.ack_function, "deferred", False), (body, listener)
+            else:
+                threaded.append(listener)
+    assert inline_matched == len(bodies)  # every command and button has its deferred listener
+    assert len(threaded) == 1  # the dialog, whose listener rolls back before it answers
+    assert not runs_inline(submit)

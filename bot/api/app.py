@@ -83,6 +83,7 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(FastResolve, settings=settings)  # outermost: /resolve's cached answers
     errors.install(app)
+    app.include_router(slack_routes.router)
     app.include_router(health.router)
     app.include_router(prompts.router)
     app.include_router(rollback.router)
@@ -100,5 +101,4 @@ def create_app(
         name="dashboard-static",
     )
     app.include_router(stream.router)
-    app.include_router(slack_routes.router)
     return app

@@ -116,7 +116,7 @@ class SlackService:
             raise_error_for_unhandled_request=False,
             process_before_response=True,  # ack from the request; the work runs on self.pool
         )
-        listener.register_error_handler(self.app)
+        listener.register_error_handler(self.app, self.pool)
         commands.register(self.app, deps)
         actions.register(self.app, deps)
         self.notifier = SlackNotifier(deps)

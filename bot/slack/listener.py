@@ -7,7 +7,14 @@ before any database or Slack call, and hands the work to the deps' work pool. (B
 lazy listeners would do the same but deep-copy the whole request, message blocks included,
 for each one: most of the time a click takes before its ack.) `run_guarded` turns a known
 error into a friendly ephemeral answer and logs an unknown one with an id the user can quote.
-`@app.error` remains for errors raised before any listener runs.
+`@app.error` remains for errors raised before any listener runs; its answer goes through the
+pool too, so a dispatch never waits on Slack.
+
+Because every command and button listener is `deferred`, Bolt's dispatch of those requests
+does no I/O and takes a fraction of a millisecond: `runs_inline` lets the HTTP endpoint run it
+on the event loop instead of paying for a worker thread on every click. The rollback dialog's
+listener does its rollback before answering (so a refusal shows in the dialog) and is
+dispatched in a thread.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Executor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +49,14 @@ def deferred(work: Listener, deps: SlackDeps) -> Callable[..., None]:
         deps.pool.submit(run_guarded, bound, body, respond)
 
     listener.__name__ = listener.__qualname__ = work.__name__  # how Bolt names it in its logs
+    listener.deferred = True  # type: ignore[attr-defined]  # checked by tests: see runs_inline
     return listener
+
+
+def runs_inline(body: dict[str, Any]) -> bool:
+    """Whether dispatching this request only acks and queues work (slash commands and button
+    clicks, whose listeners are all `deferred`), so it may run on the event loop."""
+    return "command" in body or body.get("type") == "block_actions"
 
 
 def run_guarded(work: Work, body: dict[str, Any], respond: Respond) -> None:
@@ -64,9 +79,13 @@ def answer(error: Exception, respond: Respond | None) -> None:
         respond(text=text, response_type="ephemeral", replace_original=False)
 
 
-def register_error_handler(app: App) -> None:
-    """Attach the global error handler (errors outside listeners)."""
+def register_error_handler(app: App, pool: Executor) -> None:
+    """Attach the global error handler (errors outside listeners); the answer is sent from
+    the pool, so the dispatch that failed (maybe on the event loop) does not wait for Slack."""
 
     @app.error
     def on_error(error: Exception, respond: Respond | None) -> None:
-        answer(error, respond)
+        try:
+            pool.submit(answer, error, respond)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            answer(error, None)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from slack_bolt import BoltRequest
 from slack_sdk.signature import SignatureVerifier
 
-from bot.slack import envelope
+from bot.slack import envelope, listener
 
 router = APIRouter(tags=["slack"])
 log = logging.getLogger(__name__)
@@ -80,8 +80,12 @@ async def slack_events(request: Request) -> Response:
         wrong = "not a body Slack would send"
     if wrong is not None:  # signed, yet shaped unlike anything Slack sends: nothing is done
         return JSONResponse({"error": "malformed request body", "detail": wrong}, status_code=400)
-    # Bolt's dispatch blocks until ack(); run it in a worker thread, never on the loop.
-    answer = await to_thread.run_sync(service.app.dispatch, bolt_request)
+    if listener.runs_inline(bolt_request.body):
+        # Commands and clicks: Bolt's dispatch only acks and queues the work (no I/O), so it
+        # runs here; a worker-thread hop would cost more than the dispatch itself.
+        answer = service.app.dispatch(bolt_request)
+    else:  # the rollback dialog rolls back before answering: never on the loop
+        answer = await to_thread.run_sync(service.app.dispatch, bolt_request)
     if answer.status == 404:
         # Signed by Slack but nothing here handles it (an event the app is subscribed to, a
         # modal or button of an older release): acknowledged, so Slack neither retries it nor
