@@ -4,7 +4,9 @@ changes in the registry and queues for Slack is checked straight from the databa
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,14 @@ def deps(engine: Engine, db_url: str):
         )
 
 
+def wait_for_answer(said: Replies, seconds: float = 10.0) -> None:
+    """Until `said` holds an answer: a command answers once its announcement is posted or its
+    wait (ANNOUNCE_WAIT) ends, from another thread."""
+    deadline = time.monotonic() + seconds
+    while not said.said and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def queued(engine: Engine) -> list[SlackOutbox]:
     with read_session(engine) as session:
         return list(session.exec(select(SlackOutbox).order_by(SlackOutbox.id)))
@@ -81,6 +91,7 @@ def test_rollback_command_rolls_back_and_queues_the_announcement(deps, engine, m
     commands.rollback_command(
         deps, {"text": "customer-support v1.9.0 bad answers", "user_id": "U1"}, said
     )
+    wait_for_answer(said)
     with read_session(engine) as session:
         assert (
             registry.prompt_detail(session=session, name="customer-support").active_version
@@ -91,6 +102,32 @@ def test_rollback_command_rolls_back_and_queues_the_announcement(deps, engine, m
     posts = queued(engine)
     assert posts and "<@U1> rolled back *customer-support*" in posts[0].payload["text"]
     assert any("Verification of v1.9.0" in json.dumps(p.payload) for p in posts)
+
+
+def test_a_burst_of_commands_changes_every_prompt_before_waiting_on_slack(
+    deps, engine, monkeypatch
+) -> None:
+    """Each answer waits (up to ANNOUNCE_WAIT) for its announcement to reach Slack; that wait
+    is queued behind the commands already waiting, so no rollback waits on another's post."""
+    monkeypatch.setattr(commands, "ANNOUNCE_WAIT", 1.0)  # no worker runs here: never posted
+    make_prompt(engine, "first")
+    make_prompt(engine, "second")
+    said = {name: Replies() for name in ("first", "second")}
+    switched_before_first_answer: list[bool] = []
+
+    def second(body: dict[str, Any], respond: Any) -> None:
+        commands.rollback_command(deps, body, respond)
+        switched_before_first_answer.append(said["first"].text == "")
+
+    first = partial(commands.rollback_command, deps)
+    deps.pool.submit(run_guarded, first, {"text": "first", "user_id": "U1"}, said["first"])
+    deps.pool.submit(run_guarded, second, {"text": "second", "user_id": "U1"}, said["second"])
+    for replies in said.values():
+        wait_for_answer(replies)
+    assert switched_before_first_answer == [True]
+    for name in said:
+        assert f"Rolled back {name} v2.0.0 → v1.9.0" in said[name].text
+        assert "as soon as Slack takes the message" in said[name].text
 
 
 def test_a_person_not_on_call_changes_nothing(deps, engine) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from slack_bolt import App, Respond
@@ -22,10 +21,10 @@ from bot.models import (
 )
 from bot.registry.changes import Actor
 from bot.rollouts import stages as rollouts
-from bot.slack import cards, outbox
+from bot.slack import cards
 from bot.slack.blocks import HELP, history_blocks, status_blocks, to_dicts
 from bot.slack.deps import SlackDeps
-from bot.slack.listener import deferred
+from bot.slack.listener import deferred, run_guarded
 from bot.slack.notifier import SlackNotifier
 from bot.slack.parse import parse, parse_deploy
 
@@ -75,10 +74,12 @@ def rollback_command(deps: SlackDeps, command: dict[str, Any], respond: Respond)
             dedup_window=deps.dedup_window,
         )
         key = _announce(session, deps, result)
-    respond(
-        text=f"Rolled back {result.prompt} {result.from_version} → {result.to_version}. "
-        f"{_announced(deps, key, result.prompt)}",
-        response_type="ephemeral",
+    _answer_when_announced(
+        deps,
+        key,
+        result.prompt,
+        f"Rolled back {result.prompt} {result.from_version} → {result.to_version}.",
+        respond,
     )
 
 
@@ -91,24 +92,22 @@ def deploy_command(deps: SlackDeps, command: dict[str, Any], respond: Respond) -
         text = start_rollout(
             deps, RolloutKind.CANARY, request.prompt, request.version, user, request.reason
         )
-    else:
-        with write_session(deps.engine) as session:
-            result = lifecycle.deploy(
-                session,
-                prompt=request.prompt,
-                version=request.version or "",
-                actor=Actor(operator=user, trigger=Trigger.SLACK),
-                now=utcnow(),
-                notifier=SlackNotifier(deps),
-                reason=request.reason or "via /deploy",
-                force=request.force,
-            )
-            key = _announce(session, deps, result, verification=False)
-        text = (
-            f"Deployed {result.prompt} {result.from_version or '-'} → {result.to_version}. "
-            f"{_announced(deps, key, result.prompt)}"
+        respond(text=text, response_type="ephemeral")
+        return
+    with write_session(deps.engine) as session:
+        result = lifecycle.deploy(
+            session,
+            prompt=request.prompt,
+            version=request.version or "",
+            actor=Actor(operator=user, trigger=Trigger.SLACK),
+            now=utcnow(),
+            notifier=SlackNotifier(deps),
+            reason=request.reason or "via /deploy",
+            force=request.force,
         )
-    respond(text=text, response_type="ephemeral")
+        key = _announce(session, deps, result, verification=False)
+    done = f"Deployed {result.prompt} {result.from_version or '-'} → {result.to_version}."
+    _answer_when_announced(deps, key, result.prompt, done, respond)
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -174,16 +173,24 @@ def _announce(
     return key
 
 
-def _announced(deps: SlackDeps, key: str, prompt: str) -> str:
-    """Whether the announcement `key` is in the channel yet, in words: waits up to
-    ANNOUNCE_WAIT for the outbox to post it, and never claims a post Slack has not taken."""
-    deps.worker.wake()
+def _answer_when_announced(
+    deps: SlackDeps, key: str, prompt: str, done: str, respond: Respond
+) -> None:
+    """Answer `done` and whether the announcement `key` is in the channel yet: as soon as the
+    outbox posts it, or after ANNOUNCE_WAIT (never claiming a post Slack has not taken). No
+    thread waits meanwhile, so a burst of commands does not hold up other work."""
     channel = deps.channel(prompt)
-    deadline = time.monotonic() + ANNOUNCE_WAIT
-    while True:
-        with read_session(deps.engine) as session:
-            if outbox.sent_message(session, key) is not None:
-                return f"Announced in {channel}."
-        if time.monotonic() >= deadline:
-            return f"It will be announced in {channel} as soon as Slack takes the message."
-        time.sleep(0.05)
+
+    def then(sent: bool) -> None:
+        if sent:
+            text = f"{done} Announced in {channel}."
+        else:
+            text = f"{done} It will be announced in {channel} as soon as Slack takes the message."
+        deps.pool.submit(run_guarded, lambda _b, said: _say(said, text), {}, respond)
+
+    deps.worker.when_sent(key, ANNOUNCE_WAIT, then)
+    deps.worker.wake()
+
+
+def _say(respond: Respond, text: str) -> None:
+    respond(text=text, response_type="ephemeral")

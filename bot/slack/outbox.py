@@ -35,6 +35,7 @@ from bot.liveness import Loop
 from bot.models import OutboxStatus, SlackOutbox, utcnow
 from bot.runtime.claims import release, take
 from bot.slack import posted
+from bot.slack.awaiting import Awaiting
 from bot.slack.blocks import PERMALINK
 from bot.slack.status import TOKEN_REFUSED, SlackStatus
 from bot.telemetry import SLACK_ERRORS, SLACK_GIVEN_UP
@@ -127,6 +128,7 @@ class OutboxWorker:
         self._images: dict[str, bytes] = {}  # charts drawn, by row, for their upload
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self.awaiting = Awaiting(self._is_sent)  # answers waiting for a row to be posted
         self._thread: threading.Thread | None = None
         self.status: SlackStatus | None = None  # told of every call's outcome
         self.slack_down = False  # the last round stopped early: Slack did not answer
@@ -146,6 +148,15 @@ class OutboxWorker:
     def wake(self) -> None:
         """Deliver now rather than at the next poll."""
         self._wake.set()
+
+    def when_sent(self, key: str, timeout: float, then: Callable[[bool], None]) -> None:
+        """Call `then(True)` once the row `key` is posted, or `then(posted yet?)` after
+        `timeout` seconds; no thread waits meanwhile (`then` must be quick)."""
+        self.awaiting.add(key, timeout, then)
+
+    def _is_sent(self, key: str) -> bool:
+        with read_session(self.engine) as session:
+            return sent_message(session, key) is not None
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -336,6 +347,7 @@ class OutboxWorker:
             last_error=None,
             in_doubt_since=None,
         )
+        self.awaiting.delivered(row.dedupe_key)
         return True
 
     def _found_in_slack(self, row: SlackOutbox) -> tuple[str, str] | None:
