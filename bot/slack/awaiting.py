@@ -15,12 +15,14 @@ import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
 Then = Callable[[bool], None]
+RECENT = 1024  # delivered keys remembered for add(); far more than are ever in flight
 
 
 @dataclass(order=True)
@@ -44,25 +46,33 @@ class Awaiting:
         self._by_key: dict[str, list[_Wait]] = {}
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        # Keys delivered lately: a row posted between its commit and add() (no database read).
+        self._recent: OrderedDict[str, None] = OrderedDict()
 
     def add(self, key: str, timeout: float, then: Then) -> None:
         """Wait up to `timeout` seconds for the row `key` to be delivered."""
         wait = _Wait(time.monotonic() + timeout, next(self._seq), key, then)
         with self._cond:
-            heapq.heappush(self._heap, wait)
-            self._by_key.setdefault(key, []).append(wait)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="slack-awaiting", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify()
-        if self._is_sent(key):  # delivered before the wait was registered
-            self.delivered(key)
+            if key in self._recent:  # posted before the wait was registered
+                wait.done = True
+            else:
+                heapq.heappush(self._heap, wait)
+                self._by_key.setdefault(key, []).append(wait)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="slack-awaiting", daemon=True
+                    )
+                    self._thread.start()
+                self._cond.notify()
+        if wait.done:
+            _call(then, True)
 
     def delivered(self, key: str) -> None:
         """The row `key` was posted: its waits end now."""
         with self._cond:
+            self._recent[key] = None
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
             waits = [w for w in self._by_key.pop(key, []) if not w.done]
             for w in waits:
                 w.done = True
