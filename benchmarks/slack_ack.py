@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,8 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import _server  # noqa: E402
 import httpx  # noqa: E402
-from _server import api, free_port, header, server  # noqa: E402
+from _server import PIDS, api, free_port, header, server  # noqa: E402
 from sqlmodel import select  # noqa: E402
 
 from bot.db import make_engine, write_session  # noqa: E402
@@ -103,7 +105,10 @@ def reference(n: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--root", help="run `python -m bot serve` from this checkout instead")
     args = parser.parse_args()
+    if args.root:
+        _server.ROOT = Path(args.root).resolve()
     n = args.concurrency
     print(header())
     floor = reference(n)
@@ -129,6 +134,8 @@ def main() -> None:
                 )
                 client.post(f"/api/prompts/p{i}/deploy", json={"version": label})
         commands = [lambda i=i: sender.command(f"p{i} v1", user_id="U1") for i in range(n)]
+        settle(fake)
+        cpu_before = cpu_seconds(PIDS[base])
         started = time.perf_counter()
         acks = fire(commands, n)
         while any(
@@ -136,10 +143,17 @@ def main() -> None:
         ):
             time.sleep(0.01)
         switched = time.perf_counter() - started
+        quiet = settle(fake)  # every post, thread reply and answer made
+        work = cpu_seconds(PIDS[base]) - cpu_before
         print(summary(f"{n} concurrent /rollback commands, ack", acks))
         print(f"  p99 {p99(acks) / p99(floor):.2f}x the reference's")
         print(
             f"  all {n} prompts switched {switched * 1000:.0f} ms after the first command was sent"
+        )
+        print(
+            f"  server CPU from the burst until Slack had every post and answer "
+            f"({quiet:.1f} s): {work:.2f} s, {work / n * 1000:.1f} ms a command "
+            f"(ack, rollback, outbox, answer; polls of this script included)"
         )
 
         # An open incident on prompt "cs" (as the checker would record it), then n clicks at once.
@@ -178,6 +192,23 @@ def main() -> None:
             f"  sent to registry switched: {switched * 1000:.0f} ms; rollbacks recorded: "
             f"{[e['kind'] for e in history].count('rollback')}"
         )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(fake: FakeSlack, quiet: float = 1.0) -> float:
+    """Wait until the Slack stand-in has had no call for `quiet` seconds; returns the wait."""
+    started = time.monotonic()
+    seen, since = len(fake.calls), time.monotonic()
+    while time.monotonic() - since < quiet:
+        time.sleep(0.05)
+        if len(fake.calls) != seen:
+            seen, since = len(fake.calls), time.monotonic()
+    return time.monotonic() - started - quiet
 
 
 def open_incident_on(url: str) -> int:
