@@ -34,8 +34,18 @@ def _names(prompts: str | None) -> list[str] | None:
     return [p.strip() for p in prompts.split(",") if p.strip()] if prompts else None
 
 
+# The last event encoded for each prompt, with the state it encodes: the feed hands the same
+# state object to every stream, so a change is encoded once, not once per connected client.
+_encoded: dict[str, tuple[RoutingState, str]] = {}
+
+
 def _event(state: RoutingState) -> str:
-    return f"event: routing\nid: {state.revision}\ndata: {state.model_dump_json()}\n\n"
+    hit = _encoded.get(state.prompt)
+    if hit is not None and hit[0] is state:
+        return hit[1]
+    text = f"event: routing\nid: {state.revision}\ndata: {state.model_dump_json()}\n\n"
+    _encoded[state.prompt] = (state, text)
+    return text
 
 
 @router.get("/routing", summary="Routing and templates of serving versions, for clients")
