@@ -2,11 +2,13 @@
 
 Each batch body is parsed with json.loads, folded into minute buckets per version (the same
 sums and latency histogram) and last-seen times, then written with the SQL statements the
-server runs, on the same schema, in one write transaction: look up the batch's versions and
-prompts, record the batch id, upsert the buckets and the last-seen rows in key order (one
-executemany each), commit. Straight on the driver: sqlite3 (writers queued on a lock, as the
-server queues them) or psycopg. No validation beyond what the fold needs: this is the limit
-the server is compared with.
+server runs for an accepted batch, on the same schema, in one write transaction: look up the
+batch's versions, record the batch id, upsert the buckets and the last-seen rows in key order
+(one executemany each), commit. (Before issue 17's change the server also read the batch's
+prompts for every batch, and so did this reference; now both read them only for a refused
+batch.) Straight on the driver: sqlite3 (writers queued on a lock, as the server queues them)
+or psycopg. No validation beyond what the fold needs: this is the limit the server is
+compared with.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ def _statements(mark: str) -> dict[str, str]:
     return {
         "versions": "SELECT prompt.name, prompt_version.label, prompt_version.id FROM prompt "
         "JOIN prompt_version ON prompt_version.prompt_id = prompt.id WHERE prompt.name IN ({})",
-        "prompts": "SELECT prompt.name FROM prompt WHERE prompt.name IN ({})",
         "batch": f"INSERT INTO ingested_batch (batch_id, created_at) VALUES ({mark}, {mark}) "
         "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
         "buckets": f"INSERT INTO metric_bucket (version_id, minute, {names}) VALUES ({values}) "
@@ -108,8 +109,6 @@ class Reference:
             cur = conn.cursor()
             cur.execute(self.sql["versions"].format(marks), names)
             ids = {(name, label): vid for name, label, vid in cur.fetchall()}
-            cur.execute(self.sql["prompts"].format(marks), names)
-            cur.fetchall()
             batch_id = document.get("batch_id")
             if batch_id is not None:
                 cur.execute(self.sql["batch"], (batch_id, stamp(now)))

@@ -1,13 +1,14 @@
 """Event ingestion throughput through the HTTP API, against a plain-Python reference.
 
     python benchmarks/ingest_throughput.py [--seconds 6] [--clients 4] [--batch 500] [--runs 3]
-        [--database-url postgresql://...] [--no-batch-id]
+        [--database-url postgresql://...] [--no-batch-id] [--distinct-ts]
 
 Each run measures, one after the other on the same machine:
 - the project: the real server (`rollback-bot serve`, checker on) in its own process, with
   wrk (one thread, `--clients` connections) posting pre-encoded batches to POST /api/events
   for `--seconds`, each under a fresh `batch_id` as the serving client sends them
-  (`--no-batch-id` leaves it out); error answers are counted and wrk keeps going;
+  (`--no-batch-id` leaves it out); error answers are counted and wrk keeps going. All events
+  of a batch share one `ts` unless `--distinct-ts` gives each its own;
 - the reference (benchmarks/_ingest_reference.py): the same bodies, from as many threads,
   parsed with json.loads, folded per batch and written with the same SQL statements on the
   same schema straight through sqlite3 or psycopg, no HTTP;
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,9 +48,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--no-batch-id", action="store_true", help="send batches without an id")
+    parser.add_argument(
+        "--distinct-ts",
+        action="store_true",
+        help="a different ts (to the microsecond) for every event, instead of one per batch",
+    )
     args = parser.parse_args()
     print(header())
-    bodies = _bodies(args.batch)
+    bodies = _bodies(args.batch, args.distinct_ts)
     backend = "PostgreSQL" if (args.database_url or "").startswith("postgresql") else "SQLite"
     results: list[tuple[float, float]] = []
     for run in range(1, args.runs + 1):
@@ -77,9 +83,9 @@ def _spread(values: list[float], fmt: str) -> str:
     return " / ".join(fmt.format(v) for v in (values[0], statistics.median(values), values[-1]))
 
 
-def _bodies(batch: int) -> list[bytes]:
+def _bodies(batch: int, distinct_ts: bool = False) -> list[bytes]:
     rng = random.Random(7)
-    now = datetime.now(UTC).isoformat()
+    now = datetime.now(UTC)
     return [
         json.dumps(
             {
@@ -90,9 +96,9 @@ def _bodies(batch: int) -> list[bytes]:
                         "error": rng.random() < 0.02,
                         "latency_ms": rng.lognormvariate(6, 0.4),
                         "quality": round(rng.random(), 3),
-                        "ts": now,
+                        "ts": (now - timedelta(microseconds=i if distinct_ts else 0)).isoformat(),
                     }
-                    for _ in range(batch)
+                    for i in range(batch)
                 ]
             }
         ).encode()
