@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, text
 
 from bot.db import read_session, write_session
-from bot.metrics.ingest import ingest, prune
-from bot.models import Event, EventBatch, metric_bucket, utcnow
+from bot.errors import InvalidEvents
+from bot.metrics.ingest import fold, ingest, prune, store
+from bot.models import Event, EventBatch, IngestedBatch, VersionSeen, metric_bucket, utcnow
 from tests.conftest import PG_ONLY, make_prompt
 
 
@@ -223,3 +224,93 @@ def test_concurrent_batches_never_deadlock_on_postgresql(engine: Engine) -> None
     time.sleep(1.0)  # statistics reach pg_stat_database at transaction end, give them a moment
     assert failures == []
     assert deadlocks() == before
+
+
+def _seen(engine: Engine) -> dict[int, datetime]:
+    with read_session(engine) as session:
+        rows = session.execute(select(VersionSeen.version_id, VersionSeen.last_event_at)).all()
+        return {row[0]: row[1] for row in rows}
+
+
+def test_one_instant_written_in_different_offsets_is_one_minute(
+    client: TestClient, engine: Engine
+) -> None:
+    """Times are folded by instant, whatever offset they are written in: 10:07:30Z, 11:07:30+01
+    and 05:07:30-05 are the same minute; the last-seen time is the newest instant, and never
+    moves backwards when an older batch arrives later."""
+    make_prompt(engine, versions=("v2.0.0",))
+    at = (datetime.now(UTC) - timedelta(minutes=3)).replace(second=30, microsecond=0)
+    event = {"prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 7}
+    written = [
+        at.isoformat(),
+        at.astimezone(timezone(timedelta(hours=1))).isoformat(),
+        at.astimezone(timezone(timedelta(hours=-5))).isoformat(),
+        (at + timedelta(seconds=20)).astimezone(timezone(timedelta(hours=2))).isoformat(),
+    ]
+    r = client.post("/api/events", json={"events": [{**event, "ts": ts} for ts in written * 3]})
+    assert r.status_code == 200 and r.json()["buckets"] == 1, r.text
+    with read_session(engine) as session:
+        minute, requests = session.execute(
+            select(metric_bucket.c.minute, metric_bucket.c.requests)
+        ).one()
+    assert (minute, requests) == (at.replace(second=0), 12)
+    assert list(_seen(engine).values()) == [at + timedelta(seconds=20)]
+    older = {**event, "ts": (at - timedelta(minutes=1)).isoformat()}
+    assert client.post("/api/events", json={"events": [older]}).status_code == 200
+    assert list(_seen(engine).values()) == [at + timedelta(seconds=20)]
+
+
+def test_each_refused_event_is_named_once_by_its_first_problem(engine: Engine) -> None:
+    """The checks run in one order (timezone, then prompt and version, then time), whichever
+    event of the batch comes first; nothing of a refused batch is stored."""
+    make_prompt(engine, versions=("v2.0.0",))
+    now = utcnow()
+    good = {"prompt": "customer-support", "version": "v2.0.0", "error": False, "latency_ms": 5.0}
+    naive, future = datetime(2026, 12, 3, 10), now + timedelta(hours=1)
+    events = [
+        Event(**good, ts=now),
+        Event(**{**good, "version": "v9"}, ts=future),  # unknown version wins over the time
+        Event(**{**good, "prompt": "nope"}, ts=naive),  # the timezone is checked first
+        Event(**good, ts=future),
+        Event(**good, ts=now - timedelta(days=30)),
+        Event(**good),
+    ]
+    with pytest.raises(InvalidEvents) as refused, write_session(engine) as session:
+        ingest(
+            session=session,
+            batch=EventBatch(events=events, batch_id="refused-1"),
+            now=now,
+            retention=timedelta(hours=48),
+        )
+    assert refused.value.problems == [
+        {"field": "events.1.version", "message": "unknown version 'v9'; register it first"},
+        {"field": "events.2.ts", "message": "must include a timezone (e.g. ...Z)"},
+        {"field": "events.3.ts", "message": "is more than 5 minutes in the future"},
+        {"field": "events.4.ts", "message": "is older than the metrics retention"},
+    ]
+    assert _buckets(engine) == [] and _seen(engine) == {}
+    with read_session(engine) as session:  # the batch id is free: the sender may fix and resend
+        assert session.execute(select(func.count()).select_from(IngestedBatch)).scalar() == 0
+
+
+def test_fold_needs_no_database_and_store_writes_what_it_summed(engine: Engine) -> None:
+    """fold (run before the write transaction, outside the write lock) sums per version and
+    minute; store writes those sums as they are."""
+    make_prompt(engine, versions=("v1.9.0", "v2.0.0"))
+    now = utcnow()
+    minute = now.replace(second=0, microsecond=0)
+    events = [
+        Event(prompt="customer-support", version=v, error=e, latency_ms=ms, quality=q, ts=now)
+        for v, e, ms, q in [
+            ("v2.0.0", True, 4.0, None),
+            ("v2.0.0", False, 700.0, 0.5),
+            ("v1.9.0", False, 90_000.0, 1.0),
+        ]
+    ]
+    folded = fold(EventBatch(events=events), now=now, retention=timedelta(hours=1))
+    new = folded.rows[("customer-support", "v2.0.0", minute)]
+    assert new[:5] == [2, 1, 704.0, 0.5, 1]  # requests, errors, latency sum, quality sum, count
+    assert sum(new[5:]) == 2 and new[5] == 1  # 4 ms falls in the first histogram bucket
+    with write_session(engine) as session:
+        assert store(session=session, folded=folded).buckets == 2
+    assert sorted(_buckets(engine)) == [(1, 0, 1), (2, 1, 1)]
