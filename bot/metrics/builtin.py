@@ -12,7 +12,7 @@ from sqlmodel import col
 
 from bot.db import read_session
 from bot.errors import DatabaseUnavailable
-from bot.metrics.base import MetricsUnavailable, Target, VersionMetrics, WindowStats
+from bot.metrics.base import Baseline, MetricsUnavailable, Target, VersionMetrics, WindowStats
 from bot.metrics.histogram import percentiles
 from bot.metrics.ingest import minute_of
 from bot.models import HISTOGRAM_COLUMNS, Routing, metric_bucket
@@ -66,6 +66,9 @@ class BuiltinSource:
         self.engine = engine
         # A predecessor's baseline window lies in the past, so it is computed once per switch.
         self._baselines: dict[tuple[int, datetime, timedelta], WindowStats] = {}
+        # ... and so is the Baseline made of it, for the target that asked (its labels and
+        # sample size decide what pick_baseline makes of the figures).
+        self._picked: dict[tuple[int, datetime, timedelta], tuple[Any, Baseline | None]] = {}
 
     def collect(
         self, targets: Sequence[Target], now: datetime
@@ -120,22 +123,38 @@ class BuiltinSource:
         # Forget switches no longer live, so the cache stays as large as the set of targets.
         live_keys = {_key(t) for t in predecessors}
         self._baselines = {k: v for k, v in self._baselines.items() if k in live_keys}
+        self._picked = {k: v for k, v in self._picked.items() if k in live_keys}
         result: dict[int, VersionMetrics | MetricsUnavailable] = {}
         for target, start in zip(targets, first, strict=True):
             own = stats_of(start, target.version_id)
             cut = target.since is not None and minute_of(target.since) == start
             if cut and target.pre_since and target.version_id in rows_from[start]:
                 own = _without(rows_from[start][target.version_id], target.pre_since)
-            live: WindowStats | None = None
-            if target.baseline_version_id is not None:
-                if target.baseline_until is None:
-                    live = stats_of(start, target.baseline_version_id)
-                else:
-                    live = self._baselines.get(_key(target), empty)
-            result[target.version_id] = VersionMetrics(
-                current=own, baseline=target.pick_baseline(live)
-            )
+            if target.baseline_version_id is None:
+                baseline = target.pick_baseline(None)
+            elif target.baseline_until is None:
+                baseline = target.pick_baseline(stats_of(start, target.baseline_version_id))
+            else:
+                baseline = self._predecessor_baseline(target, empty)
+            result[target.version_id] = VersionMetrics(current=own, baseline=baseline)
         return result
+
+    def _predecessor_baseline(self, target: Target, empty: WindowStats) -> Baseline | None:
+        """pick_baseline over the cached figures of the version before the switch; the
+        result is kept for the next pass while the target asks the same question."""
+        key = _key(target)
+        question = (
+            target.version,
+            target.baseline_version,
+            target.min_requests,
+            target.stored_baselines,
+        )
+        known = self._picked.get(key)
+        if known is not None and known[0] == question:
+            return known[1]
+        baseline = target.pick_baseline(self._baselines.get(key, empty))
+        self._picked[key] = (question, baseline)
+        return baseline
 
     def _load_baselines(self, session: Any, targets: list[Target]) -> None:
         missing: dict[timedelta, list[int]] = defaultdict(list)
