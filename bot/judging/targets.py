@@ -66,24 +66,21 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
         previous.baseline,
         type_coerce(previous.health, String),
     ]
-    # Plain Core rows (tuples): the ORM's loading adds nothing to a read of columns.
-    rows = (
-        session.connection()
-        .execute(
-            select(*columns)
-            .join(Routing, col(Routing.prompt_id) == Prompt.id)
-            .join(active, col(active.id) == Routing.active_version_id)
-            .join(previous, col(previous.id) == Routing.previous_version_id, isouter=True)
-        )
-        .all()
+    # Plain Core rows (tuples), each dropped once read: the ORM's loading adds nothing to a
+    # read of columns, and holding every row until the end only feeds the garbage collector.
+    rows = session.connection().execute(
+        select(*columns)
+        .join(Routing, col(Routing.prompt_id) == Prompt.id)
+        .join(active, col(active.id) == Routing.active_version_id)
+        .join(previous, col(previous.id) == Routing.previous_version_id, isouter=True)
     )
-    split_versions = _split_versions(session, [row[0] for row in rows if row[2]])
     # Policies are resolved once per pass: one for every prompt on the defaults, one for
     # each prompt with an override.
     overridden = policies.prompts
     shared = policies.for_prompt(None)
     cache: dict[str, EffectivePolicy] = {}
     live: list[LiveVersion] = []
+    splits: list[tuple[int, dict[str, int], datetime, Any, LiveVersion]] = []
     for (
         prompt_id,
         name,
@@ -128,9 +125,21 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
         # A known-good version (restored by a rollback, say) is not "new": no first-hour limits.
         age_from = None if health == Health.GOOD else activated_at
         live.append(LiveVersion(stable, policy, health, age_from, revision))
-        for label, share in (split or {}).items():
-            version = split_versions.get((prompt_id, label))
-            if label == a_label or share <= 0 or version is None or version.id is None:
+        if split:
+            splits.append((len(live), split, updated_at, a_base, live[-1]))
+    if not splits:
+        return live
+    # Canaries follow their stable version; their versions are read once every row is in.
+    split_versions = _split_versions(session, [lv.target.prompt_id for *_, lv in splits])
+    ordered: list[LiveVersion] = []
+    done = 0
+    for position, split, updated_at, a_base, stable_lv in splits:
+        ordered += live[done:position]
+        done = position
+        stable = stable_lv.target
+        for label, share in split.items():
+            version = split_versions.get((stable.prompt_id, label))
+            if label == stable.version or share <= 0 or version is None or version.id is None:
                 continue
             # A canary is compared with the stable version over the same window.
             canary = replace(
@@ -139,13 +148,18 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
                 version_id=version.id,
                 share_pct=share,
                 serving_since=updated_at,
-                baseline_version=a_label,
-                baseline_version_id=a_id,
+                baseline_version=stable.version,
+                baseline_version_id=stable.version_id,
                 baseline_until=None,
-                stored_baselines=_stored((a_label, a_base), (label, version.baseline)),
+                stored_baselines=_stored((stable.version, a_base), (label, version.baseline)),
             )
-            live.append(LiveVersion(canary, policy, version.health, updated_at, revision))
-    return live
+            ordered.append(
+                LiveVersion(
+                    canary, stable_lv.policy, version.health, updated_at, stable_lv.revision
+                )
+            )
+    ordered += live[done:]
+    return ordered
 
 
 def verification_target(v: Verification, version_id: int, settings: Settings) -> Target:
