@@ -1,24 +1,31 @@
-"""One checker pass over 10,000 live prompt versions (target: <= 5 s).
+"""One checker pass over many live prompt versions, against a raw reference in the same run.
 
-    python benchmarks/checker_tick.py [--prompts 10000] [--postgres URL]
+    python benchmarks/checker_tick.py [--versions 10000] [--runs 3] [--postgres URL] [--profile]
 
 Fills a fresh database in bulk: every prompt has v1 (an hour of baseline traffic before the
 switch) and v2 (live for 30 min, 6 minute-buckets in the window); 0.5% of the prompts have an
 8% error rate and get rolled back in the first pass. Times the first pass (cold baseline cache,
-incidents and rollbacks) and then steady passes. Uses set-based queries: no query per prompt.
+incidents and rollbacks) and then, `--runs` times, a steady pass of the checker and one of the
+raw reference (`_checker_reference.py`: the same reads on the DB-API cursor and the same
+judgement in plain Python), checking that both reach the same action for every version. The
+ratio is reference time / checker time: 1.0 would be as fast as the raw reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import logging
 import os
+import pstats
 import random
+import statistics
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
+from _checker_reference import Reference
 from _server import header, scratch_schema
 from sqlalchemy import insert
 
@@ -118,40 +125,73 @@ def fill(url: str, prompts: int) -> None:
     engine.dispose()
 
 
-def run(name: str, url: str, prompts: int, passes: int) -> None:
+def spread(values: list[float], unit: str = " s", digits: int = 2) -> str:
+    """min / median / max."""
+    return (
+        " / ".join(f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
+        + unit
+    )
+
+
+def run(name: str, url: str, versions: int, runs: int, profile: bool) -> None:
     started = time.perf_counter()
-    fill(url, prompts)
+    fill(url, versions)
     filled = time.perf_counter() - started
     engine = make_engine(url)
+    policies = load_policies(POLICIES)
     checker = Checker(
         engine=engine,
-        policies=load_policies(POLICIES),
+        policies=policies,
         sources={"builtin": BuiltinSource(engine)},
         notifier=LogNotifier(),
     )
+    reference = Reference(engine, policies)
     first = checker.tick()
-    steady = [checker.tick().duration_s for _ in range(passes)]
+    reference.judge(checker.clock())  # its baselines, as the checker's first pass cached them
+    project: list[float] = []
+    raw: list[float] = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        expected = reference.judge(checker.clock())
+        raw.append(time.perf_counter() - started)
+        report = checker.tick()
+        project.append(report.duration_s)
+        got = {(d.prompt, d.version): d.action.value for d in report.decisions}
+        if got != expected:
+            wrong = [k for k in expected if got.get(k) != expected[k]][:5]
+            raise SystemExit(f"the reference disagrees with the checker on {wrong}")
+    ratios = [r / p for r, p in zip(raw, project, strict=True)]
     print(
-        f"{name:<11} {len(first.decisions):>6} versions (filled in {filled:.1f} s): "
-        f"first pass {first.duration_s:.2f} s ({len(first.rollbacks)} rollbacks, "
-        f"{len(first.notices)} notices); steady passes {min(steady):.2f}-{max(steady):.2f} s"
+        f"{name:<10} {len(first.decisions):>6} versions (filled in {filled:.0f} s); first pass "
+        f"{first.duration_s:.2f} s ({len(first.rollbacks)} rollbacks, {len(first.notices)} "
+        f"notices)\n  steady pass {spread(project)}; reference {spread(raw)}; "
+        f"ratio {spread(ratios, 'x')} (per run: "
+        + ", ".join(f"{p:.2f}/{r:.2f}" for p, r in zip(project, raw, strict=True))
+        + ")"
     )
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(checker.tick)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     engine.dispose()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--prompts", type=int, default=10_000)
-    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--versions", "--prompts", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sqlite", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--profile", action="store_true", help="cProfile one more steady pass")
     parser.add_argument("--postgres", default=os.environ.get("TEST_DATABASE_URL"))
     args = parser.parse_args()
     logging.getLogger("bot.notify").setLevel(logging.ERROR)
     print(header())
-    with tempfile.TemporaryDirectory() as tmp:
-        run("sqlite", f"sqlite:///{tmp}/tick.db", args.prompts, args.passes)
+    if args.sqlite:
+        with tempfile.TemporaryDirectory() as tmp:
+            run("sqlite", f"sqlite:///{tmp}/tick.db", args.versions, args.runs, args.profile)
     if args.postgres:
         with scratch_schema(args.postgres, SCHEMA) as url:
-            run("postgresql", url, args.prompts, args.passes)
+            run("postgresql", url, args.versions, args.runs, args.profile)
 
 
 if __name__ == "__main__":

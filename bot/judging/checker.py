@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -117,8 +117,10 @@ class Checker:
         self._mark_known_good(plan.mark_good, now)
         report.duration_s = time.perf_counter() - started
         telemetry.CHECK_SECONDS.observe(report.duration_s)
-        for decision in report.decisions:
-            telemetry.DECISIONS.labels(decision.severity.value, decision.action.value).inc()
+        # Counted per kind first: one labelled increment per kind, not per version.
+        kinds = Counter((decision.severity, decision.action) for decision in report.decisions)
+        for (severity, action), count in kinds.items():
+            telemetry.DECISIONS.labels(severity.value, action.value).inc(count)
         return report
 
     def act(self, judged: list[tuple[LiveVersion, Decision]], now: datetime) -> TickReport:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, select, type_coerce
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
@@ -17,6 +17,7 @@ from bot.policy import EffectivePolicy, PolicySet
 from bot.policy.schema import Settings
 
 MIN_STAGE_WINDOW = timedelta(minutes=1)
+HEALTH = {health.value: health for health in Health}
 
 
 @dataclass(frozen=True)
@@ -56,22 +57,30 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
         Routing.revision,
         active.id,
         active.label,
-        active.health,
+        # Health as its stored text, mapped below by a dict lookup: the Enum type's own
+        # conversion costs more than the rest of the row.
+        type_coerce(active.health, String),
         active.baseline,
         previous.id,
         previous.label,
         previous.baseline,
-        previous.health,
+        type_coerce(previous.health, String),
     ]
-    rows = session.execute(
+    # Plain Core rows (tuples), each dropped once read: the ORM's loading adds nothing to a
+    # read of columns, and holding every row until the end only feeds the garbage collector.
+    rows = session.connection().execute(
         select(*columns)
         .join(Routing, col(Routing.prompt_id) == Prompt.id)
         .join(active, col(active.id) == Routing.active_version_id)
         .join(previous, col(previous.id) == Routing.previous_version_id, isouter=True)
-    ).all()
-    split_versions = _split_versions(session, [row[0] for row in rows if row[2]])
+    )
+    # Policies are resolved once per pass: one for every prompt on the defaults, one for
+    # each prompt with an override.
+    overridden = policies.prompts
+    shared = policies.for_prompt(None)
     cache: dict[str, EffectivePolicy] = {}
     live: list[LiveVersion] = []
+    splits: list[tuple[int, dict[str, int], datetime, Any, LiveVersion]] = []
     for (
         prompt_id,
         name,
@@ -88,15 +97,20 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
         p_base,
         p_health,
     ) in rows:
-        p_bad = p_health == Health.BAD
-        policy = cache.setdefault(name, policies.for_prompt(name))
+        p_bad = p_health == Health.BAD.value
+        health = HEALTH[a_health]
+        policy = shared
+        if name in overridden:
+            if name not in cache:
+                cache[name] = policies.for_prompt(name)
+            policy = cache[name]
         settings = policy.settings
         stable = Target(
             prompt=name,
             prompt_id=prompt_id,
             version=a_label,
             version_id=a_id,
-            share_pct=(split or {}).get(a_label, 100),
+            share_pct=split.get(a_label, 100) if split else 100,
             serving_since=activated_at,
             window=settings.window,
             baseline_window=settings.baseline_window,
@@ -109,11 +123,23 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
             stored_baselines=_stored((None if p_bad else p_label, p_base), (a_label, a_base)),
         )
         # A known-good version (restored by a rollback, say) is not "new": no first-hour limits.
-        age_from = None if a_health == Health.GOOD else activated_at
-        live.append(LiveVersion(stable, policy, a_health, age_from, revision))
-        for label, share in (split or {}).items():
-            version = split_versions.get((prompt_id, label))
-            if label == a_label or share <= 0 or version is None or version.id is None:
+        age_from = None if health == Health.GOOD else activated_at
+        live.append(LiveVersion(stable, policy, health, age_from, revision))
+        if split:
+            splits.append((len(live), split, updated_at, a_base, live[-1]))
+    if not splits:
+        return live
+    # Canaries follow their stable version; their versions are read once every row is in.
+    split_versions = _split_versions(session, [lv.target.prompt_id for *_, lv in splits])
+    ordered: list[LiveVersion] = []
+    done = 0
+    for position, split, updated_at, a_base, stable_lv in splits:
+        ordered += live[done:position]
+        done = position
+        stable = stable_lv.target
+        for label, share in split.items():
+            version = split_versions.get((stable.prompt_id, label))
+            if label == stable.version or share <= 0 or version is None or version.id is None:
                 continue
             # A canary is compared with the stable version over the same window.
             canary = replace(
@@ -122,13 +148,18 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
                 version_id=version.id,
                 share_pct=share,
                 serving_since=updated_at,
-                baseline_version=a_label,
-                baseline_version_id=a_id,
+                baseline_version=stable.version,
+                baseline_version_id=stable.version_id,
                 baseline_until=None,
-                stored_baselines=_stored((a_label, a_base), (label, version.baseline)),
+                stored_baselines=_stored((stable.version, a_base), (label, version.baseline)),
             )
-            live.append(LiveVersion(canary, policy, version.health, updated_at, revision))
-    return live
+            ordered.append(
+                LiveVersion(
+                    canary, stable_lv.policy, version.health, updated_at, stable_lv.revision
+                )
+            )
+    ordered += live[done:]
+    return ordered
 
 
 def verification_target(v: Verification, version_id: int, settings: Settings) -> Target:
@@ -168,9 +199,13 @@ def rollout_target(rollout: Rollout, ids: Mapping[str, int | None], settings: Se
 
 
 def _stored(
-    *pairs: tuple[str | None, Mapping[str, float] | None],
+    first: tuple[str | None, Mapping[str, float] | None],
+    then: tuple[str, Mapping[str, float] | None],
 ) -> tuple[tuple[str, Mapping[str, float]], ...]:
-    return tuple((label, figures) for label, figures in pairs if label and figures)
+    """The stored figures to fall back on, in order; most versions have none."""
+    if not (first[1] or then[1]):
+        return ()
+    return tuple((label, figures) for label, figures in (first, then) if label and figures)
 
 
 def _split_versions(

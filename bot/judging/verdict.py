@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from statistics import NormalDist
 from typing import Any
 
@@ -12,6 +14,13 @@ from bot.models import Action, Severity
 from bot.policy.schema import EffectivePolicy, Metric, Rule
 
 BREACH_ACTIONS = (Action.OBSERVE, Action.ALERT, Action.PAGE, Action.ROLLBACK)
+# The figures' names, read once: an enum member's `.value` is a Python-level lookup, and
+# every version's figures use them.
+ERROR_RATE_PCT = Metric.ERROR_RATE_PCT.value
+LATENCY_P99_MS = Metric.LATENCY_P99_MS.value
+QUALITY = Metric.QUALITY.value
+QUALITY_DROP_PCT = Metric.QUALITY_DROP_PCT.value
+LATENCY_INCREASE_PCT = Metric.LATENCY_INCREASE_PCT.value
 
 
 @dataclass(frozen=True)
@@ -62,12 +71,43 @@ class Decision:
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form, stored on incidents and printed by `check --json`."""
-        data = asdict(self)
-        data["fired"] = [
-            {**asdict(f), "severity": f.severity.value, "action": f.action.value}
-            for f in self.fired
-        ]
-        return {**data, "severity": self.severity.value, "action": self.action.value}
+        # Written out rather than dataclasses.asdict, which costs ~100 µs a decision (each
+        # pass stores one on every active incident); the figures are copied as deeply.
+        return {
+            "prompt": self.prompt,
+            "version": self.version,
+            "severity": self.severity.value,
+            "action": self.action.value,
+            "fired": [
+                {
+                    "rule": f.rule,
+                    "metric": f.metric,
+                    "value": f.value,
+                    "threshold": f.threshold,
+                    "severity": f.severity.value,
+                    "action": f.action.value,
+                    "runbook": f.runbook,
+                    "note": f.note,
+                }
+                for f in self.fired
+            ],
+            "figures": _copied(self.figures),
+            "reason": self.reason,
+        }
+
+
+_ATOMIC = (str, int, float, bool, type(None))
+
+
+def _copied(value: Any) -> Any:
+    """A deep copy of JSON-like data (what dataclasses.asdict does to a field's value)."""
+    if isinstance(value, _ATOMIC):
+        return value
+    if isinstance(value, dict):
+        return {_copied(k): _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return copy.deepcopy(value)
 
 
 def wilson_interval(errors: int, requests: int, confidence: float) -> tuple[float, float]:
@@ -78,7 +118,7 @@ def wilson_interval(errors: int, requests: int, confidence: float) -> tuple[floa
     """
     if requests == 0:
         return (0.0, 100.0)
-    z = NormalDist().inv_cdf(confidence)
+    z = _z(confidence)
     p = errors / requests
     denominator = 1 + z * z / requests
     centre = (p + z * z / (2 * requests)) / denominator
@@ -86,34 +126,40 @@ def wilson_interval(errors: int, requests: int, confidence: float) -> tuple[floa
     return (max(0.0, centre - half) * 100, min(1.0, centre + half) * 100)
 
 
+@lru_cache(maxsize=64)
+def _z(confidence: float) -> float:
+    """The one-sided normal quantile for `confidence` (a handful of distinct values)."""
+    return NormalDist().inv_cdf(confidence)
+
+
 def figures_of(metrics: VersionMetrics, policy: EffectivePolicy) -> dict[str, Any]:
     """Every figure the rules can test, plus sample sizes, interval and baseline."""
-    current, baseline = metrics.current, metrics.baseline
-    low, high = wilson_interval(current.errors, current.requests, policy.settings.confidence)
+    current, baseline, settings = metrics.current, metrics.baseline, policy.settings
+    requests, quality, p99 = current.requests, current.quality, current.latency_p99_ms
+    confidence = settings.confidence
+    low, high = wilson_interval(current.errors, requests, confidence)
     quality_drop = latency_increase = None
-    enough_quality = current.quality_count >= policy.settings.min_quality_samples
+    enough_quality = current.quality_count >= settings.min_quality_samples
     if baseline is not None:
-        if enough_quality and current.quality is not None and baseline.quality:
-            quality_drop = (baseline.quality - current.quality) / baseline.quality * 100
-        enough_latency = current.requests >= policy.settings.min_latency_samples
-        if enough_latency and current.latency_p99_ms is not None and baseline.latency_p99_ms:
-            latency_increase = (
-                (current.latency_p99_ms - baseline.latency_p99_ms) / baseline.latency_p99_ms * 100
-            )
+        if enough_quality and quality is not None and baseline.quality:
+            quality_drop = (baseline.quality - quality) / baseline.quality * 100
+        enough_latency = requests >= settings.min_latency_samples
+        if enough_latency and p99 is not None and baseline.latency_p99_ms:
+            latency_increase = (p99 - baseline.latency_p99_ms) / baseline.latency_p99_ms * 100
     # Rounded so that a figure exactly on a threshold (20% drop) is not pushed over by float error.
     quality_drop, latency_increase = _round(quality_drop), _round(latency_increase)
     return {
-        "requests": current.requests,
+        "requests": requests,
         "errors": current.errors,
-        Metric.ERROR_RATE_PCT.value: _round(current.error_rate_pct),
+        ERROR_RATE_PCT: _round(current.error_rate_pct),
         "error_rate_ci_pct": [round(low, 3), round(high, 3)],
-        "confidence": policy.settings.confidence,
+        "confidence": confidence,
         "latency_p50_ms": current.latency_p50_ms,
-        Metric.LATENCY_P99_MS.value: current.latency_p99_ms,
-        Metric.QUALITY.value: current.quality if enough_quality else None,
+        LATENCY_P99_MS: p99,
+        QUALITY: quality if enough_quality else None,
         "quality_samples": current.quality_count,
-        Metric.QUALITY_DROP_PCT.value: quality_drop,
-        Metric.LATENCY_INCREASE_PCT.value: latency_increase,
+        QUALITY_DROP_PCT: quality_drop,
+        LATENCY_INCREASE_PCT: latency_increase,
         "baseline": None
         if baseline is None
         else {
@@ -158,7 +204,9 @@ def decide(
             figures=figures,
             reason=f"{metrics.current.requests} requests in the window; {needed} needed to judge",
         )
-    fired = [f for rule in policy.rules if (f := _fire(rule, figures, policy)) is not None]
+    fired = [
+        f for check in _checks(policy.rules) if (f := _fire(check, figures, policy)) is not None
+    ]
     fired += _new_version_breaches(figures, policy, age, {f.metric for f in fired})
     if not fired:
         return Decision(
@@ -182,9 +230,34 @@ def decide(
     )
 
 
-def _fire(rule: Rule, figures: dict[str, Any], policy: EffectivePolicy) -> Fired | None:
-    value = figures.get(rule.metric.value)
-    if not rule.enabled or value is None or not rule.crossed(value):
+# A rule as the verdict tests it: the rule, its figure's name, its threshold, and whether it
+# is a floor (the quality score) rather than a ceiling. Rule.crossed, read once per rule.
+_Check = tuple[Rule, str, float, bool]
+# Each distinct rules tuple read once (most prompts share the defaults' tuple); the tuple is
+# held so that its id cannot be reused while it is a key. Rules are frozen, so this never
+# goes stale.
+_CHECKS: dict[int, tuple[tuple[Rule, ...], tuple[_Check, ...]]] = {}
+
+
+def _checks(rules: tuple[Rule, ...]) -> tuple[_Check, ...]:
+    known = _CHECKS.get(id(rules))
+    if known is not None and known[0] is rules:
+        return known[1]
+    checks = tuple(
+        (rule, rule.metric.value, rule.limit, rule.metric == Metric.QUALITY)
+        for rule in rules
+        if rule.enabled
+    )
+    if len(_CHECKS) >= 256:  # prompts with their own rules get a new tuple each pass
+        _CHECKS.clear()
+    _CHECKS[id(rules)] = (rules, checks)
+    return checks
+
+
+def _fire(check: _Check, figures: dict[str, Any], policy: EffectivePolicy) -> Fired | None:
+    rule, metric, limit, floor = check
+    value = figures.get(metric)
+    if value is None or not (value < limit if floor else value > limit):
         return None
     severity, action, note = rule.severity, rule.action, None
     runbook = str(rule.runbook or policy.settings.runbook or "") or None
@@ -192,16 +265,14 @@ def _fire(rule: Rule, figures: dict[str, Any], policy: EffectivePolicy) -> Fired
         low = figures["error_rate_ci_pct"][0]
         if not policy.settings.auto_rollback:
             action, note = Action.PAGE, "automatic rollback is off for this prompt"
-        elif rule.metric == Metric.ERROR_RATE_PCT and low <= rule.limit:
+        elif rule.metric == Metric.ERROR_RATE_PCT and low <= limit:
             # Not yet significant: page a person instead of acting on noise.
             severity, action = Severity.HIGH, Action.PAGE
             note = (
                 f"not yet significant: {figures['confidence']:.0%} lower bound {low:.2f}% "
-                f"<= {rule.limit:g}% (n={figures['requests']})"
+                f"<= {limit:g}% (n={figures['requests']})"
             )
-    return Fired(
-        rule.name, rule.metric.value, float(value), rule.limit, severity, action, runbook, note
-    )
+    return Fired(rule.name, metric, float(value), limit, severity, action, runbook, note)
 
 
 def _new_version_breaches(

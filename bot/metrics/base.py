@@ -157,7 +157,10 @@ def collect_safely(
             )
         )
         return dict.fromkeys([t.version_id for t in targets], failure)
-    return {
-        t.version_id: found.get(t.version_id, MetricsUnavailable(f"{name} returned nothing"))
-        for t in targets
-    }
+    result: dict[int, VersionMetrics | MetricsUnavailable] = {}
+    for t in targets:
+        figures = found.get(t.version_id)
+        result[t.version_id] = (
+            MetricsUnavailable(f"{name} returned nothing") if figures is None else figures
+        )
+    return result

@@ -29,3 +29,31 @@ def percentile(counts: Sequence[int], q: float) -> float | None:
             return lower + (upper - lower) * (rank - seen) / count
         seen += count
     return LATENCY_BOUNDS_MS[-2]
+
+
+def percentiles(counts: Sequence[int], qs: Sequence[float]) -> list[float | None]:
+    """`percentile` for each of `qs` (ascending), in one walk over the buckets."""
+    total = sum(counts)
+    if total == 0:
+        return [None] * len(qs)
+    found: list[float | None] = []
+    index, seen, size = 0, 0, len(counts)
+    for q in qs:
+        rank = q * total
+        # Buckets passed for a smaller q cannot hold a larger one: go on from there.
+        while index < size:
+            count = counts[index]
+            if count and seen + count >= rank:
+                break
+            seen += count
+            index += 1
+        if index == size:
+            found.append(LATENCY_BOUNDS_MS[-2])
+            continue
+        lower = LATENCY_BOUNDS_MS[index - 1] if index else 0.0
+        upper = LATENCY_BOUNDS_MS[index]
+        if upper == float("inf"):
+            found.append(lower)
+        else:
+            found.append(lower + (upper - lower) * (rank - seen) / counts[index])
+    return found

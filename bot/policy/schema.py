@@ -365,7 +365,7 @@ class PolicyFile(_Strict):
 class EffectivePolicy(_Strict):
     """Everything that applies to one prompt, overrides applied."""
 
-    prompt: str | None
+    prompt: str | None  # None: the defaults, shared by every prompt without an override
     settings: Settings
     rules: tuple[Rule, ...]
     new_version: NewVersionLimits | None
@@ -413,11 +413,15 @@ class PolicySet(_Strict):
         """Whether any prompt's changes go to webhooks."""
         return bool(self.defaults.webhooks) or any(p.webhooks for p in self.prompts.values())
 
-    def for_prompt(self, prompt: str) -> EffectivePolicy:
-        """The effective policy for `prompt`."""
-        patch = self.prompts.get(prompt)
+    def for_prompt(self, prompt: str | None) -> EffectivePolicy:
+        """The effective policy for `prompt`; None gives the defaults, which every prompt
+        without an override shares."""
+        patch = None if prompt is None else self.prompts.get(prompt)
+        # The defaults and rules were validated when the files were loaded: validating them
+        # again for every prompt only costs time. A patched prompt's merged settings are
+        # checked here (their own validators run on the combination).
         if patch is None:
-            return EffectivePolicy(
+            return EffectivePolicy.model_construct(
                 prompt=prompt,
                 settings=self.defaults,
                 rules=self.rules,
