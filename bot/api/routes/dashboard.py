@@ -48,7 +48,6 @@ from bot.registry.lookup import (
     rollback_choices,
 )
 from bot.rollouts import stages as rollouts
-from bot.slack.blocks import in_words
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 HERE = Path(__file__).resolve().parent.parent.parent / "dashboard"
@@ -485,6 +484,8 @@ def incident_page(
     incident_id: int, request: Request, engine: EngineDep, settings: SettingsDep
 ) -> Response:
     """An incident: its timeline, what fired, the chart around it, the post-mortem draft."""
+    from bot.slack.blocks import in_words  # Slack's wording of a rule (loads slack_sdk)
+
     session = _session(request, settings)
     if session is None:
         return _to_sign_in()
