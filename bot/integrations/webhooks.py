@@ -62,7 +62,15 @@ class WebhookDispatcher:
     ) -> None:
         self.engine, self.policies, self.secret, self.clock = engine, policies, secret, clock
         self.format = format  # json, cloudevents-structured or cloudevents-binary
-        self.client = client or httpx.Client(timeout=10)
+        self._client = client
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client, made for the first delivery: making one loads the TLS stack and
+        the CA bundle, which a server whose policies list no webhooks never needs."""
+        if self._client is None:
+            self._client = httpx.Client(timeout=10)
+        return self._client
 
     def run_due(self) -> int:
         """Queue deliveries for new changes, then attempt the due ones; returns attempts made."""
