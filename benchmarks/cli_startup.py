@@ -2,7 +2,7 @@
 `python -c pass`, and `serve` → first 200 from /healthz against a bare FastAPI app under uvicorn,
 each reference measured in the same run (issue 17: at most 3 and 1.5 times).
 
-    python benchmarks/cli_startup.py [--runs 3] [--n 5] [--no-serve] [--root CHECKOUT]
+    python benchmarks/cli_startup.py [--runs 3] [--n 5] [--no-serve | --no-cli] [--root CHECKOUT]
 
 A run times N invocations of each command, interleaved, as wall time from spawning the process
 to its exit (or to the first 200); each line prints min/median/max of the N and the ratio of the
@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=5, help="invocations per command per run")
     parser.add_argument("--no-serve", action="store_true", help="only the CLI")
+    parser.add_argument("--no-cli", action="store_true", help="only serve")
     parser.add_argument("--root", type=Path, default=None, help="measure this checkout")
     args = parser.parse_args()
 
@@ -137,19 +138,21 @@ def main() -> None:
             wall([*bot, "prompts", "add", f"p{i}", "v1", "--template", "t {q}"], env, cwd)
         wall([*bot, "prompts", "deploy", "p0", "v1"], env, cwd)
 
-        print(f"\n{label} prompts list, N={args.n} a run:")
-        target, reference = f"{label.split(' (')[0]} prompts list", 'python -c "import sqlalchemy"'
-        measure(
-            args.runs,
-            args.n,
-            {
-                target: lambda: wall([*bot, "prompts", "list"], env, cwd),
-                reference: lambda: wall([*python, "-c", "import sqlalchemy"], env, cwd),
-                "python -c pass": lambda: wall([*python, "-c", "pass"], env, cwd),
-            },
-            target,
-            reference,
-        )
+        if not args.no_cli:
+            print(f"\n{label} prompts list, N={args.n} a run:")
+            target = f"{label.split(' (')[0]} prompts list"
+            reference = 'python -c "import sqlalchemy"'
+            measure(
+                args.runs,
+                args.n,
+                {
+                    target: lambda: wall([*bot, "prompts", "list"], env, cwd),
+                    reference: lambda: wall([*python, "-c", "import sqlalchemy"], env, cwd),
+                    "python -c pass": lambda: wall([*python, "-c", "pass"], env, cwd),
+                },
+                target,
+                reference,
+            )
         if args.no_serve:
             return
         print(f"\n{label} serve → first 200 from /healthz, N={args.n} a run (checker on):")
