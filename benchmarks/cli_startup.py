@@ -6,7 +6,8 @@ each reference measured in the same run (issue 17: at most 3 and 1.5 times).
 
 A run times N invocations of each command, interleaved, as wall time from spawning the process
 to its exit (or to the first 200); each line prints min/median/max of the N and the ratio of the
-medians. The database is a fresh SQLite file migrated by `db upgrade`, holding 5 prompts.
+medians. For the servers it also prints the CPU time each had used by its first 200 (Linux), which
+a machine shared with other work stretches far less than wall time. The database is a fresh SQLite file migrated by `db upgrade`, holding 5 prompts.
 `--root` measures another checkout of the bot (e.g. a `git worktree` of an older commit) with
 `python -m bot` in that directory instead of the console script.
 
@@ -67,8 +68,23 @@ def wall(argv: list[str], env: dict[str, str], cwd: Path) -> float:
     return elapsed
 
 
-def until_healthy(argv: list[str], env: dict[str, str], cwd: Path) -> float:
-    """Seconds from spawning a server to its first 200 from /healthz (polled every 5 ms)."""
+# CPU seconds each server had used by its first 200 (user + system, from /proc): on a machine
+# shared with other work, wall times stretch with the load while CPU time moves far less.
+SERVER_CPU: dict[str, list[float]] = {}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (Linux; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def until_healthy(argv: list[str], env: dict[str, str], cwd: Path, name: str = "") -> float:
+    """Seconds from spawning a server to its first 200 from /healthz (polled every 5 ms); the
+    server's CPU seconds by then go to SERVER_CPU[name]."""
     port = free_port()
     env = {**env, "PORT": str(port)}
     url = f"http://127.0.0.1:{port}/healthz"
@@ -80,7 +96,11 @@ def until_healthy(argv: list[str], env: dict[str, str], cwd: Path) -> float:
             while True:
                 try:
                     if client.get(url).status_code == 200:
-                        return time.perf_counter() - started
+                        elapsed = time.perf_counter() - started
+                        used = cpu_seconds(proc.pid)
+                        if used is not None:
+                            SERVER_CPU.setdefault(name, []).append(used)
+                        return elapsed
                 except httpx.TransportError:
                     pass
                 if proc.poll() is not None or time.perf_counter() - started > 60:
@@ -183,6 +203,12 @@ def measure(
             print(f"  {name:<38} {spread(values)}")
         ratio = statistics.median(times[target]) / statistics.median(times[reference])
         print(f"  ratio {target} / {reference}: {ratio:.2f}x (medians)")
+        cpu = {name: SERVER_CPU.pop(name, []) for name in cases}
+        if cpu[target] and cpu[reference]:
+            for name, values in cpu.items():
+                print(f"  {name:<38} CPU by then: {spread(values)}")
+            ratio = statistics.median(cpu[target]) / statistics.median(cpu[reference])
+            print(f"  CPU ratio {target} / {reference}: {ratio:.2f}x (medians)")
 
 
 def main() -> None:
@@ -252,9 +278,9 @@ def main() -> None:
             args.runs,
             args.n,
             {
-                "serve": lambda: until_healthy([*bot, "serve"], env, cwd),
+                "serve": lambda: until_healthy([*bot, "serve"], env, cwd, "serve"),
                 "bare FastAPI under uvicorn": lambda: until_healthy(
-                    [*python, "-c", BARE_FASTAPI], env, cwd
+                    [*python, "-c", BARE_FASTAPI], env, cwd, "bare FastAPI under uvicorn"
                 ),
             },
             "serve",
