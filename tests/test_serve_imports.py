@@ -92,6 +92,8 @@ def test_serve_without_slack_loads_neither_slack_nor_what_requests_load(
     loaded = packages(report["modules"])
     assert {"fastapi", "uvicorn", "sqlalchemy", "yaml"} <= loaded  # serve did build the app
     assert ("apscheduler" in loaded) == (checker == "true")  # the checker only when it is on
+    assert ("bot.judging.checker" in report["modules"]) == (checker == "true")
+    assert not [name for name in report["modules"] if name.startswith("bot.slack")]
     unwanted = {*SLACK, *NOT_WITHOUT_A_REQUEST}
     if db_url.startswith("sqlite"):
         unwanted.add("psycopg")

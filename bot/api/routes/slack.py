@@ -11,8 +11,6 @@ from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from bot.slack import envelope
-
 if TYPE_CHECKING:  # Slack Bolt is loaded by the Slack service, only when Slack is configured
     from slack_bolt import BoltRequest
     from slack_sdk.signature import SignatureVerifier
@@ -74,10 +72,11 @@ async def slack_events(request: Request) -> Response:
         if _is_ssl_check(body):  # Slack sends it unsigned; it changes nothing and needs a 200
             return Response(status_code=200)
         return refused
-    # Loaded already by the Slack service (Bolt and the listeners), only when Slack is set up.
+    # Bolt and the listeners are loaded already by the Slack service (only when Slack is set
+    # up); the envelope's models are built with Slack's first request.
     from slack_bolt import BoltRequest
 
-    from bot.slack import listener
+    from bot.slack import envelope, listener
 
     try:
         bolt_request = BoltRequest(body=body, query=dict(request.query_params), headers=headers)
