@@ -1,7 +1,9 @@
 """`serve` loads only what its configuration needs before it answers (issue 17): no Slack Bolt
-without Slack, no psycopg on SQLite, and the OTLP protobufs, Jinja2, httpx and matplotlib only
-when a request needs them; the routes that load them on first use still answer from a cold
-process. Nothing here is timed (benchmarks/cli_startup.py measures the start-up)."""
+without Slack, no psycopg on SQLite, the checker's machinery (APScheduler included) when the
+checker starts, after the app is built, and the OTLP protobufs, Jinja2, httpx and matplotlib
+only when a request needs them; the routes that load them on first use still answer from a
+cold process, and the checker still runs its first pass at once. Nothing here is timed
+(benchmarks/cli_startup.py measures the start-up)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from sqlalchemy import Engine
 
+from bot.config import Settings
+from bot.runtime.scheduler import CheckerService
 from tests.conftest import API_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,8 +98,9 @@ def test_serve_without_slack_loads_neither_slack_nor_what_requests_load(
     report = serve_probe(tmp_path, db_url, CHECKER_ENABLED=checker)
     loaded = packages(report["modules"])
     assert {"fastapi", "uvicorn", "sqlalchemy", "yaml"} <= loaded  # serve did build the app
-    assert ("apscheduler" in loaded) == (checker == "true")  # the checker only when it is on
-    assert ("bot.judging.checker" in report["modules"]) == (checker == "true")
+    # The checker service is made only when it is on, and loads its machinery when it starts.
+    assert ("bot.runtime.scheduler" in report["modules"]) == (checker == "true")
+    assert "apscheduler" not in loaded and "bot.judging.checker" not in report["modules"]
     assert not [name for name in report["modules"] if name.startswith("bot.slack")]
     unwanted = {*SLACK, *NOT_WITHOUT_A_REQUEST}
     if db_url.startswith("sqlite"):
@@ -131,3 +139,55 @@ def test_routes_that_load_their_dependencies_on_first_use_answer_from_a_cold_sta
     before, after = packages(report["modules"]), packages(report["after"])
     assert {"google", "jinja2"} <= after - before  # loaded by the requests, not at start
     assert after.isdisjoint(SLACK)
+
+
+def test_the_checker_loads_when_it_starts_and_runs_its_first_pass_at_once(
+    settings: Settings, engine: Engine
+) -> None:
+    from bot.api.app import create_app
+    from bot.notify import LogNotifier
+    from bot.policy import load_policies
+
+    policies = load_policies(ROOT / "policies")
+    checker = CheckerService(
+        engine=engine, settings=settings, policies=policies, notifier=LogNotifier()
+    )
+    app = create_app(settings, engine, checker=checker, policies=policies)
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 20
+        while True:
+            loops = client.get("/healthz").json()["loops"]
+            if loops["checker"]["last_ok_s_ago"] is not None:
+                break
+            assert time.monotonic() < deadline, loops
+            time.sleep(0.05)
+        assert checker.leader  # the first pass took the lease and judged
+        assert {"checker", "verifier", "rollouts", "webhooks"} <= set(loops)
+
+
+def test_a_checker_that_cannot_be_built_says_so_in_healthz(
+    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.api.app import create_app
+    from bot.notify import LogNotifier
+    from bot.policy import load_policies
+
+    policies = load_policies(ROOT / "policies")
+    checker = CheckerService(
+        engine=engine, settings=settings, policies=policies, notifier=LogNotifier()
+    )
+
+    def broken() -> None:
+        raise ImportError("no module named 'apscheduler'")
+
+    monkeypatch.setattr(checker, "_build", broken)
+    app = create_app(settings, engine, checker=checker, policies=policies)
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 20
+        while True:
+            state = client.get("/healthz").json()["loops"]["checker"]
+            if state["consecutive_failures"]:
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.05)
+        assert state["last_error"] == "ImportError: no module named 'apscheduler'"
