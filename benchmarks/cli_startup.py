@@ -2,13 +2,19 @@
 `python -c pass`, and `serve` → first 200 from /healthz against a bare FastAPI app under uvicorn,
 each reference measured in the same run (issue 17: at most 3 and 1.5 times).
 
-    python benchmarks/cli_startup.py [--runs 3] [--n 5] [--no-serve] [--root CHECKOUT]
+    python benchmarks/cli_startup.py [--runs 3] [--n 5] [--no-serve | --no-cli] [--root CHECKOUT]
 
 A run times N invocations of each command, interleaved, as wall time from spawning the process
 to its exit (or to the first 200); each line prints min/median/max of the N and the ratio of the
-medians. The database is a fresh SQLite file migrated by `db upgrade`, holding 5 prompts.
+medians. For the servers it also prints the CPU time each had used by its first 200 (Linux), which
+a machine shared with other work stretches far less than wall time. The database is a fresh SQLite file migrated by `db upgrade`, holding 5 prompts.
 `--root` measures another checkout of the bot (e.g. a `git worktree` of an older commit) with
 `python -m bot` in that directory instead of the console script.
+
+`--first-requests` instead starts `serve` with Slack configured (Slack played by the tests'
+local stand-in) N times and, as soon as /healthz first answers 200, times the first request
+of each kind that loads code on first use (a signed `/rollback` command, a gzipped protobuf
+OTLP export, the dashboard's sign-in page), then the same request again.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import gzip
 
 import httpx
 from _server import TOKEN, free_port, header
@@ -60,8 +68,23 @@ def wall(argv: list[str], env: dict[str, str], cwd: Path) -> float:
     return elapsed
 
 
-def until_healthy(argv: list[str], env: dict[str, str], cwd: Path) -> float:
-    """Seconds from spawning a server to its first 200 from /healthz (polled every 5 ms)."""
+# CPU seconds each server had used by its first 200 (user + system, from /proc): on a machine
+# shared with other work, wall times stretch with the load while CPU time moves far less.
+SERVER_CPU: dict[str, list[float]] = {}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (Linux; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def until_healthy(argv: list[str], env: dict[str, str], cwd: Path, name: str = "") -> float:
+    """Seconds from spawning a server to its first 200 from /healthz (polled every 5 ms); the
+    server's CPU seconds by then go to SERVER_CPU[name]."""
     port = free_port()
     env = {**env, "PORT": str(port)}
     url = f"http://127.0.0.1:{port}/healthz"
@@ -73,7 +96,11 @@ def until_healthy(argv: list[str], env: dict[str, str], cwd: Path) -> float:
             while True:
                 try:
                     if client.get(url).status_code == 200:
-                        return time.perf_counter() - started
+                        elapsed = time.perf_counter() - started
+                        used = cpu_seconds(proc.pid)
+                        if used is not None:
+                            SERVER_CPU.setdefault(name, []).append(used)
+                        return elapsed
                 except httpx.TransportError:
                     pass
                 if proc.poll() is not None or time.perf_counter() - started > 60:
@@ -82,6 +109,77 @@ def until_healthy(argv: list[str], env: dict[str, str], cwd: Path) -> float:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+SLACK_TOKEN = "xoxb-benchmark-token-0123456789"
+SLACK_SECRET = "benchmark-signing-secret-0123456789"
+
+
+def first_requests(
+    argv: list[str], env: dict[str, str], cwd: Path
+) -> dict[str, tuple[float, float]]:
+    """Start a server with Slack configured; once /healthz answers 200, each request that
+    loads code on first use, timed the first time and the second: {name: (first, second)}."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from tests.slack_kit import FakeSlack, SlackSender
+
+    export = gzip.compress(ExportTraceServiceRequest().SerializeToString())
+    otlp = {
+        "Authorization": f"Bearer {TOKEN}",
+        "Content-Type": "application/x-protobuf",
+        "Content-Encoding": "gzip",
+    }
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with FakeSlack(token=SLACK_TOKEN) as fake:
+        env = {
+            **env,
+            "PORT": str(port),
+            "SLACK_BOT_TOKEN": SLACK_TOKEN,
+            "SLACK_SIGNING_SECRET": SLACK_SECRET,
+            "SLACK_API_URL": fake.base_url,
+            "SLACK_ONCALL_USERS": "U1",
+        }
+        quiet = subprocess.DEVNULL
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=quiet, stderr=quiet)
+        sender = SlackSender(f"{base}/slack/events", SLACK_SECRET, slack=fake, timeout=30)
+        requests: dict[str, Callable[[httpx.Client], httpx.Response]] = {
+            "Slack /rollback command (ack)": lambda _c: sender.command("p0", user_id="U1"),
+            "OTLP export (protobuf, gzip)": lambda c: c.post(
+                "/v1/traces", content=export, headers=otlp
+            ),
+            "dashboard sign-in page": lambda c: c.get("/ui/sign-in"),
+        }
+        try:
+            with httpx.Client(base_url=base, timeout=30) as client:
+                started = time.perf_counter()
+                while True:
+                    try:
+                        if client.get("/healthz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if proc.poll() is not None or time.perf_counter() - started > 60:
+                        raise SystemExit(f"{' '.join(argv)} did not become healthy")
+                    time.sleep(0.005)
+                timed: dict[str, tuple[float, float]] = {}
+                for name, request in requests.items():
+                    times = []
+                    for _ in range(2):
+                        began = time.perf_counter()
+                        answer = request(client)
+                        times.append(time.perf_counter() - began)
+                        if answer.status_code != 200:
+                            raise SystemExit(f"{name}: {answer.status_code} {answer.text[:200]}")
+                    timed[name] = (times[0], times[1])
+                return timed
+        finally:
+            sender.close()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
 
 
 def spread(values: list[float]) -> str:
@@ -105,6 +203,12 @@ def measure(
             print(f"  {name:<38} {spread(values)}")
         ratio = statistics.median(times[target]) / statistics.median(times[reference])
         print(f"  ratio {target} / {reference}: {ratio:.2f}x (medians)")
+        cpu = {name: SERVER_CPU.pop(name, []) for name in cases}
+        if cpu[target] and cpu[reference]:
+            for name, values in cpu.items():
+                print(f"  {name:<38} CPU by then: {spread(values)}")
+            ratio = statistics.median(cpu[target]) / statistics.median(cpu[reference])
+            print(f"  CPU ratio {target} / {reference}: {ratio:.2f}x (medians)")
 
 
 def main() -> None:
@@ -112,7 +216,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=5, help="invocations per command per run")
     parser.add_argument("--no-serve", action="store_true", help="only the CLI")
+    parser.add_argument("--no-cli", action="store_true", help="only serve")
     parser.add_argument("--root", type=Path, default=None, help="measure this checkout")
+    parser.add_argument(
+        "--first-requests", action="store_true", help="time the first requests after start"
+    )
     args = parser.parse_args()
 
     print(header())
@@ -137,19 +245,32 @@ def main() -> None:
             wall([*bot, "prompts", "add", f"p{i}", "v1", "--template", "t {q}"], env, cwd)
         wall([*bot, "prompts", "deploy", "p0", "v1"], env, cwd)
 
-        print(f"\n{label} prompts list, N={args.n} a run:")
-        target, reference = f"{label.split(' (')[0]} prompts list", 'python -c "import sqlalchemy"'
-        measure(
-            args.runs,
-            args.n,
-            {
-                target: lambda: wall([*bot, "prompts", "list"], env, cwd),
-                reference: lambda: wall([*python, "-c", "import sqlalchemy"], env, cwd),
-                "python -c pass": lambda: wall([*python, "-c", "pass"], env, cwd),
-            },
-            target,
-            reference,
-        )
+        if args.first_requests:
+            print(f"\n{label} serve, Slack on: the first request of each kind after the first")
+            print(f"200 from /healthz, then the same request again; N={args.n} starts:")
+            firsts: dict[str, list[tuple[float, float]]] = {}
+            for _ in range(args.n):
+                for name, pair in first_requests([*bot, "serve"], env, cwd).items():
+                    firsts.setdefault(name, []).append(pair)
+            for name, pairs in firsts.items():
+                print(f"  {name:<32} first:  {spread([first for first, _ in pairs])}")
+                print(f"  {'':<32} second: {spread([second for _, second in pairs])}")
+            return
+        if not args.no_cli:
+            print(f"\n{label} prompts list, N={args.n} a run:")
+            target = f"{label.split(' (')[0]} prompts list"
+            reference = 'python -c "import sqlalchemy"'
+            measure(
+                args.runs,
+                args.n,
+                {
+                    target: lambda: wall([*bot, "prompts", "list"], env, cwd),
+                    reference: lambda: wall([*python, "-c", "import sqlalchemy"], env, cwd),
+                    "python -c pass": lambda: wall([*python, "-c", "pass"], env, cwd),
+                },
+                target,
+                reference,
+            )
         if args.no_serve:
             return
         print(f"\n{label} serve → first 200 from /healthz, N={args.n} a run (checker on):")
@@ -157,9 +278,9 @@ def main() -> None:
             args.runs,
             args.n,
             {
-                "serve": lambda: until_healthy([*bot, "serve"], env, cwd),
+                "serve": lambda: until_healthy([*bot, "serve"], env, cwd, "serve"),
                 "bare FastAPI under uvicorn": lambda: until_healthy(
-                    [*python, "-c", BARE_FASTAPI], env, cwd
+                    [*python, "-c", BARE_FASTAPI], env, cwd, "bare FastAPI under uvicorn"
                 ),
             },
             "serve",

@@ -32,7 +32,7 @@ def test_it_follows_the_wall_clock_when_nothing_steps() -> None:
 def test_after_a_forward_jump_the_scheduler_runs_once_instead_of_replaying_every_missed_run() -> (
     None
 ):
-    from bot.runtime.scheduler import EveryInterval
+    from bot.runtime.interval import EveryInterval
 
     trigger = EveryInterval(seconds=0.5, timezone=UTC)
     last_run = T0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -31,9 +32,11 @@ from bot.api.routes import (
 from bot.api.routes import slack as slack_routes
 from bot.config import Settings
 from bot.notify import LogNotifier
-from bot.policy import PolicySet
-from bot.runtime.scheduler import CheckerService
-from bot.slack.app import SlackService
+
+if TYPE_CHECKING:  # built by `serve` when configured; importing them here would load them all
+    from bot.policy import PolicySet
+    from bot.runtime.scheduler import CheckerService
+    from bot.slack.app import SlackService
 
 
 def create_app(

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
 from anyio import to_thread
 from sqlalchemy import URL, Engine
@@ -29,12 +30,14 @@ from sqlmodel import Session
 
 from bot import registry
 from bot.api.data_version import DataVersion
-from bot.api.notify_pg import PgListener
 from bot.db import read_session
 from bot.errors import BotError
 from bot.liveness import Loop
 from bot.models import RoutingState
 from bot.registry import events
+
+if TYPE_CHECKING:
+    from bot.api.notify_pg import PgListener
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ class ChangeFeed:
         self._task: asyncio.Task[None] | None = None
         self.listener: PgListener | None = None
         if listen and engine.dialect.name == "postgresql":
+            from bot.api.notify_pg import PgListener  # psycopg: loaded only on PostgreSQL
+
             self.listener = PgListener(engine, self._notified, self._listening)
 
     def current(self, prompt: str) -> RoutingState | None:

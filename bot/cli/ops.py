@@ -36,8 +36,6 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     from bot.notify import LogNotifier
     from bot.policy import load_policies
     from bot.policy.reload import PolicyReloader
-    from bot.runtime.scheduler import CheckerService
-    from bot.slack.app import start_slack
 
     settings = state.settings
     logs.configure(settings.log_level)
@@ -52,7 +50,13 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     refusal = _webhooks_need_a_secret(policies, settings)
     if refusal is not None:
         raise ConfigError(refusal)
-    slack = start_slack(settings, engine, policies)
+    slack = None
+    if settings.slack_bot_token is None:
+        log.warning("SLACK_BOT_TOKEN is not set: notices go to the log only")
+    else:
+        from bot.slack.app import start_slack  # Slack Bolt is loaded only when Slack is set up
+
+        slack = start_slack(settings, engine, policies)
     notifier = slack.notifier if slack is not None else LogNotifier()
     reloader = PolicyReloader(
         directory=settings.rollback_policy_dir,
@@ -66,6 +70,8 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reloader.request())
     checker = None
     if settings.checker_enabled:
+        from bot.runtime.scheduler import CheckerService
+
         checker = CheckerService(
             engine=engine, settings=settings, policies=policies, notifier=notifier
         )

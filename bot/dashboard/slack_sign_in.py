@@ -21,9 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackClientError
-
 from bot.config import Settings
 
 STATE_COOKIE = "rollback_bot_oidc"
@@ -87,6 +84,10 @@ def finish(
     now: float | None = None,
 ) -> str:
     """Check the round trip and the ID token; returns the operator name (`<@U…>`)."""
+    # Loaded here, not with the dashboard: a server without Slack never needs slack_sdk.
+    from slack_sdk import WebClient
+    from slack_sdk.errors import SlackApiError, SlackClientError
+
     nonce = _pending_nonce(settings, cookie, state, now or time.time())
     client = WebClient(base_url=settings.slack_api_url, timeout=10)
     secret = settings.slack_client_secret.get_secret_value() if settings.slack_client_secret else ""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # httpx is loaded when PagerDuty is configured, not with the checker
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ class PagerDuty:
     def __init__(
         self, *, routing_key: str, url: str = EVENTS_URL, client: httpx.Client | None = None
     ) -> None:
+        import httpx
+
         self.routing_key, self.url = routing_key, url
         self.client = client or httpx.Client(timeout=10)
 
@@ -33,6 +36,8 @@ class PagerDuty:
         details: dict[str, Any],
     ) -> bool:
         """Trigger (or re-trigger) the alert; True once PagerDuty accepted it."""
+        import httpx
+
         event = {
             "routing_key": self.routing_key,
             "event_action": "trigger",

@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-import httpx
 from sqlalchemy import Engine, update
 from sqlmodel import col, select
 
@@ -32,6 +32,9 @@ from bot.models import (
 )
 from bot.policy import PolicySet
 from bot.runtime.claims import claim_due
+
+if TYPE_CHECKING:  # httpx is loaded for the first delivery, not when the checker starts
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,17 @@ class WebhookDispatcher:
     ) -> None:
         self.engine, self.policies, self.secret, self.clock = engine, policies, secret, clock
         self.format = format  # json, cloudevents-structured or cloudevents-binary
-        self.client = client or httpx.Client(timeout=10)
+        self._client = client
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client, made for the first delivery: making one loads the TLS stack and
+        the CA bundle, which a server whose policies list no webhooks never needs."""
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.Client(timeout=10)
+        return self._client
 
     def run_due(self) -> int:
         """Queue deliveries for new changes, then attempt the due ones; returns attempts made."""
@@ -126,6 +139,8 @@ class WebhookDispatcher:
     def _deliver(
         self, delivery_id: int, url: str, payload: dict[str, object], attempts: int
     ) -> None:
+        import httpx
+
         body, headers = encode(payload, self.format)
         timestamp = int(time.time())
         headers |= {

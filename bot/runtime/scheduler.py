@@ -1,63 +1,99 @@
-"""Runs the checker on an APScheduler interval, only where this process holds the lease."""
+"""Runs the checker on an APScheduler interval, only where this process holds the lease.
+
+The service is made with the app and its loops (what /healthz reports) exist from then on;
+the checker, the verifier, the rollout driver, the webhooks and APScheduler are imported and
+built when it starts, in a thread of their own, so the server answers while they load. The
+first pass runs as soon as they have; until then the loops are "just started", as they are
+until any first pass ends, and if building fails the checker loop reports the error.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from bot.clock import StepWatch
 from bot.config import Settings
 from bot.db import write_session
 from bot.errors import BotError, LeaseLost
-from bot.integrations.pagerduty import PagerDuty
-from bot.integrations.webhooks import WebhookDispatcher
-from bot.judging.checker import Checker
 from bot.liveness import Loop
 from bot.metrics.ingest import prune
 from bot.models import utcnow
 from bot.notify import Notifier
 from bot.policy import PolicySet
-from bot.rollouts.driver import RolloutDriver
 from bot.runtime import lease
-from bot.runtime.sources import LEASE, build_sources
+from bot.runtime.sources import LEASE
 from bot.telemetry import LEADER
-from bot.verification.verifier import Verifier
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from bot.integrations.webhooks import WebhookDispatcher
+    from bot.judging.checker import Checker
+    from bot.rollouts.driver import RolloutDriver
+    from bot.verification.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = timedelta(minutes=10)
 
 
-class EveryInterval(IntervalTrigger):  # type: ignore[misc]  # APScheduler is untyped
-    """APScheduler's interval, without replaying missed runs one by one: after the wall clock
-    jumps forward a day (or the process was frozen), the stock trigger walks every missed
-    0.5 s run time (172,800 of them) before the next run, stalling the scheduler for seconds."""
-
-    def get_next_fire_time(
-        self, previous_fire_time: datetime | None, now: datetime
-    ) -> datetime | None:
-        fire: datetime | None = super().get_next_fire_time(previous_fire_time, now)
-        if previous_fire_time is not None and fire is not None and fire < now:
-            return now
-        return fire
-
-
 class CheckerService:
     """The checker loop of one process: lease, tick, prune; started and stopped with the app."""
+
+    # Built by start(), in its own thread (see the module's docstring).
+    checker: Checker
+    verifier: Verifier
+    rollouts: RolloutDriver
+    webhooks: WebhookDispatcher
+    scheduler: BackgroundScheduler
 
     def __init__(
         self, *, engine: Engine, settings: Settings, policies: PolicySet, notifier: Notifier
     ) -> None:
         self.engine, self.settings = engine, settings
+        self.policies, self.notifier = policies, notifier
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.steps = StepWatch(self._rescheduled)
+        self.leader = False
+        self._last_prune = utcnow() - PRUNE_EVERY
+        # Each loop survives any exception on its own: a failing verifier never stops the
+        # checker, the rollout driver or the webhooks (bot/liveness.py).
+        check_s, poll_s = settings.rollback_check_interval, settings.verify_poll_seconds
+        self.loops = [
+            Loop("checker", check_s),
+            Loop("verifier", poll_s),
+            Loop("rollouts", poll_s),
+            Loop("webhooks", poll_s),
+        ]
+        self._starting: threading.Thread | None = None
+        self._scheduled = False
+
+    def _build(self) -> None:
+        """Import and build the checker, verifier, rollout driver, webhooks and scheduler."""
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        from bot.integrations.pagerduty import PagerDuty
+        from bot.integrations.webhooks import WebhookDispatcher
+        from bot.judging.checker import Checker
+        from bot.rollouts.driver import RolloutDriver
+        from bot.runtime.sources import build_sources
+        from bot.verification.verifier import Verifier
+
+        engine, settings, policies, notifier = (
+            self.engine,
+            self.settings,
+            self.policies,
+            self.notifier,
+        )
         self.checker = Checker(
             engine=engine,
             policies=policies,
@@ -98,18 +134,6 @@ class CheckerService:
             format=settings.rollback_webhook_format,
         )
         self.scheduler = BackgroundScheduler(timezone=UTC)
-        self.steps = StepWatch(self._rescheduled)
-        self.leader = False
-        self._last_prune = utcnow() - PRUNE_EVERY
-        # Each loop survives any exception on its own: a failing verifier never stops the
-        # checker, the rollout driver or the webhooks (bot/liveness.py).
-        check_s, poll_s = settings.rollback_check_interval, settings.verify_poll_seconds
-        self.loops = [
-            Loop("checker", check_s),
-            Loop("verifier", poll_s),
-            Loop("rollouts", poll_s),
-            Loop("webhooks", poll_s),
-        ]
 
     def run_once(self) -> None:
         """One scheduled pass: renew the lease, and if held, judge and act."""
@@ -161,7 +185,19 @@ class CheckerService:
         webhooks.run(self._fenced(self.webhooks.run_due))
 
     def start(self) -> None:
-        """Schedule passes every ROLLBACK_CHECK_INTERVAL seconds, the first one now."""
+        """Build the checks and schedule passes every ROLLBACK_CHECK_INTERVAL seconds, the
+        first one at once, in a thread of their own (the server answers meanwhile)."""
+        self._starting = threading.Thread(target=self._start, name="checker-start", daemon=True)
+        self._starting.start()
+
+    def _start(self) -> None:
+        from bot.runtime.interval import EveryInterval
+
+        try:
+            self._build()
+        except Exception as exc:  # reported by the checker loop (/healthz), never silent
+            self.loops[0].failed(exc)
+            return
         self.scheduler.add_job(
             self.run_once,
             EveryInterval(seconds=self.settings.rollback_check_interval, timezone=UTC),
@@ -179,6 +215,7 @@ class CheckerService:
         )
         self.scheduler.start()
         self.steps.start()
+        self._scheduled = True
 
     def _rescheduled(self, step_s: float) -> None:
         """The wall clock jumped: APScheduler planned its next runs on it (a step back of an
@@ -189,6 +226,10 @@ class CheckerService:
 
     def stop(self) -> None:
         """Stop scheduling and hand the lease to a standby at once."""
+        if self._starting is not None:
+            self._starting.join()  # still loading: let it finish, then stop it
+        if not self._scheduled:
+            return
         self.steps.stop()
         self.scheduler.shutdown(wait=True)
         for source in self.checker.sources.values():

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.metrics.builtin import BuiltinSource
-
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
@@ -18,6 +16,8 @@ LEASE = "checker"
 
 def build_sources(engine: Engine, policies: PolicySet) -> dict[str, MetricsSource]:
     """The metrics sources the policies name."""
+    from bot.metrics.builtin import BuiltinSource
+
     sources: dict[str, MetricsSource] = {"builtin": BuiltinSource(engine)}
     if policies.prometheus is not None:
         from bot.metrics.prometheus import PrometheusSource

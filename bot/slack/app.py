@@ -194,12 +194,9 @@ class SlackService:
         self.worker.stop()
 
 
-def start_slack(settings: Settings, engine: Engine, policies: PolicySet) -> SlackService | None:
-    """The Slack service when SLACK_BOT_TOKEN is set. Slack is not called here: an outage or
-    a refused token at start-up is reported by SlackStatus and never stops the server."""
-    if settings.slack_bot_token is None:
-        log.warning("SLACK_BOT_TOKEN is not set: notices go to the log only")
-        return None
+def start_slack(settings: Settings, engine: Engine, policies: PolicySet) -> SlackService:
+    """The Slack service (SLACK_BOT_TOKEN is set). Slack is not called here: an outage or a
+    refused token at start-up is reported by SlackStatus and never stops the server."""
     try:
         return SlackService(settings=settings, engine=engine, policies=policies)
     except BoltError as exc:

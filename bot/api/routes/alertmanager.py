@@ -16,8 +16,6 @@ from bot.api.routes.rollouts import policies_of
 from bot.config import Settings
 from bot.db import read_session
 from bot.integrations.alertmanager import Payload, verdicts
-from bot.judging.checker import Checker
-from bot.judging.targets import load_live_versions
 from bot.models import utcnow
 from bot.notify import Notifier
 from bot.policy import PolicySet
@@ -43,6 +41,11 @@ async def alertmanager(
 def _handle(
     payload: Payload, engine: Engine, settings: Settings, notifier: Notifier, policies: PolicySet
 ) -> dict[str, Any]:
+    # The checker's machinery, loaded with the first alert (a server can run without the
+    # checker, CHECKER_ENABLED=false, and still take Alertmanager's webhooks).
+    from bot.judging.checker import Checker
+    from bot.judging.targets import load_live_versions
+
     found, skipped = verdicts(
         payload,
         policies,

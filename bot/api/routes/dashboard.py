@@ -7,12 +7,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -48,12 +48,21 @@ from bot.registry.lookup import (
     rollback_choices,
 )
 from bot.rollouts import stages as rollouts
-from bot.slack.blocks import in_words
+
+if TYPE_CHECKING:
+    from fastapi.templating import Jinja2Templates
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 HERE = Path(__file__).resolve().parent.parent.parent / "dashboard"
-templates = Jinja2Templates(directory=str(HERE / "templates"))
 STEPS = {"1h": timedelta(minutes=1), "24h": timedelta(minutes=15), "7d": timedelta(hours=2)}
+
+
+@cache
+def templates() -> Jinja2Templates:
+    """The pages' templates (Jinja2 is loaded with the first page, not with the server)."""
+    from fastapi.templating import Jinja2Templates
+
+    return Jinja2Templates(directory=str(HERE / "templates"))
 
 
 def _session(request: Request, settings: Settings) -> DashboardSession | None:
@@ -68,7 +77,7 @@ def _page(
     status_code: int = 200,
     **context: Any,
 ) -> HTMLResponse:
-    return templates.TemplateResponse(
+    return templates().TemplateResponse(
         request,
         template,
         {"session": session, "csrf": session.csrf(settings), **context},
@@ -86,7 +95,7 @@ def problem_page(request: Request, errors: Sequence[Any]) -> HTMLResponse:
     ]
     parts = request.url.path.split("/")
     back = "/".join(parts[:4]) if len(parts) > 3 and parts[2] == "prompts" else None
-    return templates.TemplateResponse(
+    return templates().TemplateResponse(
         request,
         "problem.html",
         {"session": None, "problems": problems, "back": back},
@@ -111,7 +120,7 @@ def _sign_in_page(
     context: dict[str, Any] = {"session": None, "slack": slack_sign_in.enabled(settings)}
     if refused:
         context |= {"message": refused, "message_kind": "error"}
-    return templates.TemplateResponse(request, "sign_in.html", context, status_code=status_code)
+    return templates().TemplateResponse(request, "sign_in.html", context, status_code=status_code)
 
 
 @router.post("/sign-in")
@@ -485,6 +494,8 @@ def incident_page(
     incident_id: int, request: Request, engine: EngineDep, settings: SettingsDep
 ) -> Response:
     """An incident: its timeline, what fired, the chart around it, the post-mortem draft."""
+    from bot.slack.blocks import in_words  # Slack's wording of a rule (loads slack_sdk)
+
     session = _session(request, settings)
     if session is None:
         return _to_sign_in()

@@ -14,15 +14,9 @@ import hashlib
 import zlib
 from datetime import timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
-from google.rpc.status_pb2 import Status
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
@@ -30,9 +24,11 @@ from bot.api.deps import ActorDep, EngineDep, SettingsDep
 from bot.db import retry_conflicts, write_session
 from bot.errors import InvalidEvents
 from bot.metrics.ingest import ingest
-from bot.metrics.otlp import SpanMapping, map_spans
 from bot.models import EVENTS_MAX, Event, EventBatch, utcnow
 from bot.telemetry import OTLP_SPANS
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
 router = APIRouter(tags=["opentelemetry"])
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
@@ -40,6 +36,8 @@ BAD_REQUEST = 3  # google.rpc.Code.INVALID_ARGUMENT
 
 
 def _encode(message: Message, content_type: str, status_code: int = 200) -> Response:
+    from google.protobuf import json_format  # the protobufs load on the first export
+
     if content_type == JSON:
         body = json_format.MessageToJson(message, indent=None).encode()
     else:
@@ -48,6 +46,8 @@ def _encode(message: Message, content_type: str, status_code: int = 200) -> Resp
 
 
 def _refuse(detail: str, content_type: str, status_code: int = 400) -> Response:
+    from google.rpc.status_pb2 import Status
+
     return _encode(Status(code=BAD_REQUEST, message=detail), content_type, status_code)
 
 
@@ -60,6 +60,16 @@ async def export_traces(
     request: Request, engine: EngineDep, settings: SettingsDep, _actor: ActorDep
 ) -> Response:
     """Each span with the prompt name and version attributes is one request of that version."""
+    # The OTLP protobufs load on the first export, not with the server.
+    from google.protobuf import json_format
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
+
+    from bot.metrics.otlp import SpanMapping, map_spans
+
     declared = request.headers.get("content-type", PROTOBUF).split(";")[0].strip().lower()
     content_type = JSON if declared == JSON else PROTOBUF
     if declared not in (PROTOBUF, JSON):

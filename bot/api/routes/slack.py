@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from slack_bolt import BoltRequest
-from slack_sdk.signature import SignatureVerifier
 
-from bot.slack import envelope, listener
+if TYPE_CHECKING:  # Slack Bolt is loaded by the Slack service, only when Slack is configured
+    from slack_bolt import BoltRequest
+    from slack_sdk.signature import SignatureVerifier
 
 router = APIRouter(tags=["slack"])
 log = logging.getLogger(__name__)
@@ -71,6 +72,12 @@ async def slack_events(request: Request) -> Response:
         if _is_ssl_check(body):  # Slack sends it unsigned; it changes nothing and needs a 200
             return Response(status_code=200)
         return refused
+    # Bolt and the listeners are loaded already by the Slack service (only when Slack is set
+    # up); the envelope's models are built with Slack's first request.
+    from slack_bolt import BoltRequest
+
+    from bot.slack import envelope, listener
+
     try:
         bolt_request = BoltRequest(body=body, query=dict(request.query_params), headers=headers)
         wrong = envelope.problem(bolt_request.body)
