@@ -1,4 +1,4 @@
-"""POST /slack/events: slash commands and interactivity, dispatched off the event loop."""
+"""POST /slack/events: slash commands and interactivity, verified and dispatched to Bolt."""
 
 from __future__ import annotations
 
