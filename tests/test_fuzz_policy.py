@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.judging.verdict import decide
@@ -145,6 +145,7 @@ def _load(folder: str) -> tuple[Any, list[str]]:
     ),
     duplicate=st.none() | st.tuples(st.sampled_from(["window", "min_requests"]), HOSTILE),
 )
+@example(changes=[(("rules", 0, "action"), "page")], duplicate=None)  # was accepted: no rollback
 def test_every_policy_is_refused_or_keeps_detection(
     changes: list[tuple[tuple[Any, ...], Any]], duplicate: tuple[str, Any] | None
 ) -> None:

@@ -207,6 +207,10 @@ WEAKENING = [
         "  duration: 0s\n",
         "default.yaml:4: new_version.error_rate_pct: Input should be greater than or equal to 0",
     ),
+    (
+        _other("error_rate_pct", "above: 5", severity="critical", action="page"),
+        "rules.0: a critical rule rolls back: action must be rollback, not page",
+    ),
     ("new_version:\n  severity: critical\n", "new_version: severity must be medium"),
     ("new_version:\n  action: page\n", "new_version: action must be observe, alert"),
     ("new_version:\n  duration: 0s\n", "new_version.duration: must be between 1m and 7d"),

@@ -148,6 +148,13 @@ class Rule(_Strict):
     def _known_kinds(self) -> Rule:
         _one_of(self.severity, RULE_SEVERITIES, "severity")
         _one_of(self.action, RULE_ACTIONS, "action")
+        if self.severity == Severity.CRITICAL and self.action != Action.ROLLBACK:
+            # A critical rule that only pages would quietly keep a failing version serving;
+            # the one switch for "people decide" is auto_rollback, which the verdict honours.
+            raise ValueError(
+                f"a critical rule rolls back: action must be rollback, not {self.action.value} "
+                "(to page on-call instead of rolling back, set auto_rollback: false)"
+            )
         check_threshold(self.metric, self.above, self.below)
         return self
 
