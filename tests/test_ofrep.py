@@ -104,6 +104,22 @@ def test_unknown_prompts_objects_and_tokens(base: str) -> None:
     assert refused.value == "fallback" and refused.error_code == ErrorCode.GENERAL
 
 
+def test_keys_no_route_can_take_get_ofrep_errors(client: TestClient) -> None:
+    """A key holding "/" matches no route, and a GET no method: OFREP's error body, which
+    OpenFeature's providers read, not the bot's own."""
+    slashed = client.post("/ofrep/v1/evaluate/flags/team%2Fcs", json={"context": {}})
+    assert slashed.status_code == 404
+    assert slashed.json() == {
+        "key": "team/cs",
+        "errorCode": "FLAG_NOT_FOUND",
+        "errorDetails": "no prompt named 'team/cs'",
+    }
+    wrong_method = client.get("/ofrep/v1/evaluate/flags/cs")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["errorCode"] == "GENERAL"
+    assert client.get("/api/nothing-here").json()["error"] == "not_found"  # the bot's own
+
+
 def test_bulk_evaluation_with_etag(client: TestClient, engine: Engine) -> None:
     make_prompt(engine, name="cs", versions=("v1", "v2"))
     make_prompt(engine, name="billing", versions=("v7",))

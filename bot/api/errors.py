@@ -87,8 +87,27 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+OFREP_FLAGS = "/ofrep/v1/evaluate/flags/"
+
+
+def _ofrep_miss(path: str, exc: StarletteHTTPException) -> JSONResponse:
+    """No OFREP route matched (a key holding "/", a wrong method): OFREP's error format, which
+    OpenFeature's providers read; a key that cannot be a prompt's name is FLAG_NOT_FOUND."""
+    body: dict[str, str] = {"errorCode": "GENERAL", "errorDetails": str(exc.detail)}
+    if exc.status_code == 404 and path.startswith(OFREP_FLAGS):
+        key = path.removeprefix(OFREP_FLAGS)
+        body = {
+            "key": key,
+            "errorCode": "FLAG_NOT_FOUND",
+            "errorDetails": f"no prompt named {key!r}",
+        }
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (404, 405) and request.url.path.startswith("/ofrep/"):
+        return _ofrep_miss(request.url.path, exc)
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
     return JSONResponse(
         {"error": code, "detail": exc.detail},
