@@ -19,7 +19,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from bot.models import HISTOGRAM_COLUMNS, LATENCY_BOUNDS_MS
+from bot.metrics.histogram import percentile
+from bot.models import HISTOGRAM_COLUMNS
 from bot.policy import PolicySet
 
 SEVERITY_RANK = {"none": 0, "medium": 1, "high": 2, "critical": 3}
@@ -37,27 +38,11 @@ LIVE = (
 STORED_KEYS = ("error_rate_pct", "latency_p50_ms", "latency_p99_ms", "quality")
 
 
-def _percentile(counts: list[int], total: int, q: float) -> float | None:
-    if total == 0:
-        return None
-    rank = q * total
-    seen = 0
-    for index, count in enumerate(counts):
-        if count and seen + count >= rank:
-            lower = LATENCY_BOUNDS_MS[index - 1] if index else 0.0
-            upper = LATENCY_BOUNDS_MS[index]
-            if upper == float("inf"):
-                return lower
-            return lower + (upper - lower) * (rank - seen) / count
-        seen += count
-    return LATENCY_BOUNDS_MS[-2]
-
-
 def _stats(row: tuple[Any, ...]) -> tuple[int, int, float | None, float | None, int]:
     """(requests, errors, p99, quality, quality count) from a row of sums after its key(s)."""
     requests, errors, q_sum, q_count = (int(v or 0) for v in row[:4])
     counts = [int(v or 0) for v in row[4:]]
-    p99 = _percentile(counts, sum(counts), 0.99)
+    p99 = percentile(counts, 0.99)
     return requests, errors, p99, (float(q_sum) / q_count if q_count else None), q_count
 
 
