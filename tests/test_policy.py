@@ -250,6 +250,16 @@ WEAKENING = [
         _rule("5", "prompts:\n  cs:\n    rules:\n      - name: x\n        enabled: false\n"),
         "prompts.cs.rules: every rule is disabled for this prompt",
     ),
+    (
+        # Checked with the defaults it overrides: alone, each value is fine. Accepted, it
+        # would fail the checker's whole pass when the prompt is resolved.
+        _rule("5", "prompts:\n  cs:\n    verify_for: 3s\n"),
+        "prompts.cs: verify_for (3s) is shorter than verify_every (5s)",
+    ),
+    (
+        _rule("5", "defaults:\n  verify_for: 20s\nprompts:\n  cs:\n    verify_every: 30s\n"),
+        "prompts.cs: verify_for (20s) is shorter than verify_every (30s)",
+    ),
 ]
 
 

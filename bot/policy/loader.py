@@ -195,6 +195,14 @@ def _merge(
                 f"{where}.rules: every rule is disabled for this prompt, so nothing about it "
                 "would ever be detected; keep at least one enabled"
             )
+        # The override's settings with the defaults must pass the settings' own checks too:
+        # found only when the checker resolves the prompt, the error would stop every pass.
+        changes = patch.model_dump(exclude_unset=True, exclude={"rules", "new_version"})
+        if changes:
+            try:
+                Settings.model_validate({**defaults.model_dump(), **changes})
+            except ValidationError as exc:
+                problems.extend(f"{where}: {_message(error)}" for error in exc.errors())
         source = patch.source or defaults.source
         if source == "prometheus" and "prometheus" not in found:
             problems.append(
