@@ -18,12 +18,13 @@ import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from bot import registry
 from bot.api.feed import ChangeFeed
 from bot.api.notify_pg import APPLICATION_NAME
 from bot.client import PromptClient
-from bot.db import write_session
+from bot.db import make_engine, read_session, write_session
 from bot.models import RoutingState, utcnow
-from bot.registry import deploy
+from bot.registry import deploy, events
 from tests.conftest import API_TOKEN, OPERATOR, PG_ONLY, PG_URL, make_prompt, roll_back
 from tests.test_serve import free_port
 
@@ -54,34 +55,68 @@ async def _next(queue: asyncio.Queue[RoutingState | None], timeout: float = 10) 
     return state
 
 
-def test_a_change_committed_while_a_read_runs_stays_uncached_until_a_later_read(
+def test_a_read_answering_after_a_change_made_here_never_puts_the_older_state_back(
     engine: Engine,
 ) -> None:
     make_prompt(engine)  # v2.0.0 live
 
-    async def scenario() -> tuple[RoutingState | None, RoutingState | None]:
+    async def scenario() -> tuple[RoutingState, RoutingState | None, RoutingState | None, int]:
         feed = GatedFeed(engine)
-        feed.mark_dirty(PROMPT)  # deployed here: not cached yet
         feed.start()
-        assert await asyncio.to_thread(feed.reading.acquire, True, 10)  # a read has v2.0.0...
-        await asyncio.to_thread(roll_back, engine)  # ... when this process rolls back
-        feed.answer.release()  # that read answers v2.0.0, which must not settle the rollback
-        assert await asyncio.to_thread(feed.reading.acquire, True, 10)  # the next read runs
+        for _ in range(100):  # the first read (everything, not gated)
+            if feed.current(PROMPT) is not None:
+                break
+            await asyncio.sleep(0.05)
+        queue = feed.subscribe()
+        feed.mark_dirty(PROMPT)  # a read of the prompt starts...
+        assert await asyncio.to_thread(feed.reading.acquire, True, 10)  # ... and has v2.0.0
+        await asyncio.to_thread(roll_back, engine)  # this process rolls back meanwhile
+        pushed = await _next(queue)  # fanned out at commit, while the read still waits
         during = feed.current(PROMPT)
-        feed.answer.release()
+        feed.answer.release()  # the read answers v2.0.0: older than what is cached
         for _ in range(100):
             if feed.current(PROMPT) is not None:
                 break
             await asyncio.sleep(0.05)
-        after = feed.current(PROMPT)
+        await asyncio.sleep(0.2)
+        after, late = feed.current(PROMPT), queue.qsize()
         await feed.stop()
-        return during, after
+        return pushed, during, after, late
 
-    during, after = asyncio.run(scenario())
-    # Until a read that began after the rollback answers, the prompt is read from the
-    # database, never the stale v2.0.0.
-    assert during is None, during
+    pushed, during, after, late = asyncio.run(scenario())
+    assert pushed.active_version == "v1.9.0"
+    # Marked dirty before the read began: read from the database until it answers, never the
+    # stale v2.0.0; after it, the rollback stays cached and the stale read published nothing.
+    assert during is None or during.active_version == "v1.9.0", during
     assert after is not None and after.active_version == "v1.9.0"
+    assert after.revision == pushed.revision
+    assert late == 0
+
+
+def test_a_change_made_here_is_cached_before_its_commit_returns(engine: Engine) -> None:
+    make_prompt(engine)  # v2.0.0 live
+
+    async def scenario() -> tuple[RoutingState | None, RoutingState | None]:
+        feed = GatedFeed(engine)  # every read waits for the test: none answers here
+        feed.start()
+        for _ in range(100):
+            if feed.current(PROMPT) is not None:
+                break
+            await asyncio.sleep(0.05)
+        before = feed.current(PROMPT)
+        await asyncio.to_thread(roll_back, engine)
+        right_after = feed.current(PROMPT)  # no read has answered since the commit
+        feed.answer.release()
+        await feed.stop()
+        return before, right_after
+
+    before, right_after = asyncio.run(scenario())
+    assert before is not None and before.active_version == "v2.0.0"
+    # /resolve answers the rollback as soon as its API answer is sent: the state committed is
+    # the state cached, with the serving version's template.
+    assert right_after is not None and right_after.active_version == "v1.9.0"
+    assert right_after.templates == {"v1.9.0": "customer-support v1.9.0: {q}"}
+    assert right_after.revision == before.revision + 1
 
 
 def test_a_change_made_in_this_process_is_pushed_without_waiting_for_the_poll(
@@ -107,6 +142,45 @@ def test_a_change_made_in_this_process_is_pushed_without_waiting_for_the_poll(
     assert (rolled_back.active_version, deployed.active_version) == ("v1.9.0", "v2.0.0")
     assert deployed.revision == rolled_back.revision + 1
     assert elapsed < 10  # generous: the poll would have taken 30 s
+
+
+def test_the_state_pushed_at_commit_is_the_state_read_back(engine: Engine) -> None:
+    make_prompt(engine, versions=("v1", "v2", "v3"))
+    pushed: list[RoutingState] = []
+
+    def heard(_url: object, changed: dict[str, RoutingState]) -> None:
+        pushed.extend(changed.values())
+
+    def split(shares: dict[str, int]) -> None:
+        with write_session(engine) as session:
+            registry.set_split(
+                session=session,
+                prompt=PROMPT,
+                split=shares,
+                actor=OPERATOR,
+                now=utcnow(),
+                force=True,
+            )
+
+    events.add_listener(heard)
+    try:
+        checks = []
+        for change in (
+            lambda: split({"v3": 10, "v1": 60, "v2": 30}),  # the active one keeps a share
+            lambda: split({"v1": 70, "v2": 30}),  # the active one dropped
+            lambda: roll_back(engine),  # in a split: the newest serving one is the suspect
+            lambda: _deploy(engine, "v2"),
+            lambda: split({"v1": 50, "v2": 50}),  # v2 marked bad, forced
+        ):
+            change()
+            with read_session(engine) as session:
+                (read,) = registry.routing_states(session=session, names=[PROMPT])
+            checks.append((pushed[-1], read))
+    finally:
+        events.remove_listener(heard)
+    assert len(pushed) == 5
+    for sent, read in checks:
+        assert sent.model_dump_json() == read.model_dump_json()
 
 
 def _deploy(engine: Engine, version: str, prompt: str = PROMPT) -> None:
@@ -150,6 +224,78 @@ def test_another_process_change_is_caught_by_the_poll_even_below_the_highest_rev
 
 
 # --- across processes on PostgreSQL: LISTEN/NOTIFY --------------------------------------------
+
+
+class CountingFeed(ChangeFeed):
+    """A feed that LISTENs, polls every 30 s and counts its reads of changed prompts."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine, poll_seconds=30, safety_poll_seconds=30)
+        self.reads = 0
+
+    def _read(
+        self, names: list[str], poll: bool
+    ) -> tuple[list[RoutingState], set[str] | None, tuple[int, int] | None]:
+        self.reads += 1
+        return super()._read(names, poll)
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("db_url", PG_ONLY, indirect=True)
+def test_another_server_publishes_the_notified_state_without_reading_it(
+    engine: Engine, db_url: str
+) -> None:
+    make_prompt(engine)
+    long_template = "Answer as our support agent. " * 400  # 11,600 bytes: over NOTIFY's limit
+    with write_session(engine) as session:
+        for label in ("v1", "v2"):
+            registry.create_version(
+                session=session,
+                prompt="long",
+                version=label,
+                template=f"{label} {long_template}",
+                created_by="tester",
+                now=utcnow(),
+            )
+    for label in ("v1", "v2"):
+        _deploy(engine, label, prompt="long")
+    # The feed's own URL differs from the changing engine's: to it, the changes come from
+    # another server, heard only by NOTIFY (its polls are 30 s apart).
+    other = make_engine(db_url + ("&" if "?" in db_url else "?") + "application_name=other")
+
+    async def scenario() -> tuple[RoutingState, int, RoutingState, int]:
+        feed = CountingFeed(other)
+        feed.start()
+        assert feed.listener is not None
+        for _ in range(200):
+            if feed.listener.listening:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the poll that follows LISTEN is done
+        queue = feed.subscribe()
+        before = feed.reads
+        await asyncio.to_thread(roll_back, engine)
+        small = await _next(queue)
+        small_reads = feed.reads - before
+        await asyncio.to_thread(_deploy, engine, "v1", "long")
+        big = await _next(queue)
+        big_reads = feed.reads - before - small_reads
+        await feed.stop()
+        return small, small_reads, big, big_reads
+
+    try:
+        small, small_reads, big, big_reads = asyncio.run(scenario())
+    finally:
+        other.dispose()
+    # The state travelled in the NOTIFY: published as committed, with no read.
+    assert (small.prompt, small.active_version, small.revision) == (PROMPT, "v1.9.0", 4)
+    assert small.templates == {"v1.9.0": "customer-support v1.9.0: {q}"}
+    assert small_reads == 0
+    # Too long for a payload: announced by revision and name, then read.
+    assert (big.prompt, big.active_version) == ("long", "v1")
+    assert big.templates == {"v1": f"v1 {long_template}"}
+    assert big_reads >= 1
+
 
 SLOW_POLL = {"STREAM_POLL_SECONDS": "30", "STREAM_SAFETY_POLL_SECONDS": "30"}
 

@@ -4,7 +4,8 @@ Changes are pushed, not polled for:
 
 - a change committed in this process (an API route, the checker, a rollout, verification,
   Slack) reaches the feed at commit through a session event (bot/registry/events.py), from
-  whatever thread committed it;
+  whatever thread committed it, with the state it committed: it is cached before the commit
+  returns (so /resolve answers it at once) and published without reading it back;
 - on PostgreSQL a change committed by another process (a replica, the CLI) arrives by
   LISTEN/NOTIFY on one dedicated connection (bot/api/notify_pg.py);
 - a poll reads one value, the routing fingerprint (row count and sum of revisions), and only
@@ -12,7 +13,10 @@ Changes are pushed, not polled for:
   STREAM_SAFETY_POLL_SECONDS while LISTEN works, every STREAM_POLL_SECONDS while it is down)
   and how a SQLite server sees the CLI's changes (every STREAM_POLL_SECONDS).
 
-Each pushed prompt is read from the database and fanned out to the connected streams.
+Each prompt announced by another process is read from the database. Every state, pushed or
+read, is cached and fanned out to the connected streams in the order it was cached, and only if
+its revision is newer than the one cached (revisions only grow): a read that began before a
+pushed change and answers after it never puts the older state back.
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class ChangeFeed:
         # Prompts to read at once: {name: revision announced, or None if not known}.
         self._pending: dict[str, int | None] = {}
         self._poll_now = False
+        # States cached and not yet handed to the streams, in the order they were cached.
+        self._outgoing: list[RoutingState] = []
         self._lock = threading.Lock()  # changes are announced from worker threads
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -81,15 +87,18 @@ class ChangeFeed:
         if listen and engine.dialect.name == "postgresql":
             from bot.api.notify_pg import PgListener  # psycopg: loaded only on PostgreSQL
 
-            self.listener = PgListener(engine, self._notified, self._listening)
+            self.listener = PgListener(
+                engine, self._notified, self._listening, on_state=self._state_notified
+            )
 
     def current(self, prompt: str) -> RoutingState | None:
-        """The prompt's routing as last seen (None if unknown, or changed here since)."""
+        """The prompt's routing as last seen (None if unknown, or marked dirty since)."""
         return None if prompt in self._dirty else self._states.get(prompt)
 
     def mark_dirty(self, prompt: str) -> None:
-        """This process just changed the prompt (committed): read it from the database until a
-        read that began after this call has finished (one is started at once)."""
+        """The prompt changed by a way the feed does not hear (a change in this process is
+        handed over at commit): read it from the database until a read that began after this
+        call has finished (one is started at once)."""
         self._changed_here({prompt: None})
 
     def subscribe(self) -> asyncio.Queue[RoutingState | None]:
@@ -127,10 +136,28 @@ class ChangeFeed:
 
     # --- what wakes the feed (any thread) --------------------------------------------------
 
-    def _committed(self, url: URL, changed: dict[str, int]) -> None:
-        """A commit in this process changed routing (called in the committing thread)."""
-        if url == self.engine.url:
-            self._changed_here(dict(changed))
+    def _committed(self, url: URL, changed: dict[str, RoutingState]) -> None:
+        """A commit in this process changed routing to `changed` (called in the committing
+        thread, before the commit returns to whoever made it)."""
+        if url != self.engine.url:
+            return
+        with self._lock:
+            for state in changed.values():
+                self._install(state)
+        aloop = self._aloop
+        if aloop is not None:  # fanned out now, even while the feed's task waits on a read
+            with suppress(RuntimeError):  # the event loop has closed (shutting down)
+                aloop.call_soon_threadsafe(self._flush)
+
+    def _install(self, state: RoutingState, *, publish: bool = True) -> None:
+        """Cache `state` if it is newer than the one cached (call with the lock held)."""
+        seen = self._seen.get(state.prompt)
+        if seen is not None and seen >= state.revision and state.prompt in self._states:
+            return
+        self._states[state.prompt] = state
+        self._seen[state.prompt] = state.revision
+        if publish:
+            self._outgoing.append(state)
 
     def _changed_here(self, changed: dict[str, int | None]) -> None:
         with self._lock:
@@ -144,9 +171,21 @@ class ChangeFeed:
         """NOTIFY from PostgreSQL: a change committed by any process, this one included."""
         prompt, revision = events.parse_payload(payload)
         with self._lock:
-            if revision is None or self._seen.get(prompt) != revision:
+            if revision is None or self._seen.get(prompt, -1) < revision:
                 self._pending[prompt] = revision
         self._poke()
+
+    def _state_notified(self, payload: str) -> None:
+        """NOTIFY with a committed state (on the event loop): cached and published as it is;
+        the short payload that follows it then finds nothing to read."""
+        try:
+            state = RoutingState.model_validate_json(payload)
+        except ValueError:  # not ours: the short payload has the change read instead
+            log.warning("change feed: ignored a state payload that is not a routing state")
+            return
+        with self._lock:
+            self._install(state)
+        self._flush()
 
     def _listening(self, listening: bool) -> None:
         """The LISTEN connection came up (poll once: catch what it missed) or went down."""
@@ -172,9 +211,9 @@ class ChangeFeed:
         assert self._wake is not None
         with suppress(BotError):
             self._fingerprint, states = await to_thread.run_sync(self._everything)
-            for state in states:
-                self._states[state.prompt] = state
-                self._seen[state.prompt] = state.revision
+            with self._lock:
+                for state in states:
+                    self._install(state, publish=False)
         next_poll = time.monotonic() + self._poll_interval()
         if self._pending:
             self._wake.set()  # announced before the feed started
@@ -185,6 +224,7 @@ class ChangeFeed:
                 async with asyncio.timeout(max(0.0, next_poll - time.monotonic())):
                     await self._wake.wait()
             self._wake.clear()
+            self._flush()  # states pushed at commit
             with self._lock:
                 pending, self._pending = self._pending, {}
                 poll = self._poll_now or time.monotonic() >= next_poll
@@ -202,7 +242,7 @@ class ChangeFeed:
             names = [
                 name
                 for name, revision in pending.items()
-                if revision is None or self._seen.get(name) != revision or name in self._dirty
+                if revision is None or self._seen.get(name, -1) < revision or name in self._dirty
             ]
             if not names and not poll:
                 if quiet:
@@ -235,11 +275,17 @@ class ChangeFeed:
             }
 
     def _publish(self, changed: list[RoutingState]) -> None:
-        for state in changed:
-            if self._seen.get(state.prompt) == state.revision and state.prompt in self._states:
-                continue  # already published (read twice: pushed, then polled)
-            self._states[state.prompt] = state
-            self._seen[state.prompt] = state.revision
+        """Cache and fan out the states a read found (those not already cached)."""
+        with self._lock:
+            for state in changed:
+                self._install(state)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand the states cached since the last flush to every stream, in order."""
+        with self._lock:
+            outgoing, self._outgoing = self._outgoing, []
+        for state in outgoing:
             for queue in list(self._subscribers):
                 try:
                     queue.put_nowait(state)

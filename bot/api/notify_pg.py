@@ -1,10 +1,11 @@
 """One dedicated PostgreSQL connection per server that LISTENs for routing changes.
 
 Every routing change sends NOTIFY in its own transaction (bot/registry/events.py), so this
-connection hears each change made by any replica or the CLI the moment it commits. When the
-connection drops, the listener says so, tells the feed (which then polls at its fast interval)
-and reconnects with backoff; once listening again it asks the feed for one poll, which catches
-whatever was committed while nobody listened.
+connection hears each change made by any replica or the CLI the moment it commits: on one
+channel the new state itself when it fits in a payload, then on another `<revision> <prompt>`.
+When the connection drops, the listener says so, tells the feed (which then polls at its fast
+interval) and reconnects with backoff; once listening again it asks the feed for one poll,
+which catches whatever was committed while nobody listened.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Engine
 
-from bot.registry.events import CHANNEL_SQL
+from bot.registry.events import CHANNEL_SQL, STATE_CHANNEL_SQL
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,13 @@ class PgListener:
         engine: Engine,
         on_notify: Callable[[str], None],
         on_listening: Callable[[bool], None],
+        on_state: Callable[[str], None] | None = None,
     ) -> None:
         self.conninfo = engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
-        self.on_notify, self.on_listening = on_notify, on_listening
+        self.on_notify, self.on_listening, self.on_state = on_notify, on_listening, on_state
+        self._state_channel = ""
         self.application_name = f"{APPLICATION_NAME} {os.getpid()}"
         self.listening = False
         self.connects = 0
@@ -93,17 +96,22 @@ class PgListener:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _listen(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> str:
-        cursor = await conn.execute(f"SELECT {CHANNEL_SQL}")
+        cursor = await conn.execute(f"SELECT {CHANNEL_SQL}, {STATE_CHANNEL_SQL}")
         row = await cursor.fetchone()
         assert row is not None
-        channel = str(row[0])
+        channel, self._state_channel = str(row[0]), str(row[1])
+        if self.on_state is not None:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._state_channel)))
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         return channel
 
     async def _follow(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
         while True:
             async for notify in conn.notifies(timeout=CHECK_SECONDS):
-                self.on_notify(notify.payload)
+                if notify.channel == self._state_channel and self.on_state is not None:
+                    self.on_state(notify.payload)
+                else:
+                    self.on_notify(notify.payload)
             # Quiet for a while: a connection cut without a word (a NAT, a failover) would
             # otherwise wait forever.
             async with asyncio.timeout(10):

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
 from bot.db import upsert_insert
@@ -34,6 +34,7 @@ from bot.models import (
     Prompt,
     PromptVersion,
     Routing,
+    RoutingState,
     Trigger,
     Verification,
     VersionPublic,
@@ -43,9 +44,9 @@ from bot.people import mention
 from bot.registry import events
 from bot.registry.lookup import (
     get_prompt,
-    get_version,
+    hold,
     last_routing_change,
-    lock_routing,
+    lock_prompt,
     previous_known_good,
     versions_by_label,
 )
@@ -112,19 +113,17 @@ def deploy(
     force: bool = False,
 ) -> ChangeResult:
     """Make `version` serve all of the prompt's traffic."""
-    row = get_prompt(session, prompt)
-    routing = lock_routing(session, row)
-    target = get_version(session, row, version)
-    serving = _serving(session, routing)
+    row, routing = lock_prompt(session, prompt)
+    loaded = _Loaded(session, row, routing, [version])
+    target, previous = loaded.one(version), loaded.active
+    serving = _serving(routing, previous)
     if set(serving) == {target.label}:
         raise AlreadyActive(f"{version} is already serving all of {prompt}'s traffic")
     _refuse_bad(target, force, "deploy")
-    previous = _active(session, routing)
     if previous is not None and previous.health == Health.UNKNOWN:
         _set_health(previous, Health.GOOD, f"served until {version} was deployed", now)
     return _switch(
-        session,
-        row,
+        loaded,
         routing,
         serving,
         active=target,
@@ -150,14 +149,13 @@ def set_split(
     """Share the prompt's traffic across versions (percentages summing to 100)."""
     if sum(split.values()) != 100:
         raise InvalidRequest(f"split percentages must sum to 100, not {sum(split.values())}")
-    row = get_prompt(session, prompt)
-    routing = lock_routing(session, row)
+    row, routing = lock_prompt(session, prompt)
     shares = {label: pct for label, pct in split.items() if pct > 0}
-    versions = versions_by_label(session, row, list(shares))
+    loaded = _Loaded(session, row, routing, list(shares))
+    versions, previous = loaded.get(list(shares)), loaded.active
     for version in versions.values():
         _refuse_bad(version, force, "route traffic to")
-    serving = _serving(session, routing)
-    previous = _active(session, routing)
+    serving = _serving(routing, previous)
     # The active version stays the stable one while it keeps a share; otherwise the largest share.
     if previous is not None and previous.label in shares:
         active = previous
@@ -167,8 +165,7 @@ def set_split(
     if serving == (new_split or {active.label: 100}):
         raise AlreadyActive(f"{prompt} already routes traffic that way")
     return _switch(
-        session,
-        row,
+        loaded,
         routing,
         serving,
         active=active,
@@ -198,20 +195,20 @@ def rollback(
     The version rolled back away from is marked bad. If someone else rolled the prompt back
     first, AlreadyRolledBack says who, from what and to what; nothing is changed twice.
     """
-    row = get_prompt(session, prompt)
-    routing = lock_routing(session, row)
-    serving = _serving(session, routing)
+    row, routing = lock_prompt(session, prompt)
+    loaded = _Loaded(session, row, routing, [target] if target is not None else [])
+    serving = _serving(routing, loaded.active)
     if not serving:
         raise InvalidRequest(f"{prompt} has no active version yet; deploy one first")
     # In a split the caller may say which version is the suspect (a canary's new version);
     # otherwise it is the newest of those serving.
     named = expected_version is not None and expected_version in serving
-    suspect = _newest(session, row, [str(expected_version)] if named else list(serving))
+    suspect = _newest(loaded, [str(expected_version)] if named else list(serving))
     last = last_routing_change(session, row)
     if expected_version is not None and expected_version != suspect.label:
         raise _changed_since(prompt, expected_version, suspect.label, last)
     if target is not None:
-        wanted = get_version(session, row, target)
+        wanted = loaded.one(target)
         if set(serving) == {wanted.label}:
             if last is not None and last.kind == ChangeKind.ROLLBACK:
                 raise _already_rolled_back(prompt, last)
@@ -225,11 +222,10 @@ def rollback(
         )
         if recent_rollback and last is not None:
             raise _already_rolled_back(prompt, last, hint=True)
-        wanted = _default_target(session, row, routing, serving, suspect)
+        wanted = _default_target(loaded, serving, suspect)
     _set_health(suspect, Health.BAD, f"rolled back to {wanted.label}: {reason}".rstrip(": "), now)
     return _switch(
-        session,
-        row,
+        loaded,
         routing,
         serving,
         active=wanted,
@@ -246,13 +242,12 @@ def preview_target(*, session: Session, prompt: str) -> str | None:
     """The version a rollback without a target would choose now (None if there is none)."""
     row = get_prompt(session, prompt)
     routing = session.exec(select(Routing).where(Routing.prompt_id == row.id)).one()
-    serving = _serving(session, routing)
+    loaded = _Loaded(session, row, routing, [])
+    serving = _serving(routing, loaded.active)
     if not serving:
         return None
     try:
-        return _default_target(
-            session, row, routing, serving, _newest(session, row, list(serving))
-        ).label
+        return _default_target(loaded, serving, _newest(loaded, list(serving))).label
     except InvalidRequest:
         return None
 
@@ -269,9 +264,8 @@ def mark_health(
 ) -> VersionPublic:
     """Mark a version good, bad or unknown by hand, with an audit entry; marking it with the
     health it already has changes nothing and records nothing (a retry, a double click)."""
-    row = get_prompt(session, prompt)
-    routing = lock_routing(session, row)
-    record = get_version(session, row, version)
+    row, routing = lock_prompt(session, prompt)
+    record = _Loaded(session, row, routing, [version]).one(version)
     if record.health == health:
         return to_public(record)
     _set_health(record, health, reason or None, now)
@@ -322,23 +316,52 @@ def to_public(version: PromptVersion) -> VersionPublic:
     )
 
 
-def _active(session: Session, routing: Routing) -> PromptVersion | None:
-    if routing.active_version_id is None:
-        return None
-    return session.get(PromptVersion, routing.active_version_id)
+class _Loaded:
+    """The versions of one prompt a change has read, by label: each is read once a change.
+
+    The first read takes the active version and the `wanted` ones in one statement."""
+
+    def __init__(
+        self, session: Session, prompt: Prompt, routing: Routing, wanted: list[str]
+    ) -> None:
+        self.session, self.prompt = session, prompt
+        rows = list(
+            session.exec(
+                select(PromptVersion).where(
+                    PromptVersion.prompt_id == prompt.id,
+                    or_(
+                        col(PromptVersion.id) == routing.active_version_id,
+                        col(PromptVersion.label).in_(wanted),
+                    ),
+                )
+            )
+        )
+        hold(session, *rows)
+        self.by_label = {v.label: v for v in rows}
+        self.active = next((v for v in rows if v.id == routing.active_version_id), None)
+
+    def get(self, labels: list[str]) -> dict[str, PromptVersion]:
+        """The versions `labels`; VersionNotFound (listing recent ones) for a missing one."""
+        missing = [label for label in labels if label not in self.by_label]
+        if missing:
+            found = versions_by_label(self.session, self.prompt, missing)
+            hold(self.session, *found.values())
+            self.by_label |= found
+        return {label: self.by_label[label] for label in labels}
+
+    def one(self, label: str) -> PromptVersion:
+        return self.get([label])[label]
 
 
-def _serving(session: Session, routing: Routing) -> dict[str, int]:
+def _serving(routing: Routing, active: PromptVersion | None) -> dict[str, int]:
     """The labels that receive traffic now, with their percentages."""
     if routing.split:
         return dict(routing.split)
-    active = _active(session, routing)
     return {active.label: 100} if active else {}
 
 
-def _newest(session: Session, prompt: Prompt, labels: list[str]) -> PromptVersion:
-    versions = versions_by_label(session, prompt, labels)
-    return max(versions.values(), key=_id)
+def _newest(loaded: _Loaded, labels: list[str]) -> PromptVersion:
+    return max(loaded.get(labels).values(), key=_id)
 
 
 def _refuse_bad(version: PromptVersion, force: bool, verb: str) -> None:
@@ -356,20 +379,17 @@ def _set_health(version: PromptVersion, health: Health, reason: str | None, now:
 
 
 def _default_target(
-    session: Session,
-    prompt: Prompt,
-    routing: Routing,
-    serving: dict[str, int],
-    suspect: PromptVersion,
+    loaded: _Loaded, serving: dict[str, int], suspect: PromptVersion
 ) -> PromptVersion:
     """The version to roll back to: another serving one, else the last one active before."""
+    prompt = loaded.prompt
     others = [label for label in serving if label != suspect.label]
     if others:
-        candidates = versions_by_label(session, prompt, others)
+        candidates = loaded.get(others)
         healthy = [v for v in candidates.values() if v.health != Health.BAD]
         if healthy:
             return max(healthy, key=lambda v: serving[v.label])
-    previous = previous_known_good(session, prompt, exclude=list(serving))
+    previous = previous_known_good(loaded.session, prompt, exclude=list(serving))
     if previous is None:
         raise InvalidRequest(
             f"{prompt.name} has no previously active version that is not marked bad; "
@@ -379,8 +399,7 @@ def _default_target(
 
 
 def _switch(
-    session: Session,
-    prompt: Prompt,
+    loaded: _Loaded,
     routing: Routing,
     serving: dict[str, int],
     *,
@@ -393,10 +412,11 @@ def _switch(
     now: datetime,
 ) -> ChangeResult:
     """Compare-and-set the routing row and write the audit entry in the same transaction."""
-    new_serving = set(split) if split else {active.label}
+    session, prompt = loaded.session, loaded.prompt
+    new_serving = loaded.get(list(split) if split else [active.label])
     dropped = [label for label in serving if label not in new_serving]
     if dropped:
-        for version in versions_by_label(session, prompt, dropped).values():
+        for version in loaded.get(dropped).values():
             version.last_active_at = now
     revision = routing.revision
     values: dict[str, object] = {
@@ -416,7 +436,10 @@ def _switch(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise ConcurrentChange(f"{prompt.name} changed while this request ran; look and retry")
     session.expire(routing)
-    events.routing_changed(session, prompt.name, revision + 1)  # NOTIFY; published at commit
+    # NOTIFY, and the new state handed to this process's change feeds at commit.
+    events.routing_changed(
+        session, _state(prompt, revision + 1, active, split, list(new_serving.values()))
+    )
     entry = AuditEntry(
         prompt_id=_id(prompt),
         kind=kind,
@@ -432,6 +455,7 @@ def _switch(
     )
     session.add(entry)
     session.flush()
+    hold(session, entry)  # lifecycle.after reads it next
     assert entry.id is not None
     if kind == ChangeKind.ROLLBACK:
         # Every rollback, whatever started it, is verified; scheduled in the same transaction.
@@ -456,6 +480,25 @@ def _switch(
         revision=revision + 1,
         audit_id=entry.id,
         timestamp=now,
+    )
+
+
+def _state(
+    prompt: Prompt,
+    revision: int,
+    active: PromptVersion,
+    split: dict[str, int] | None,
+    serving: list[PromptVersion],
+) -> RoutingState:
+    """The routing this change commits, as `registry.routing_states` would read it back."""
+    ordered = sorted(serving, key=_id)
+    return RoutingState(
+        prompt=prompt.name,
+        revision=revision,
+        active_version=active.label,
+        split=split,
+        order=[v.label for v in ordered],
+        templates={v.label: v.template for v in ordered},
     )
 
 

@@ -5,9 +5,13 @@ transaction. That does two things:
 
 - on PostgreSQL it sends `NOTIFY` on this database and schema's channel: NOTIFY is
   transactional, so every process LISTENing (each server's change feed) hears it exactly when
-  the change commits, and never hears a change that rolled back;
-- it notes the prompt on the session, and a session event hands the noted prompts to this
-  process's listeners (the change feeds) right after the commit, in the committing thread.
+  the change commits, and never hears a change that rolled back. The payload is short
+  (`<revision> <prompt>`, read as such by every version of the bot); just before it, in the
+  same statement, the state itself (JSON) goes on a second channel when it fits in a NOTIFY
+  payload, so the other servers publish it without reading it back;
+- it notes the new state on the session, and a session event hands the noted states to this
+  process's listeners (the change feeds) right after the commit, in the committing thread, so
+  they publish what was committed without reading it back.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from collections.abc import Callable
 from sqlalchemy import URL, event, text
 from sqlalchemy.orm import Session
 
+from bot.models import RoutingState
+
 log = logging.getLogger(__name__)
 
 # The channel of the database and schema the session works in, computed by PostgreSQL itself
@@ -28,20 +34,32 @@ CHANNEL_SQL = (
     "'rollback_bot_routing_' || "
     "left(md5(current_database() || '.' || coalesce(current_schema(), '')), 16)"
 )
+STATE_CHANNEL_SQL = CHANNEL_SQL.replace("_routing_", "_state_", 1)
 _NOTIFY = text(f"SELECT pg_notify({CHANNEL_SQL}, :payload)")
+_NOTIFY_WITH_STATE = text(
+    f"SELECT pg_notify({STATE_CHANNEL_SQL}, :state), pg_notify({CHANNEL_SQL}, :payload)"
+)
+# PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; a larger state (long templates)
+# is announced by the short payload only, and read by the listeners.
+STATE_PAYLOAD_MAX = 7900
 _KEY = "rollback_bot_routing_changes"
 
-# Called after a commit with the engine URL and {prompt: revision} of what it changed.
-Listener = Callable[[URL, dict[str, int]], None]
+# Called after a commit with the engine URL and {prompt: state} of what it changed.
+Listener = Callable[[URL, dict[str, RoutingState]], None]
 _listeners: list[Listener] = []
 _listeners_lock = threading.Lock()
 
 
-def routing_changed(session: Session, prompt: str, revision: int) -> None:
-    """`prompt`'s routing is now at `revision` in this (uncommitted) transaction."""
-    session.info.setdefault(_KEY, {})[prompt] = revision
+def routing_changed(session: Session, state: RoutingState) -> None:
+    """The prompt's routing is now `state` in this (uncommitted) transaction."""
+    session.info.setdefault(_KEY, {})[state.prompt] = state
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(_NOTIFY, {"payload": payload(prompt, revision)})
+        short = payload(state.prompt, state.revision)
+        full = state.model_dump_json()
+        if len(full.encode()) <= STATE_PAYLOAD_MAX:
+            session.execute(_NOTIFY_WITH_STATE, {"state": full, "payload": short})
+        else:
+            session.execute(_NOTIFY, {"payload": short})
 
 
 def payload(prompt: str, revision: int) -> str:
@@ -72,7 +90,7 @@ def remove_listener(listener: Listener) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    changed: dict[str, int] | None = session.info.pop(_KEY, None)
+    changed: dict[str, RoutingState] | None = session.info.pop(_KEY, None)
     if not changed:
         return
     url = session.get_bind().engine.url

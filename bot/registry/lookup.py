@@ -24,6 +24,33 @@ def get_prompt(session: Session, name: str) -> Prompt:
     return prompt
 
 
+def lock_prompt(session: Session, name: str) -> tuple[Prompt, Routing]:
+    """The prompt named `name` and its routing row, locked for the rest of the transaction on
+    PostgreSQL, in one statement (PromptNotFound as `get_prompt`). Both are held for the rest of
+    the session (`hold`), so the change's later steps find them without reading them again.
+
+    Only the routing row is joined: waiting for another change's lock, PostgreSQL re-checks the
+    join against the row that change left, and a join on the active version would then match
+    nothing."""
+    found = session.exec(
+        select(Prompt, Routing)
+        .join(Routing, col(Routing.prompt_id) == Prompt.id)
+        .where(Prompt.name == name)
+        .with_for_update(of=Routing)
+    ).first()
+    if found is None:
+        prompt = get_prompt(session, name)  # raises, naming close matches
+        return prompt, lock_routing(session, prompt)
+    hold(session, *found)
+    return found
+
+
+def hold(session: Session, *rows: object) -> None:
+    """Keep `rows` in the session until it closes. The session holds the objects it loaded
+    weakly: once a function that read one returns, a later `session.get` reads it again."""
+    session.info.setdefault("rollback_bot_held", []).extend(r for r in rows if r is not None)
+
+
 def lock_routing(session: Session, prompt: Prompt) -> Routing:
     """Return the prompt's routing row, locked for the rest of the transaction on PostgreSQL."""
     # On SQLite the whole write transaction already holds the lock (BEGIN IMMEDIATE).

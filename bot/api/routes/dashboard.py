@@ -18,7 +18,6 @@ from sqlmodel import Session
 
 from bot import registry
 from bot.api.deps import EngineDep, NotifierDep, SettingsDep
-from bot.api.routes.prompts import changed
 from bot.api.routes.rollouts import policies_of
 from bot.config import Settings
 from bot.dashboard import charts, data, slack_sign_in
@@ -318,7 +317,6 @@ def _act(
             message = change(db, actor, notifier)
     except BotError as exc:
         message = f"Not done: {exc.message}"
-    changed(request, name)
     seal = session.seal(settings, message)
     return RedirectResponse(
         f"/ui/prompts/{_quote(name)}?message={_quote(message)}&seal={seal}", status_code=303

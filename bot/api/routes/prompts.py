@@ -77,7 +77,6 @@ def create_version(
 def deploy(
     name: NamePath,
     body: DeployRequest,
-    request: Request,
     engine: EngineDep,
     actor: ActorDep,
     notifier: NotifierDep,
@@ -94,7 +93,6 @@ def deploy(
             reason=body.reason,
             force=body.force,
         )
-    changed(request, name)
     return result
 
 
@@ -102,7 +100,6 @@ def deploy(
 def set_split(
     name: NamePath,
     body: SplitRequest,
-    request: Request,
     engine: EngineDep,
     actor: ActorDep,
     notifier: NotifierDep,
@@ -119,7 +116,6 @@ def set_split(
             reason=body.reason,
             force=body.force,
         )
-    changed(request, name)
     return result
 
 
@@ -168,8 +164,9 @@ async def resolve(
 ) -> Resolved:
     """With a split, the same key always gets the same version while the split stands.
 
-    Answered from the server's routing cache (kept by the change feed); a prompt this process
-    just changed, or does not know yet, is read from the database.
+    Answered from the server's routing cache (kept by the change feed, which caches a change
+    made here before the change is answered); a prompt it does not know is read from the
+    database.
     """
     state = request.app.state.feed.current(name)
     if state is not None and state.active_version is not None:
@@ -187,8 +184,3 @@ async def resolve(
 def _resolve_from_db(engine: Engine, name: str, key: str | None) -> Resolved:
     with read_session(engine) as session:
         return registry.resolve(session=session, name=name, key=key)
-
-
-def changed(request: Request, name: str) -> None:
-    """Tell this process's routing cache that `name` just changed here."""
-    request.app.state.feed.mark_dirty(name)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from bot.api.deps import ActorDep, EngineDep, NotifierDep, SettingsDep
-from bot.api.routes.prompts import changed
 from bot.db import write_session
 from bot.incidents import lifecycle
 from bot.models import ChangeResult, RollbackRequest, utcnow
@@ -18,7 +17,6 @@ router = APIRouter(prefix="/api", tags=["rollback"])
 @router.post("/rollback", summary="Roll a prompt back to a known-good version")
 def rollback(
     body: RollbackRequest,
-    request: Request,
     engine: EngineDep,
     settings: SettingsDep,
     actor: ActorDep,
@@ -38,5 +36,4 @@ def rollback(
             expected_version=body.expected_version,
             dedup_window=timedelta(seconds=settings.rollback_dedup_seconds),
         )
-    changed(request, body.prompt)
     return result

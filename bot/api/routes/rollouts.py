@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import Engine
 
 from bot.api.deps import ActorDep, EngineDep
-from bot.api.routes.prompts import NamePath, changed
+from bot.api.routes.prompts import NamePath
 from bot.db import read_session, write_session
 from bot.incidents import lifecycle
 from bot.models import Rollout, RolloutPublic, RolloutRequest, utcnow
@@ -55,7 +55,6 @@ def start_rollout(
             reason=body.reason,
         )
         public = _public(rollout)
-    changed(request, name)
     return public
 
 
@@ -95,5 +94,4 @@ def _end(
             now=utcnow(),
         )
         public = _public(rollout)
-    changed(request, public.prompt)
     return public
