@@ -64,9 +64,7 @@ def rollback(
 ) -> ChangeResult:
     """Roll `prompt` back (registry.rollback), then bring everything in line."""
     if target is None and expected_version is None:
-        target, expected_version = rollouts.rollback_defaults(
-            session, get_prompt(session, prompt).id or 0
-        )
+        target, expected_version = rollouts.rollback_defaults(session, prompt)
     result = registry.rollback(
         session=session,
         prompt=prompt,

@@ -352,6 +352,11 @@ class _Loaded:
     def one(self, label: str) -> PromptVersion:
         return self.get([label])[label]
 
+    def add(self, version: PromptVersion) -> None:
+        """A version of the prompt read another way (previous_known_good)."""
+        hold(self.session, version)
+        self.by_label[version.label] = version
+
 
 def _serving(routing: Routing, active: PromptVersion | None) -> dict[str, int]:
     """The labels that receive traffic now, with their percentages."""
@@ -395,6 +400,7 @@ def _default_target(
             f"{prompt.name} has no previously active version that is not marked bad; "
             "name the version to roll back to"
         )
+    loaded.add(previous)
     return previous
 
 

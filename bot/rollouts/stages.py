@@ -16,6 +16,7 @@ from bot.errors import Conflict, InvalidRequest, NotFound
 from bot.models import (
     ACTIVE_ROLLOUT,
     ChangeResult,
+    Prompt,
     Rollout,
     RolloutKind,
     RolloutStatus,
@@ -229,10 +230,15 @@ def supersede(rollout: Rollout, now: datetime, note: str) -> None:
     _close(rollout, RolloutStatus.SUPERSEDED, now, note)
 
 
-def rollback_defaults(session: Session, prompt_id: int) -> tuple[str | None, str | None]:
+def rollback_defaults(session: Session, prompt: str) -> tuple[str | None, str | None]:
     """(target, suspect) of a rollback without a target during a rollout: a canary goes back
-    to its stable version, a gradual rollback on to the good one; (None, None) otherwise."""
-    running = active_rollout(session, prompt_id)
+    to its stable version, a gradual rollback on to the good one; (None, None) otherwise (an
+    unknown prompt too: the rollback then says so)."""
+    running = session.exec(
+        select(Rollout)
+        .join(Prompt, col(Prompt.id) == Rollout.prompt_id)
+        .where(Prompt.name == prompt, col(Rollout.status).in_(ACTIVE_ROLLOUT))
+    ).first()
     if running is None:
         return None, None
     if running.kind == RolloutKind.CANARY:
