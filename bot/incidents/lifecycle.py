@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select, update
 
 from bot import people, registry
@@ -40,6 +41,7 @@ from bot.models import (
     Verification,
     VerificationStatus,
 )
+from bot.models.registry import UTCDateTime
 from bot.notify import Notice, NoticeKind, Notifier, deliver
 from bot.people import plain
 from bot.registry.changes import Actor
@@ -254,16 +256,32 @@ def after_change(
     return settle_incidents(session, entry=entry, serving=serving, notifier=notifier, now=now)
 
 
+# Run by every routing change: built once.
+_OPEN_INCIDENTS = select(Incident).where(
+    Incident.prompt_id == bindparam("prompt_id"),
+    col(Incident.status).in_(list(ACTIVE_INCIDENT)),
+)
+_CANCEL_VERIFICATIONS = (
+    update(Verification)
+    .where(
+        col(Verification.prompt_id) == bindparam("of_prompt"),
+        col(Verification.status) == VerificationStatus.RUNNING,
+        col(Verification.audit_id) != bindparam("but_audit"),
+    )
+    .values(
+        status=VerificationStatus.SUPERSEDED,
+        finished_at=bindparam("now", type_=UTCDateTime),
+        claimed_until=None,
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
 def settle_incidents(
     session: Session, *, entry: AuditEntry, serving: set[str], notifier: Notifier, now: datetime
 ) -> list[Incident]:
     """Close the prompt's open incidents whose version no longer serves, and tell their cards."""
-    open_ones = session.exec(
-        select(Incident).where(
-            Incident.prompt_id == entry.prompt_id,
-            col(Incident.status).in_(list(ACTIVE_INCIDENT)),
-        )
-    ).all()
+    open_ones = session.exec(_OPEN_INCIDENTS, params={"prompt_id": entry.prompt_id}).all()
     closed = []
     for incident in open_ones:
         if incident.version in serving:
@@ -349,14 +367,6 @@ def rollout_notice(
 
 def cancel_superseded_verifications(session: Session, *, entry: AuditEntry, now: datetime) -> int:
     """End, without a word, the running verifications of the prompt's earlier rollbacks."""
-    cancelled = session.execute(
-        update(Verification)
-        .where(
-            col(Verification.prompt_id) == entry.prompt_id,
-            col(Verification.status) == VerificationStatus.RUNNING,
-            col(Verification.audit_id) != entry.id,
-        )
-        .values(status=VerificationStatus.SUPERSEDED, finished_at=now, claimed_until=None)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"of_prompt": entry.prompt_id, "but_audit": entry.id, "now": now}
+    cancelled = session.execute(_CANCEL_VERIFICATIONS, params)
     return int(cancelled.rowcount)  # type: ignore[attr-defined]

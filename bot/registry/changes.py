@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import bindparam, or_, update
 from sqlmodel import Session, col, select
 
 from bot.db import upsert_insert
@@ -316,6 +316,15 @@ def to_public(version: PromptVersion) -> VersionPublic:
     )
 
 
+_ACTIVE_AND_WANTED = select(PromptVersion).where(
+    PromptVersion.prompt_id == bindparam("prompt_id"),
+    or_(
+        col(PromptVersion.id) == bindparam("active"),
+        col(PromptVersion.label).in_(bindparam("wanted", expanding=True)),
+    ),
+)
+
+
 class _Loaded:
     """The versions of one prompt a change has read, by label: each is read once a change.
 
@@ -325,17 +334,8 @@ class _Loaded:
         self, session: Session, prompt: Prompt, routing: Routing, wanted: list[str]
     ) -> None:
         self.session, self.prompt = session, prompt
-        rows = list(
-            session.exec(
-                select(PromptVersion).where(
-                    PromptVersion.prompt_id == prompt.id,
-                    or_(
-                        col(PromptVersion.id) == routing.active_version_id,
-                        col(PromptVersion.label).in_(wanted),
-                    ),
-                )
-            )
-        )
+        params = {"prompt_id": prompt.id, "active": routing.active_version_id, "wanted": wanted}
+        rows = list(session.exec(_ACTIVE_AND_WANTED, params=params))
         hold(session, *rows)
         self.by_label = {v.label: v for v in rows}
         self.active = next((v for v in rows if v.id == routing.active_version_id), None)
@@ -508,19 +508,18 @@ def _state(
     )
 
 
+_BUCKET = metric_bucket.select().where(
+    metric_bucket.c.version_id == bindparam("version_id"),
+    metric_bucket.c.minute == bindparam("minute"),
+)
+
+
 def _counts_before(session: Session, version: PromptVersion, now: datetime) -> dict[str, float]:
     """The restored version's counts in this minute's bucket so far: traffic from before the
     switch, which verification must not count as the restored version's recovery."""
     minute = now.replace(second=0, microsecond=0)
-    row = (
-        session.execute(
-            metric_bucket.select().where(
-                metric_bucket.c.version_id == version.id, metric_bucket.c.minute == minute
-            )
-        )
-        .mappings()
-        .first()
-    )
+    params = {"version_id": version.id, "minute": minute}
+    row = session.execute(_BUCKET, params).mappings().first()
     if row is None:
         return {}
     return {k: float(v) for k, v in row.items() if k not in ("version_id", "minute") and v}

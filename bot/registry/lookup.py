@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from bot.errors import PromptNotFound, VersionNotFound
@@ -32,17 +32,31 @@ def lock_prompt(session: Session, name: str) -> tuple[Prompt, Routing]:
     Only the routing row is joined: waiting for another change's lock, PostgreSQL re-checks the
     join against the row that change left, and a join on the active version would then match
     nothing."""
-    found = session.exec(
-        select(Prompt, Routing)
-        .join(Routing, col(Routing.prompt_id) == Prompt.id)
-        .where(Prompt.name == name)
-        .with_for_update(of=Routing)
-    ).first()
+    found = session.exec(_LOCK_PROMPT, params={"name": name}).first()
     if found is None:
         prompt = get_prompt(session, name)  # raises, naming close matches
         return prompt, lock_routing(session, prompt)
     hold(session, *found)
     return found
+
+
+# The statements of every routing change, built once: building a statement's expression and
+# its cache key costs more CPU than SQLite's part of running it.
+_LOCK_PROMPT = (
+    select(Prompt, Routing)
+    .join(Routing, col(Routing.prompt_id) == Prompt.id)
+    .where(Prompt.name == bindparam("name"))
+    .with_for_update(of=Routing)
+)
+_LAST_ROUTING_CHANGE = (
+    select(AuditEntry)
+    .where(
+        AuditEntry.prompt_id == bindparam("prompt_id"),
+        col(AuditEntry.kind).in_([ChangeKind.DEPLOY, ChangeKind.ROLLBACK, ChangeKind.SPLIT]),
+    )
+    .order_by(col(AuditEntry.id).desc())
+    .limit(1)
+)
 
 
 def hold(session: Session, *rows: object) -> None:
@@ -109,41 +123,36 @@ def versions_by_label(
 
 def last_routing_change(session: Session, prompt: Prompt) -> AuditEntry | None:
     """The newest audit entry that changed the prompt's routing."""
-    return session.exec(
-        select(AuditEntry)
-        .where(
-            AuditEntry.prompt_id == prompt.id,
-            col(AuditEntry.kind).in_([ChangeKind.DEPLOY, ChangeKind.ROLLBACK, ChangeKind.SPLIT]),
-        )
-        .order_by(col(AuditEntry.id).desc())
-        .limit(1)
-    ).first()
+    return session.exec(_LAST_ROUTING_CHANGE, params={"prompt_id": prompt.id}).first()
 
 
-def _known_good(prompt: Prompt, exclude: list[str]) -> Any:
-    """Versions of `prompt` that served before and are not marked bad, other than those in
-    `exclude`, most recently active first."""
-    return (
-        select(PromptVersion)
-        .where(
-            PromptVersion.prompt_id == prompt.id,
-            col(PromptVersion.last_active_at).is_not(None),
-            PromptVersion.health != Health.BAD,
-            col(PromptVersion.label).not_in(exclude),
-        )
-        .order_by(col(PromptVersion.last_active_at).desc(), col(PromptVersion.id).desc())
+# Versions of a prompt that served before and are not marked bad, other than those in
+# `exclude`, most recently active first.
+_KNOWN_GOOD = (
+    select(PromptVersion)
+    .where(
+        PromptVersion.prompt_id == bindparam("prompt_id"),
+        col(PromptVersion.last_active_at).is_not(None),
+        PromptVersion.health != Health.BAD,
+        col(PromptVersion.label).not_in(bindparam("exclude", expanding=True)),
     )
+    .order_by(col(PromptVersion.last_active_at).desc(), col(PromptVersion.id).desc())
+)
+_PREVIOUS_KNOWN_GOOD = _KNOWN_GOOD.limit(1)
+_ROLLBACK_CHOICES = _KNOWN_GOOD.limit(100)
 
 
 def previous_known_good(
     session: Session, prompt: Prompt, exclude: list[str]
 ) -> PromptVersion | None:
     """The most recently active version not marked bad, other than those in `exclude`."""
-    found: PromptVersion | None = session.exec(_known_good(prompt, exclude).limit(1)).first()
+    params = {"prompt_id": prompt.id, "exclude": exclude}
+    found: PromptVersion | None = session.exec(_PREVIOUS_KNOWN_GOOD, params=params).first()
     return found
 
 
 def rollback_choices(session: Session, prompt: Prompt, exclude: list[str]) -> list[str]:
     """Versions a person may roll back to: every one that served before and is not marked
     bad, most recently active first (at most 100, Slack's limit for a menu)."""
-    return [v.label for v in session.exec(_known_good(prompt, exclude).limit(100))]
+    params = {"prompt_id": prompt.id, "exclude": exclude}
+    return [v.label for v in session.exec(_ROLLBACK_CHOICES, params=params)]

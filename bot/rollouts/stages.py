@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -55,13 +56,20 @@ def get_rollout(session: Session, rollout_id: int) -> Rollout:
     return rollout
 
 
+# Looked up by every routing change (lifecycle.after): built once.
+_ACTIVE = select(Rollout).where(
+    Rollout.prompt_id == bindparam("prompt_id"), col(Rollout.status).in_(ACTIVE_ROLLOUT)
+)
+_ACTIVE_BY_NAME = (
+    select(Rollout)
+    .join(Prompt, col(Prompt.id) == Rollout.prompt_id)
+    .where(Prompt.name == bindparam("name"), col(Rollout.status).in_(ACTIVE_ROLLOUT))
+)
+
+
 def active_rollout(session: Session, prompt_id: int) -> Rollout | None:
     """The prompt's running or paused rollout, if any."""
-    return session.exec(
-        select(Rollout).where(
-            Rollout.prompt_id == prompt_id, col(Rollout.status).in_(ACTIVE_ROLLOUT)
-        )
-    ).first()
+    return session.exec(_ACTIVE, params={"prompt_id": prompt_id}).first()
 
 
 def start(
@@ -234,11 +242,7 @@ def rollback_defaults(session: Session, prompt: str) -> tuple[str | None, str | 
     """(target, suspect) of a rollback without a target during a rollout: a canary goes back
     to its stable version, a gradual rollback on to the good one; (None, None) otherwise (an
     unknown prompt too: the rollback then says so)."""
-    running = session.exec(
-        select(Rollout)
-        .join(Prompt, col(Prompt.id) == Rollout.prompt_id)
-        .where(Prompt.name == prompt, col(Rollout.status).in_(ACTIVE_ROLLOUT))
-    ).first()
+    running = session.exec(_ACTIVE_BY_NAME, params={"name": prompt}).first()
     if running is None:
         return None, None
     if running.kind == RolloutKind.CANARY:
