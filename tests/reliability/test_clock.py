@@ -65,7 +65,10 @@ def test_a_backward_wall_clock_step_does_not_stall_detection_or_verification(
     bot.env.update(
         LD_PRELOAD=str(LIBFAKETIME),
         FAKETIME_TIMESTAMP_FILE=str(offset),
-        FAKETIME_NO_CACHE="1",
+        # The offset file is read again every second. Read on every clock call
+        # (FAKETIME_NO_CACHE) it cost the idle server over a core on a slow host, which then
+        # lost its own 2 s lease again and again.
+        FAKETIME_CACHE_DURATION="1",
         FAKETIME_DONT_FAKE_MONOTONIC="1",
         # Drawing a chart takes matplotlib's cache lock, which waits with sleep(): libfaketime's
         # sleep() fails in this process (see below), so charts are off under it.
@@ -75,6 +78,7 @@ def test_a_backward_wall_clock_step_does_not_stall_detection_or_verification(
     seed_prompt(bot)
     offset.write_text(f"{step}\n")  # the wall clock jumps back
     stepped = time.monotonic()
+    wait_until(lambda: "stepped" in bot.log_file.read_text(), timeout=10, what="the step seen")
     wait_until(lambda: _checker_fresh(bot), timeout=5, what="a checker pass after the step")
     sent = time.monotonic()
     assert post_events(bot, events("v2.0.0", 1000, 80)).status_code == 200
