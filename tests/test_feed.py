@@ -93,6 +93,17 @@ def test_a_read_answering_after_a_change_made_here_never_puts_the_older_state_ba
     assert late == 0
 
 
+def test_a_state_payload_that_is_not_a_routing_state_is_ignored_and_said(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = ChangeFeed(engine, poll_seconds=30, listen=False)
+    queue = feed.subscribe()
+    for payload in ("not json", '{"prompt": "customer-support", "revision": "x"}', "[]"):
+        feed._state_notified(payload)  # what a foreign NOTIFY on the state channel would send
+    assert feed.current(PROMPT) is None and queue.empty()
+    assert caplog.text.count("ignored a state payload that is not a routing state") == 3
+
+
 def test_a_change_made_here_is_cached_before_its_commit_returns(engine: Engine) -> None:
     make_prompt(engine)  # v2.0.0 live
 
