@@ -70,10 +70,6 @@ class ChangeFeed:
         # SQLite: the file's change counter as of the last poll that read (None: unknown).
         self._data_version = DataVersion(engine)
         self._polled_version: int | None = None
-        # Prompts changed here, each with the number of its latest mark: a read settles only
-        # the marks made before it began (a change committed during the read may be missed).
-        self._dirty: dict[str, int] = {}
-        self._marks = 0
         # Prompts to read at once: {name: revision announced, or None if not known}.
         self._pending: dict[str, int | None] = {}
         self._poll_now = False
@@ -92,14 +88,8 @@ class ChangeFeed:
             )
 
     def current(self, prompt: str) -> RoutingState | None:
-        """The prompt's routing as last seen (None if unknown, or marked dirty since)."""
-        return None if prompt in self._dirty else self._states.get(prompt)
-
-    def mark_dirty(self, prompt: str) -> None:
-        """The prompt changed by a way the feed does not hear (a change in this process is
-        handed over at commit): read it from the database until a read that began after this
-        call has finished (one is started at once)."""
-        self._changed_here({prompt: None})
+        """The prompt's routing as last cached (None if unknown)."""
+        return self._states.get(prompt)
 
     def subscribe(self) -> asyncio.Queue[RoutingState | None]:
         """A queue that receives every change from now on."""
@@ -158,14 +148,6 @@ class ChangeFeed:
         self._seen[state.prompt] = state.revision
         if publish:
             self._outgoing.append(state)
-
-    def _changed_here(self, changed: dict[str, int | None]) -> None:
-        with self._lock:
-            for prompt, revision in changed.items():
-                self._marks += 1
-                self._dirty[prompt] = self._marks
-                self._pending[prompt] = revision
-        self._poke()
 
     def _notified(self, payload: str) -> None:
         """NOTIFY from PostgreSQL: a change committed by any process, this one included."""
@@ -229,9 +211,6 @@ class ChangeFeed:
                 pending, self._pending = self._pending, {}
                 poll = self._poll_now or time.monotonic() >= next_poll
                 self._poll_now = False
-                # Marked before this read began: it reads after their commits, so it settles
-                # them (those of the prompts it reads).
-                settled = self._marks
             version, quiet = None, False
             if poll:
                 next_poll = time.monotonic() + self._poll_interval()
@@ -242,15 +221,14 @@ class ChangeFeed:
             names = [
                 name
                 for name, revision in pending.items()
-                if revision is None or self._seen.get(name, -1) < revision or name in self._dirty
+                if revision is None or self._seen.get(name, -1) < revision
             ]
             if not names and not poll:
                 if quiet:
                     self.loop.ok()
-                    self._settle(settled, None)
                 continue
             try:
-                changed, covered, fingerprint = await to_thread.run_sync(self._read, names, poll)
+                changed, fingerprint = await to_thread.run_sync(self._read, names, poll)
             except BotError as exc:  # the database is unreachable: keep the streams open
                 log.warning("change feed: %s", exc.message)
                 continue
@@ -263,16 +241,6 @@ class ChangeFeed:
                 self._fingerprint = fingerprint
             if poll:
                 self._polled_version = version  # read before the poll: it is at least as new
-            self._settle(settled, None if quiet else covered)
-
-    def _settle(self, settled: int, covered: set[str] | None) -> None:
-        """Marks up to `settled` of the prompts read (None: all of them) are settled."""
-        with self._lock:
-            self._dirty = {
-                name: mark
-                for name, mark in self._dirty.items()
-                if mark > settled or (covered is not None and name not in covered)
-            }
 
     def _publish(self, changed: list[RoutingState]) -> None:
         """Cache and fan out the states a read found (those not already cached)."""
@@ -308,13 +276,12 @@ class ChangeFeed:
 
     def _read(
         self, names: list[str], poll: bool
-    ) -> tuple[list[RoutingState], set[str] | None, tuple[int, int] | None]:
+    ) -> tuple[list[RoutingState], tuple[int, int] | None]:
         """The states of `names`, and on a poll of every prompt whose revision moved.
 
-        Returns the states read, the prompts this read covers (None: all of them) and the new
-        fingerprint if it moved. The fingerprint is read before anything else, so the states
-        read are at least as new as it: a later poll finding it unchanged knows they are
-        current."""
+        Returns the states read and the new fingerprint if it moved. The fingerprint is read
+        before anything else, so the states read are at least as new as it: a later poll
+        finding it unchanged knows they are current."""
         wanted = set(names)
         fingerprint: tuple[int, int] | None = None
         with read_session(self.engine) as session:
@@ -326,7 +293,7 @@ class ChangeFeed:
             states = (
                 registry.routing_states(session=session, names=sorted(wanted)) if wanted else []
             )
-        return states, None if poll else wanted, fingerprint
+        return states, fingerprint
 
     def _changes(self, session: Session) -> list[str]:
         """The prompts whose revision differs from the one last read."""
