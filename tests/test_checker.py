@@ -9,6 +9,7 @@ from sqlmodel import select
 
 from bot import registry
 from bot.db import read_session
+from bot.judging.targets import load_live_versions
 from bot.metrics.builtin import BuiltinSource
 from bot.models import Action, Health, Incident, IncidentStatus, Severity
 from bot.notify import NoticeKind
@@ -367,3 +368,17 @@ def test_a_rollback_made_behind_the_flows_still_closes_and_links_the_incident(
     assert (incident.status, incident.rollback_audit_id) == (IncidentStatus.ROLLED_BACK, entry.id)
     assert notifier.sent[-1].kind == NoticeKind.ROLLED_BACK
     assert notifier.sent[-1].text.startswith("Rolled back v2.0.0 → v1.9.0 by ")
+
+
+def test_live_versions_come_in_prompt_order_on_every_backend(engine: Engine) -> None:
+    # Routing rows rewritten out of order (PostgreSQL moves an updated row to the end of its
+    # table): a pass still judges, rolls back and announces prompt by prompt, in one order.
+    names = [f"p{i:02d}" for i in range(12)]
+    for name in names:
+        make_prompt(engine, name, versions=("v1", "v2"))
+    for name in names[::3] + names[1::3]:
+        roll_back(engine, name)
+    with read_session(engine) as session:
+        live = load_live_versions(session, load_policies(POLICY_DIR))
+    seen = [lv.target.prompt for lv in live]
+    assert seen == names, seen

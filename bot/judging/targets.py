@@ -73,6 +73,8 @@ def load_live_versions(session: Session, policies: PolicySet) -> list[LiveVersio
         .join(Routing, col(Routing.prompt_id) == Prompt.id)
         .join(active, col(active.id) == Routing.active_version_id)
         .join(previous, col(previous.id) == Routing.previous_version_id, isouter=True)
+        # One order on every backend: a pass judges, rolls back and announces in prompt order.
+        .order_by(col(Prompt.id))
     )
     # Policies are resolved once per pass: one for every prompt on the defaults, one for
     # each prompt with an override.
