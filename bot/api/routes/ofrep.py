@@ -67,8 +67,8 @@ async def evaluate_flag(
         return refused
     assert context is not None
     prompt, _ = prompt_of(key)
-    # From the server's routing cache, like /resolve (a prompt changed here, or unknown to the
-    # cache, is read from the database).
+    # From the server's routing cache, like /resolve (a prompt unknown to the cache is read
+    # from the database).
     state = request.app.state.feed.current(prompt)
     if state is None:
         state = (await run_in_threadpool(_states, engine, [prompt])).get(prompt)
