@@ -1,5 +1,5 @@
 """Serving: cached get() cost, rollback propagation (one server, two replicas), idle CPU with
-10,000 prompts, /resolve throughput.
+10,000 prompts, PromptClient.close(), /resolve throughput.
 
     python benchmarks/serving.py [--clients 50] [--rounds 5] [--runs 3] [--seconds 5]
         [--pg postgresql://...] [--idle-prompts 10000] [--idle-seconds 10]
@@ -8,7 +8,8 @@ References measured in the same run (issue 17): an in-process SSE broadcast to t
 clients (benchmarks/_broadcast.py: no database, no feed) for propagation, and a raw
 PostgreSQL LISTEN/NOTIFY one way for replicas. Targets: one server p99 within 2x of the
 broadcast; two replicas p99 <= 10 ms above it; an idle server with 10,000 prompts <= 2% of
-a core. The PostgreSQL parts need --pg (or TEST_DATABASE_URL).
+a core; PromptClient.close() <= 100 ms, and the server lets go of closed streams at once.
+The PostgreSQL parts need --pg (or TEST_DATABASE_URL).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import threading
 import time
 import timeit
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -282,6 +283,50 @@ def _idle_once(pid: int, seconds: float) -> float:
     return (cpu_seconds(pid) - before) / (time.monotonic() - began)
 
 
+def server_sockets(pid: int) -> int:
+    """How many sockets the server process holds open (its listener, streams, database)."""
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with suppress(OSError):  # closed while listing
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def close_cost(base: str, clients_n: int, runs: int) -> None:
+    """PromptClient.close() for each of `clients_n` connected clients (target <= 100 ms), and
+    how long after the last close the server holds no socket for them."""
+    pid = PIDS[base]
+    closes: list[float] = []
+    released: list[float] = []
+    for _run in range(runs):
+        idle_sockets = server_sockets(pid)
+        clients = [PromptClient(base, TOKEN, prompts=["cs"]) for _ in range(clients_n)]
+        deadline = time.monotonic() + 30
+        while any(c.stats.stream_connects == 0 for c in clients):
+            if time.monotonic() > deadline:
+                raise SystemExit("clients did not connect")
+            time.sleep(0.05)
+        for c in clients:
+            began = time.perf_counter()
+            c.close()
+            closes.append(time.perf_counter() - began)
+        closed_at = time.perf_counter()
+        while server_sockets(pid) > idle_sockets:
+            if time.perf_counter() - closed_at > 30:
+                raise SystemExit("the server still holds the closed clients' sockets after 30 s")
+            time.sleep(0.002)
+        released.append(time.perf_counter() - closed_at)
+    ordered = sorted(closes)
+    p50, p99 = percentiles(ordered)
+    print(
+        f"PromptClient.close(), {clients_n} connected clients x {runs} runs: p50 {p50 * 1000:.1f} "
+        f"ms, p99 {p99 * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms (target <= 100 ms); "
+        f"server back to its idle sockets {spread(released)} after the last close "
+        "(min / median / max of the runs)"
+    )
+
+
 def resolve_throughput(base: str, seconds: float, threads_n: int = 8) -> None:
     count, lock = [0], threading.Lock()
     stop = time.perf_counter() + seconds
@@ -335,6 +380,7 @@ def main() -> None:
         report("one server (SQLite)", one)
         report("  (from its answer)", one_answer)
         ratio("one server / reference", one, reference)
+        close_cost(base, n, runs)
         resolve_throughput(base, args.seconds)
     if args.pg:
         with scratch_schema(args.pg, f"bench_serving_{os.getpid()}") as url:
