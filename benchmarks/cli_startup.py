@@ -56,6 +56,13 @@ def healthz() -> dict[str, str]:
 uvicorn.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_level="warning",
             log_config=None, proxy_headers=True)
 """
+# A floor for `serve`: the same bare app that also loads the registry's tables (SQLAlchemy with
+# its ORM, SQLModel and the table classes), which any server answering from the registry needs
+# before its first answer. No routes, no settings, no policies, no database connection.
+FLOOR = "bare FastAPI + the registry's tables"
+BARE_FASTAPI_WITH_MODELS = BARE_FASTAPI.replace(
+    "\napp = FastAPI()", "import bot.models  # noqa: F401\n\napp = FastAPI()", 1
+)
 
 
 def wall(argv: list[str], env: dict[str, str], cwd: Path) -> float:
@@ -190,9 +197,15 @@ def spread(values: list[float]) -> str:
 
 
 def measure(
-    runs: int, n: int, cases: dict[str, Callable[[], float]], target: str, reference: str
+    runs: int,
+    n: int,
+    cases: dict[str, Callable[[], float]],
+    target: str,
+    reference: str,
+    also: tuple[str, ...] = (),
 ) -> None:
-    """Print each case per run, interleaving their N invocations; then the ratio of medians."""
+    """Print each case per run, interleaving their N invocations; then the ratio of medians
+    (of `target` and of each case in `also` to `reference`)."""
     for run in range(1, runs + 1):
         times: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(n):
@@ -201,14 +214,16 @@ def measure(
         print(f"run {run}:")
         for name, values in times.items():
             print(f"  {name:<38} {spread(values)}")
-        ratio = statistics.median(times[target]) / statistics.median(times[reference])
-        print(f"  ratio {target} / {reference}: {ratio:.2f}x (medians)")
+        for name in (target, *also):
+            ratio = statistics.median(times[name]) / statistics.median(times[reference])
+            print(f"  ratio {name} / {reference}: {ratio:.2f}x (medians)")
         cpu = {name: SERVER_CPU.pop(name, []) for name in cases}
         if cpu[target] and cpu[reference]:
             for name, values in cpu.items():
                 print(f"  {name:<38} CPU by then: {spread(values)}")
-            ratio = statistics.median(cpu[target]) / statistics.median(cpu[reference])
-            print(f"  CPU ratio {target} / {reference}: {ratio:.2f}x (medians)")
+            for name in (target, *also):
+                ratio = statistics.median(cpu[name]) / statistics.median(cpu[reference])
+                print(f"  CPU ratio {name} / {reference}: {ratio:.2f}x (medians)")
 
 
 def main() -> None:
@@ -282,9 +297,13 @@ def main() -> None:
                 "bare FastAPI under uvicorn": lambda: until_healthy(
                     [*python, "-c", BARE_FASTAPI], env, cwd, "bare FastAPI under uvicorn"
                 ),
+                FLOOR: lambda: until_healthy(
+                    [*python, "-c", BARE_FASTAPI_WITH_MODELS], env, cwd, FLOOR
+                ),
             },
             "serve",
             "bare FastAPI under uvicorn",
+            also=(FLOOR,),
         )
 
 
