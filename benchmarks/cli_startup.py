@@ -1,6 +1,9 @@
 """Start-up: `rollback-bot prompts list` against `python -c "import sqlalchemy"` and
 `python -c pass`, and `serve` → first 200 from /healthz against a bare FastAPI app under uvicorn,
-each reference measured in the same run (issue 17: at most 3 and 1.5 times).
+each reference measured in the same run (issue 17: at most 3 and 1.5 times). With `serve` it
+also starts the bare app plus `import bot.models`: the floor any server answering from the
+registry starts from (SQLAlchemy's ORM, SQLModel and the table classes), as a ratio to the bare
+app.
 
     python benchmarks/cli_startup.py [--runs 3] [--n 5] [--no-serve | --no-cli] [--root CHECKOUT]
 
