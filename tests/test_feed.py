@@ -39,6 +39,8 @@ class GatedFeed(ChangeFeed):
         super().__init__(engine, poll_seconds=30, listen=False)
         self.reading = threading.Semaphore(0)  # released by each read that has read
         self.answer = threading.Semaphore(0)  # one release lets one read answer
+        self.answered: list[list[RoutingState]] = []  # what each read found, once handled
+        self.handled = threading.Event()  # set when the feed has handled a read's answer
 
     def _read(
         self, names: list[str], poll: bool
@@ -47,6 +49,11 @@ class GatedFeed(ChangeFeed):
         self.reading.release()
         assert self.answer.acquire(timeout=10)
         return found
+
+    def _publish(self, changed: list[RoutingState]) -> None:
+        super()._publish(changed)
+        self.answered.append(list(changed))
+        self.handled.set()
 
 
 async def _next(queue: asyncio.Queue[RoutingState | None], timeout: float = 10) -> RoutingState:
@@ -60,7 +67,9 @@ def test_a_read_answering_after_a_change_made_here_never_puts_the_older_state_ba
 ) -> None:
     make_prompt(engine)  # v2.0.0 live
 
-    async def scenario() -> tuple[RoutingState, RoutingState | None, RoutingState | None, int]:
+    async def scenario() -> tuple[
+        RoutingState, RoutingState | None, RoutingState | None, int, list[list[RoutingState]]
+    ]:
         feed = GatedFeed(engine)
         feed.start()
         for _ in range(100):  # the first read (everything, not gated)
@@ -75,17 +84,14 @@ def test_a_read_answering_after_a_change_made_here_never_puts_the_older_state_ba
         pushed = await _next(queue)  # fanned out at commit, while the read still waits
         during = feed.current(PROMPT)
         feed.answer.release()  # the read answers v2.0.0: older than what is cached
-        for _ in range(100):
-            if feed.current(PROMPT) is not None:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)
+        assert await asyncio.to_thread(feed.handled.wait, 10)  # and the feed has handled it
         after, late = feed.current(PROMPT), queue.qsize()
         await feed.stop()
-        return pushed, during, after, late
+        return pushed, during, after, late, feed.answered
 
-    pushed, during, after, late = asyncio.run(scenario())
+    pushed, during, after, late, answered = asyncio.run(scenario())
     assert pushed.active_version == "v1.9.0"
+    assert [[s.active_version for s in read] for read in answered] == [["v2.0.0"]], answered
     # The rollback is cached at commit, while the read still waits; the read then answers the
     # older v2.0.0, which neither replaces it nor is published.
     assert during is not None and during.active_version == "v1.9.0", during
