@@ -84,18 +84,24 @@ def percentiles(delays: list[float]) -> tuple[float, float]:
     return statistics.median(delays), delays[max(0, int(len(delays) * 0.99) - 1)]
 
 
+def connected_clients(base: str, clients_n: int) -> list[PromptClient]:
+    """`clients_n` PromptClients following prompt "cs" on `base`, each with its stream open."""
+    clients = [PromptClient(base, TOKEN, prompts=["cs"]) for _ in range(clients_n)]
+    deadline = time.monotonic() + 30
+    while any(c.stats.stream_connects == 0 for c in clients):
+        if time.monotonic() > deadline:
+            raise SystemExit("clients did not connect")
+        time.sleep(0.05)
+    return clients
+
+
 def propagation(
     stream_base: str, change: Callable[[str], None], clients_n: int, rounds: int, runs: int
 ) -> tuple[Runs, Runs]:
     """(p50, p99) per run of `rounds` switches until every one of `clients_n` PromptClients
     following `stream_base` serves the new version: from sending the change, and from its
     answer (a client can be ahead of the answer: then the figure is negative)."""
-    clients = [PromptClient(stream_base, TOKEN, prompts=["cs"]) for _ in range(clients_n)]
-    deadline = time.monotonic() + 30
-    while any(c.stats.stream_connects == 0 for c in clients):
-        if time.monotonic() > deadline:
-            raise SystemExit("clients did not connect")
-        time.sleep(0.05)
+    clients = connected_clients(stream_base, clients_n)
     time.sleep(1)  # every stream has had its snapshot
     from_sent: Runs = []
     from_answer: Runs = []
@@ -313,12 +319,7 @@ def close_cost(base: str, clients_n: int, runs: int) -> None:
     released: list[float] = []
     for _run in range(runs):
         idle_sockets = settled_sockets(pid)  # earlier clients' sockets all gone
-        clients = [PromptClient(base, TOKEN, prompts=["cs"]) for _ in range(clients_n)]
-        deadline = time.monotonic() + 30
-        while any(c.stats.stream_connects == 0 for c in clients):
-            if time.monotonic() > deadline:
-                raise SystemExit("clients did not connect")
-            time.sleep(0.05)
+        clients = connected_clients(base, clients_n)
         for c in clients:
             began = time.perf_counter()
             c.close()
