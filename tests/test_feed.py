@@ -77,7 +77,9 @@ def test_a_read_answering_after_a_change_made_here_never_puts_the_older_state_ba
                 break
             await asyncio.sleep(0.05)
         queue = feed.subscribe()
-        announced = feed._seen[PROMPT] + 1
+        cached = feed.current(PROMPT)
+        assert cached is not None
+        announced = cached.revision + 1
         feed._notified(f"{announced} {PROMPT}")  # another process announces a change: a read...
         assert await asyncio.to_thread(feed.reading.acquire, True, 10)  # ... and has v2.0.0
         await asyncio.to_thread(roll_back, engine)  # this process rolls back meanwhile

@@ -5,8 +5,8 @@ the framework's: dependency solving, validation and serialisation are most of it
 layer answers only the plain case — a GET with a valid bearer token, a well-formed name and key,
 and the prompt in the routing cache (kept current by the change feed) — from bytes encoded once
 per (prompt, revision, version). Anything else (a bad token, a malformed name, a prompt the
-cache does not know) goes on to the FastAPI route, which answers it
-exactly as before; so the errors, their format and the OpenAPI description stay in one place.
+cache does not know) goes on to the FastAPI route, which answers it exactly as before; so the
+errors, their format and the OpenAPI description stay in one place.
 """
 
 from __future__ import annotations

@@ -64,8 +64,7 @@ class ChangeFeed:
         self.safety_poll_seconds = max(safety_poll_seconds, poll_seconds)
         self.loop = Loop("change-feed", self.safety_poll_seconds)
         self._subscribers: set[asyncio.Queue[RoutingState | None]] = set()
-        self._seen: dict[str, int] = {}  # every prompt's revision as last read
-        self._states: dict[str, RoutingState] = {}
+        self._states: dict[str, RoutingState] = {}  # every prompt's routing as last cached
         self._fingerprint: tuple[int, int] | None = None
         # SQLite: the file's change counter as of the last poll that read (None: unknown).
         self._data_version = DataVersion(engine)
@@ -141,19 +140,22 @@ class ChangeFeed:
 
     def _install(self, state: RoutingState, *, publish: bool = True) -> None:
         """Cache `state` if it is newer than the one cached (call with the lock held)."""
-        seen = self._seen.get(state.prompt)
-        if seen is not None and seen >= state.revision and state.prompt in self._states:
+        if self._revision(state.prompt) >= state.revision:
             return
         self._states[state.prompt] = state
-        self._seen[state.prompt] = state.revision
         if publish:
             self._outgoing.append(state)
+
+    def _revision(self, prompt: str) -> int:
+        """The revision of the prompt's cached state (-1 if none: revisions start at 0)."""
+        state = self._states.get(prompt)
+        return -1 if state is None else state.revision
 
     def _notified(self, payload: str) -> None:
         """NOTIFY from PostgreSQL: a change committed by any process, this one included."""
         prompt, revision = events.parse_payload(payload)
         with self._lock:
-            if revision is None or self._seen.get(prompt, -1) < revision:
+            if revision is None or self._revision(prompt) < revision:
                 self._pending[prompt] = revision
         self._poke()
 
@@ -221,7 +223,7 @@ class ChangeFeed:
             names = [
                 name
                 for name, revision in pending.items()
-                if revision is None or self._seen.get(name, -1) < revision
+                if revision is None or self._revision(name) < revision
             ]
             if not names and not poll:
                 if quiet:
@@ -298,4 +300,4 @@ class ChangeFeed:
     def _changes(self, session: Session) -> list[str]:
         """The prompts whose revision differs from the one last read."""
         current = registry.revisions(session=session)
-        return [name for name, rev in current.items() if self._seen.get(name) != rev]
+        return [name for name, rev in current.items() if self._revision(name) != rev]
